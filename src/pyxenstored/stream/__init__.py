@@ -1,0 +1,1 @@
+"""stream layer of pyxenstored (see DESIGN.md)."""
