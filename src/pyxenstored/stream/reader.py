@@ -192,7 +192,11 @@ def _cstring(buf: bytes, start: int, length: int, end: int, what: str) -> str:
     if length == 0:
         raise _BodyError(start, f"{what}: length 0, no room for its NUL terminator", "missing-nul")
     if stop > end:
-        raise _BodyError(start, f"{what}: {length} bytes, only {max(end - start, 0)} remain in the record", "overrun")
+        raise _BodyError(
+            start,
+            f"{what}: {length} bytes, only {max(end - start, 0)} remain in the record",
+            "overrun",
+        )
     if buf[stop - 1] != 0:
         raise _BodyError(stop - 1, f"{what}: NUL terminator at its last byte", "missing-nul")
     try:
@@ -239,7 +243,9 @@ class _Codec:
 
     def _need(self, start: int, end: int, size: int, what: str) -> None:
         if end - start < size:
-            raise _BodyError(start, f"{what}: {size} bytes, only {end - start} in the record", "overrun")
+            raise _BodyError(
+                start, f"{what}: {size} bytes, only {end - start} in the record", "overrun"
+            )
 
     def u32s(self, n: int) -> struct.Struct:
         s = self._u32s.get(n)
@@ -255,7 +261,9 @@ class _Codec:
         sock, evtchn = self.global_.unpack_from(buf, start)
         return GlobalData(sock, evtchn), 8
 
-    def decode_connection(self, buf: bytes, start: int, end: int, version: int) -> tuple[Record, int]:
+    def decode_connection(
+        self, buf: bytes, start: int, end: int, version: int
+    ) -> tuple[Record, int]:
         self._need(start, end, 24, "CONNECTION_DATA fixed part")
         conn_id, ctype, fields, in_len, resp_len, out_len = self.conn.unpack_from(buf, start)
         spec: RingSpec | SocketSpec | OpaqueSpec
@@ -281,7 +289,9 @@ class _Codec:
         if fields & CONN_FIELD_UNIQUE_ID:
             rel = (content + 7) & ~7
             if start + rel + 8 > end:
-                raise _BodyError(start + rel, "unique-id: 8 bytes after the 8-aligned pending data", "overrun")
+                raise _BodyError(
+                    start + rel, "unique-id: 8 bytes after the 8-aligned pending data", "overrun"
+                )
             unique_id = self.u64.unpack_from(buf, start + rel)[0]
             content = rel + 8
         return (
@@ -296,14 +306,21 @@ class _Codec:
         token = _cstring(buf, start + 8 + plen, tlen, end, "token")
         return WatchData(conn_id, wpath, token), 8 + plen + tlen
 
-    def decode_watch_ext(self, buf: bytes, start: int, end: int, version: int) -> tuple[Record, int]:
+    def decode_watch_ext(
+        self, buf: bytes, start: int, end: int, version: int
+    ) -> tuple[Record, int]:
         self._need(start, end, 8, "WATCH_DATA_EXTENDED fixed part")
         conn_id, plen, tlen = self.watch.unpack_from(buf, start)
         layout = self.watch_ext_layout(buf, start, end)
         if layout == LAYOUT_C_HEAD_WRITER:
             depth = DEPTH_UNLIMITED  # the C HEAD writer drops the depth
         else:
-            self._need(start, end, 12 if layout != LAYOUT_C_READER else 10, "WATCH_DATA_EXTENDED fixed part")
+            self._need(
+                start,
+                end,
+                12 if layout != LAYOUT_C_READER else 10,
+                "WATCH_DATA_EXTENDED fixed part",
+            )
             depth = self.u16.unpack_from(buf, start + 8)[0]
         data = start + _LAYOUT_START[layout or LAYOUT_SPEC]
         wpath = _cstring(buf, data, plen, end, "wpath")
@@ -343,7 +360,9 @@ class _Codec:
         fits = self.watch_ext_layouts(buf, start, end)
         return fits[0] if fits else None
 
-    def decode_transaction(self, buf: bytes, start: int, end: int, version: int) -> tuple[Record, int]:
+    def decode_transaction(
+        self, buf: bytes, start: int, end: int, version: int
+    ) -> tuple[Record, int]:
         self._need(start, end, 8, "TRANSACTION_DATA fields")
         conn_id, tx_id = self.ta.unpack_from(buf, start)
         return TransactionData(conn_id, tx_id), 8
@@ -357,9 +376,15 @@ class _Codec:
         ve = pe + vlen
         if ve > end or plen == 0 or buf[pe - 1] != 0:
             if p > end:
-                raise _BodyError(start + 14, f"{nperms} permission entries, only {end - start - 16} bytes remain", "overrun")
+                raise _BodyError(
+                    start + 14,
+                    f"{nperms} permission entries, only {end - start - 16} bytes remain",
+                    "overrun",
+                )
             _cstring(buf, p, plen, end, "path")  # raises the precise error
-            raise _BodyError(pe, f"value: {vlen} bytes, only {end - pe} remain in the record", "overrun")
+            raise _BodyError(
+                pe, f"value: {vlen} bytes, only {end - pe} remain in the record", "overrun"
+            )
         raw_perms = buf[start + 16 : p]
         perms = self._perms.get(raw_perms)
         if perms is None:
@@ -388,9 +413,13 @@ class _Codec:
             s = self._u32s[key] = struct.Struct(self._prefix + "BBH" * n)
         return s
 
-    def _quota(self, buf: bytes, pos: int, n: int, end: int, what: str) -> tuple[list[QuotaValue], int]:
+    def _quota(
+        self, buf: bytes, pos: int, n: int, end: int, what: str
+    ) -> tuple[list[QuotaValue], int]:
         if pos + 4 * n > end:
-            raise _BodyError(pos, f"{what}: {n} quota values, only {end - pos} bytes remain", "overrun")
+            raise _BodyError(
+                pos, f"{what}: {n} quota values, only {end - pos} bytes remain", "overrun"
+            )
         values = self.u32s(n).unpack_from(buf, pos)
         pos += 4 * n
         out = []
@@ -401,12 +430,16 @@ class _Codec:
             try:
                 name = buf[pos:nul].decode()
             except UnicodeDecodeError:
-                raise _BodyError(pos, f"{what}: quota name as valid UTF-8 text", "bad-string") from None
+                raise _BodyError(
+                    pos, f"{what}: quota name as valid UTF-8 text", "bad-string"
+                ) from None
             out.append(QuotaValue(name, value))
             pos = nul + 1
         return out, pos
 
-    def decode_global_quota(self, buf: bytes, start: int, end: int, version: int) -> tuple[Record, int]:
+    def decode_global_quota(
+        self, buf: bytes, start: int, end: int, version: int
+    ) -> tuple[Record, int]:
         self._need(start, end, 4, "GLOBAL_QUOTA_DATA fixed part")
         n_dom, n_glob = self.hh.unpack_from(buf, start)
         vals, stop = self._quota(buf, start + 4, n_dom + n_glob, end, "GLOBAL_QUOTA_DATA")
@@ -423,7 +456,9 @@ class _Codec:
     def decode_unknown(self, rtype: int, buf: bytes, start: int, end: int) -> tuple[Record, int]:
         return UnknownRecord(rtype, buf[start:end]), end - start
 
-    def decode(self, rtype: int, buf: bytes, start: int, end: int, version: int) -> tuple[Record, int]:
+    def decode(
+        self, rtype: int, buf: bytes, start: int, end: int, version: int
+    ) -> tuple[Record, int]:
         decoder = self.decoders.get(rtype)
         if decoder is None:
             return self.decode_unknown(rtype, buf, start, end)
@@ -458,7 +493,9 @@ def watch_ext_layouts(raw: RawRecord, header: StreamHeader) -> list[str]:
     return _CODECS[header.big_endian].watch_ext_layouts(body, 0, len(body))
 
 
-def _reserved_nonzero(record: Record, raw: RawRecord, header: StreamHeader, content: int) -> tuple[str, ...]:
+def _reserved_nonzero(
+    record: Record, raw: RawRecord, header: StreamHeader, content: int
+) -> tuple[str, ...]:
     """Reserved/pad fields and ignored-by-version fields of ``raw`` that are not zero."""
     body = raw.body
     out: list[str] = []
@@ -498,8 +535,13 @@ def inspect_record(raw: RawRecord, header: StreamHeader) -> DecodeInfo:
     except _BodyError as exc:
         raise _as_stream_error(exc, raw.offset, raw.index, raw.type) from None
     except (struct.error, IndexError, UnicodeDecodeError) as exc:  # defensive: never leak these
-        raise StreamError(f"a well-formed body ({exc})", offset=raw.offset, record_index=raw.index,
-                          record_type=raw.type, code="invalid") from None
+        raise StreamError(
+            f"a well-formed body ({exc})",
+            offset=raw.offset,
+            record_index=raw.index,
+            record_type=raw.type,
+            code="invalid",
+        ) from None
     reserved = _reserved_nonzero(record, raw, header, content)
     return DecodeInfo(record, content, body[content:], reserved, raw.quirk)
 
@@ -514,15 +556,14 @@ def parse_preamble(data: bytes, *, allow_unknown_version: bool = False) -> Strea
     if len(data) < PREAMBLE_SIZE:
         raise StreamError(
             f"a {PREAMBLE_SIZE}-byte preamble, the stream has only {len(data)} bytes",
-            offset=len(data), code="truncated",
+            offset=len(data),
+            code="truncated",
         )
     ident, version, flags = _PREAMBLE.unpack_from(data, 0)
     if ident != STREAM_IDENT:
         raise StreamError(f"ident {STREAM_IDENT!r}, found {ident!r}", offset=0, code="bad-ident")
     if version not in SUPPORTED_VERSIONS and not allow_unknown_version:
-        raise StreamError(
-            f"version 1 or 2, found {version}", offset=8, code="bad-version"
-        )
+        raise StreamError(f"version 1 or 2, found {version}", offset=8, code="bad-version")
     return StreamHeader(version, flags)
 
 
@@ -559,7 +600,9 @@ class StreamReader:
         if self._file is not None:
             self._size = self._file_size(self._file)
         try:
-            self.header = parse_preamble(self._take(PREAMBLE_SIZE), allow_unknown_version=allow_unknown_version)
+            self.header = parse_preamble(
+                self._take(PREAMBLE_SIZE), allow_unknown_version=allow_unknown_version
+            )
         except BaseException:
             self.close()
             raise
@@ -599,7 +642,9 @@ class StreamReader:
         try:
             return self._file.read(n)
         except OSError as exc:
-            raise StreamError(f"readable data ({exc.strerror})", offset=self.offset, code="io") from None
+            raise StreamError(
+                f"readable data ({exc.strerror})", offset=self.offset, code="io"
+            ) from None
 
     def _fill(self, need: int) -> bool:
         """Make ``need`` bytes available from ``self._pos``; False at end of data."""
@@ -651,11 +696,15 @@ class StreamReader:
                     if remain == 0:
                         raise StreamError(
                             "an END record, the stream ends without one",
-                            offset=self.offset, record_index=index, code="missing-end",
+                            offset=self.offset,
+                            record_index=index,
+                            code="missing-end",
                         )
                     raise StreamError(
                         f"an 8-byte record header, only {remain} bytes remain",
-                        offset=self.offset, record_index=index, code="truncated",
+                        offset=self.offset,
+                        record_index=index,
+                        code="truncated",
                     )
                 buf = self._buf
                 pos = self._pos
@@ -667,10 +716,17 @@ class StreamReader:
             if stop + pad > len(buf):
                 if not self._fill(8 + length + pad):
                     remain = self._remaining_hint() - 8
-                    what = f"{length} bytes of body" if remain < length else f"{pad} bytes of padding after the body"
+                    what = (
+                        f"{length} bytes of body"
+                        if remain < length
+                        else f"{pad} bytes of padding after the body"
+                    )
                     raise StreamError(
                         f"{what}, only {remain} bytes remain",
-                        offset=offset, record_index=index, record_type=rtype, code="truncated",
+                        offset=offset,
+                        record_index=index,
+                        record_type=rtype,
+                        code="truncated",
                     )
                 buf = self._buf
                 pos = self._pos
@@ -710,12 +766,17 @@ class StreamReader:
                 raise StreamError(
                     exc.expected,
                     offset=offset + 8 + (exc.field_offset - start),
-                    record_index=index, record_type=rtype, code=exc.code,
+                    record_index=index,
+                    record_type=rtype,
+                    code=exc.code,
                 ) from None
             except (struct.error, IndexError, UnicodeDecodeError) as exc:  # defensive
                 raise StreamError(
-                    f"a well-formed body ({exc})", offset=offset, record_index=index,
-                    record_type=rtype, code="invalid",
+                    f"a well-formed body ({exc})",
+                    offset=offset,
+                    record_index=index,
+                    record_type=rtype,
+                    code="invalid",
                 ) from None
             yield record
 
@@ -764,4 +825,3 @@ __all__ = [
     "read_records",
     "watch_ext_layouts",
 ]
-
