@@ -1,0 +1,101 @@
+"""Byte transports under the client: the unix socket, and the common interface.
+
+A transport moves raw bytes between the client and the daemon; it knows
+nothing of messages.  :class:`SocketTransport` is the daemon's unix socket;
+the shared-ring transport lives in :mod:`pyxenstored.client.ring`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Protocol
+
+DEFAULT_RUNDIR = "/var/run/xenstored"
+
+
+class ClientConnectionError(ConnectionError):
+    """The connection to the daemon failed, closed, or broke the protocol."""
+
+
+class Transport(Protocol):
+    """What the client needs from a connection to the daemon."""
+
+    def send(self, data: bytes, timeout: float | None = None) -> None:
+        """Hand all of ``data`` to the daemon (blocking while it cannot take more)."""
+        ...
+
+    def receive(self, timeout: float | None) -> bytes:
+        """Bytes from the daemon: at least one, or ``b""`` when ``timeout`` expires.
+
+        ``timeout`` None waits for ever, 0 only takes what is already there.
+        Raises :class:`ClientConnectionError` when the daemon closed the
+        connection.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def default_socket_path(environ: Mapping[str, str] | None = None) -> str:
+    """The daemon socket as libxenstore finds it (digest 13.1).
+
+    ``XENSTORED_PATH`` if set, else ``$XENSTORED_RUNDIR/socket``, else the
+    configured run dir's ``socket``.
+    """
+    env = os.environ if environ is None else environ
+    path = env.get("XENSTORED_PATH")
+    if path:
+        return path
+    rundir = env.get("XENSTORED_RUNDIR") or DEFAULT_RUNDIR
+    return os.path.join(rundir, "socket")
+
+
+class SocketTransport:
+    """A stream connection to the daemon's unix socket."""
+
+    def __init__(self, path: str, connect_timeout: float | None = 10.0) -> None:
+        self.path = path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(connect_timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise ClientConnectionError(f"cannot connect to xenstored at {path}: {exc}") from exc
+        self._sock = sock
+        self._timeout: float | None = connect_timeout
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def _set_timeout(self, timeout: float | None) -> None:
+        if timeout != self._timeout:
+            self._sock.settimeout(timeout)
+            self._timeout = timeout
+
+    def send(self, data: bytes, timeout: float | None = None) -> None:
+        self._set_timeout(timeout)
+        try:
+            self._sock.sendall(data)
+        except TimeoutError:
+            raise TimeoutError(f"xenstored at {self.path} is not reading its socket") from None
+        except OSError as exc:
+            raise ClientConnectionError(f"send to {self.path} failed: {exc}") from exc
+
+    def receive(self, timeout: float | None) -> bytes:
+        self._set_timeout(timeout)
+        try:
+            data = self._sock.recv(65536)
+        except (TimeoutError, BlockingIOError):
+            # recv takes bytes or none, so a timeout never loses data.
+            return b""
+        except OSError as exc:
+            raise ClientConnectionError(f"receive from {self.path} failed: {exc}") from exc
+        if not data:
+            raise ClientConnectionError(f"xenstored at {self.path} closed the connection")
+        return data
+
+    def close(self) -> None:
+        self._sock.close()
