@@ -38,10 +38,24 @@ from .records import (
     record_type,
     type_name,
 )
+from .writer import (
+    TARGETS,
+    StreamWriteError,
+    StreamWriter,
+    adapt_for_target,
+    encode_record,
+    write_stream,
+)
 
 __all__ = [
     "DEPTH_UNLIMITED",
     "STREAM_IDENT",
+    "TARGETS",
+    "StreamWriteError",
+    "StreamWriter",
+    "adapt_for_target",
+    "encode_record",
+    "write_stream",
     "ConnectionData",
     "DecodeInfo",
     "DomainData",
