@@ -27,7 +27,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Union
+from typing import IO, Any, Union
 
 from .records import (
     CONN_FIELD_UNIQUE_ID,
@@ -477,6 +477,14 @@ def _path_start(byte: int) -> bool:
 
 _CODECS = {False: _Codec(False), True: _Codec(True)}
 
+# Slot setters of NodeData: the reader's hot path builds nodes without going
+# through the frozen dataclass __init__ (which costs one object.__setattr__
+# call per field); the result is the same object.
+_NODE_SETTERS: tuple[Any, ...] = tuple(
+    NodeData.__dict__[name].__set__
+    for name in ("conn_id", "tx_id", "access", "perms", "path", "value")
+)
+
 
 def codec_for(big_endian: bool) -> _Codec:
     """The shared decoder set for one byte order."""
@@ -679,106 +687,172 @@ class StreamReader:
             return self._size - self._base - self._pos
         return len(self._buf) - self._pos
 
-    def _frames(self) -> Iterator[tuple[int, int, int, int, bytes, int, int, int, str | None]]:
-        """Framing loop: (index, offset, type, len, buf, body start, body end, padding end, quirk)."""
+    def _begin(self) -> None:
         if self._started:
             raise RuntimeError("a StreamReader can be iterated only once")
         self._started = True
-        unpack_header = self._codec.header.unpack_from
+
+    def _frame_one(self, index: int) -> tuple[int, int, int, int, bytes, int, int, int, str | None]:
+        """Frame the record at the read position and step over it.
+
+        Returns (index, offset, type, len, buf, body start, body end, padding
+        end, quirk); the body is ``buf[start:end]``.
+        """
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < 8:
+            if not self._fill(8):
+                remain = self._remaining_hint()
+                if remain == 0:
+                    raise StreamError(
+                        "an END record, the stream ends without one",
+                        offset=self.offset,
+                        record_index=index,
+                        code="missing-end",
+                    )
+                raise StreamError(
+                    f"an 8-byte record header, only {remain} bytes remain",
+                    offset=self.offset,
+                    record_index=index,
+                    code="truncated",
+                )
+            buf = self._buf
+            pos = self._pos
+        offset = self._base + pos
+        rtype, length = self._codec.header.unpack_from(buf, pos)
+        start = pos + 8
+        stop = start + length
+        pad = -(offset + 8 + length) & 7
+        if stop + pad > len(buf):
+            if not self._fill(8 + length + pad):
+                remain = self._remaining_hint() - 8
+                what = (
+                    f"{length} bytes of body"
+                    if remain < length
+                    else f"{pad} bytes of padding after the body"
+                )
+                raise StreamError(
+                    f"{what}, only {remain} bytes remain",
+                    offset=offset,
+                    record_index=index,
+                    record_type=rtype,
+                    code="truncated",
+                )
+            buf = self._buf
+            pos = self._pos
+            start = pos + 8
+            stop = start + length
+        quirk = None
+        if rtype == RecordType.WATCH_DATA_EXTENDED:
+            codec = self._codec
+            layout = codec.watch_ext_layout(buf, start, stop)
+            if layout is not None and layout != LAYOUT_SPEC:
+                quirk = _LAYOUT_QUIRK[layout]
+                if layout == LAYOUT_C_HEAD_WRITER and pad == 0:
+                    # C wrote fewer bytes than its len claims: the record
+                    # really ends at the 8-aligned end of path and token.
+                    _, plen, tlen = codec.watch.unpack_from(buf, start)
+                    real = (8 + plen + tlen + 7) & ~7
+                    if real < length:
+                        stop = start + real
+        self._pos = stop + pad
+        if rtype == RecordType.END:
+            self._ended = True
+        return index, offset, rtype, length, buf, start, stop, stop + pad, quirk
+
+    def iter_raw(self) -> Iterator[RawRecord]:
+        """Framed records, END included, without decoding their bodies."""
+        self._begin()
+        index = 0
+        while True:
+            _, offset, rtype, length, buf, start, stop, pad_end, quirk = self._frame_one(index)
+            yield RawRecord(index, offset, rtype, length, buf[start:stop], buf[stop:pad_end], quirk)
+            if rtype == RecordType.END:
+                return
+            index += 1
+
+    def _decode_frame(
+        self, index: int, offset: int, rtype: int, buf: bytes, start: int, stop: int
+    ) -> Record:
+        try:
+            return self._codec.decode(rtype, buf, start, stop, self.header.version)[0]
+        except _BodyError as exc:
+            raise StreamError(
+                exc.expected,
+                offset=offset + 8 + (exc.field_offset - start),
+                record_index=index,
+                record_type=rtype,
+                code=exc.code,
+            ) from None
+        except (struct.error, IndexError, UnicodeDecodeError) as exc:  # defensive
+            raise StreamError(
+                f"a well-formed body ({exc})",
+                offset=offset,
+                record_index=index,
+                record_type=rtype,
+                code="invalid",
+            ) from None
+
+    def __iter__(self) -> Iterator[Record]:
+        """Decoded records, END included.
+
+        NODE_DATA records lying whole in the read buffer take an inlined path
+        (they are the bulk of every stream); anything else, or any anomaly, goes
+        through :meth:`_frame_one` and the generic decoders, which also produce
+        the precise errors.
+        """
+        self._begin()
         codec = self._codec
+        unpack_header = codec.header.unpack_from
+        unpack_node = codec.node.unpack_from
+        perm_cache = codec._perms
+        decode_perms = codec._decode_perms
+        new = object.__new__
+        set_conn, set_tx, set_access, set_perms, set_path, set_value = _NODE_SETTERS
         index = 0
         while True:
             buf = self._buf
             pos = self._pos
-            if len(buf) - pos < 8:
-                if not self._fill(8):
-                    remain = self._remaining_hint()
-                    if remain == 0:
-                        raise StreamError(
-                            "an END record, the stream ends without one",
-                            offset=self.offset,
-                            record_index=index,
-                            code="missing-end",
-                        )
-                    raise StreamError(
-                        f"an 8-byte record header, only {remain} bytes remain",
-                        offset=self.offset,
-                        record_index=index,
-                        code="truncated",
-                    )
-                buf = self._buf
-                pos = self._pos
-            offset = self._base + pos
-            rtype, length = unpack_header(buf, pos)
-            start = pos + 8
-            stop = start + length
-            pad = -(offset + 8 + length) & 7
-            if stop + pad > len(buf):
-                if not self._fill(8 + length + pad):
-                    remain = self._remaining_hint() - 8
-                    what = (
-                        f"{length} bytes of body"
-                        if remain < length
-                        else f"{pad} bytes of padding after the body"
-                    )
-                    raise StreamError(
-                        f"{what}, only {remain} bytes remain",
-                        offset=offset,
-                        record_index=index,
-                        record_type=rtype,
-                        code="truncated",
-                    )
-                buf = self._buf
-                pos = self._pos
+            size = len(buf)
+            base = self._base
+            while pos + 24 <= size:
+                rtype, length = unpack_header(buf, pos)
+                if rtype != 5 or length < 16:
+                    break
                 start = pos + 8
                 stop = start + length
-            quirk = None
-            if rtype == 8:
-                layout = codec.watch_ext_layout(buf, start, stop)
-                if layout is not None and layout != LAYOUT_SPEC:
-                    quirk = _LAYOUT_QUIRK[layout]
-                    if layout == LAYOUT_C_HEAD_WRITER and pad == 0:
-                        # C wrote fewer bytes than its len claims: the record
-                        # really ends at the 8-aligned end of path and token.
-                        _, plen, tlen = codec.watch.unpack_from(buf, start)
-                        real = (8 + plen + tlen + 7) & ~7
-                        if real < length:
-                            stop = start + real
-            self._pos = stop + pad
-            yield index, offset, rtype, length, buf, start, stop, stop + pad, quirk
-            if rtype == 0:
-                self._ended = True
+                nxt = stop + (-(base + stop) & 7)
+                if nxt > size:
+                    break
+                conn_id, tx_id, plen, vlen, access, nperms = unpack_node(buf, start)
+                p = start + 16 + 4 * nperms
+                pe = p + plen
+                if pe + vlen > stop or plen == 0 or buf[pe - 1] != 0:
+                    break
+                raw_perms = buf[start + 16 : p]
+                perms = perm_cache.get(raw_perms)
+                if perms is None:
+                    perms = decode_perms(raw_perms, nperms)
+                try:
+                    path = buf[p : pe - 1].decode()
+                except UnicodeDecodeError:
+                    break
+                node = new(NodeData)
+                set_conn(node, conn_id)
+                set_tx(node, tx_id)
+                set_access(node, access)
+                set_perms(node, perms)
+                set_path(node, path)
+                set_value(node, buf[pe : pe + vlen])
+                pos = self._pos = nxt
+                index += 1
+                yield node
+            self._pos = pos
+            _, offset, rtype, _length, buf, start, stop, _pad_end, _quirk = self._frame_one(index)
+            yield self._decode_frame(index, offset, rtype, buf, start, stop)
+            if rtype == RecordType.END:
                 return
             index += 1
-
-    def iter_raw(self) -> Iterator[RawRecord]:
-        """Framed records, END included, without decoding their bodies."""
-        for index, offset, rtype, length, buf, start, stop, pad_end, quirk in self._frames():
-            yield RawRecord(index, offset, rtype, length, buf[start:stop], buf[stop:pad_end], quirk)
-
-    def __iter__(self) -> Iterator[Record]:
-        decode = self._codec.decode
-        version = self.header.version
-        for index, offset, rtype, _length, buf, start, stop, _pad_end, _quirk in self._frames():
-            try:
-                record, _content = decode(rtype, buf, start, stop, version)
-            except _BodyError as exc:
-                raise StreamError(
-                    exc.expected,
-                    offset=offset + 8 + (exc.field_offset - start),
-                    record_index=index,
-                    record_type=rtype,
-                    code=exc.code,
-                ) from None
-            except (struct.error, IndexError, UnicodeDecodeError) as exc:  # defensive
-                raise StreamError(
-                    f"a well-formed body ({exc})",
-                    offset=offset,
-                    record_index=index,
-                    record_type=rtype,
-                    code="invalid",
-                ) from None
-            yield record
 
     def bytes_after_end(self) -> int:
         """How many bytes follow the END record (call after iterating to END)."""
