@@ -1,0 +1,60 @@
+"""Transactions: lazy overlays on the committed tree (digest 5).
+
+A transaction copies a node the first time it touches it (read, write or
+delete) and remembers the generation it saw (``NO_GENERATION`` when the
+node did not exist).  Later accesses see the copy.  Commit succeeds only if
+every remembered generation is still current; then the modified copies
+replace the committed nodes.  Nothing is copied up front.
+"""
+
+from __future__ import annotations
+
+from .node import NO_GENERATION, Node
+
+
+class Transaction:
+    """One open transaction of one connection."""
+
+    __slots__ = (
+        "tx_id",
+        "conn_id",
+        "gen",
+        "nodes",
+        "gens",
+        "modified",
+        "events",
+        "failed",
+        "node_delta",
+    )
+
+    def __init__(self, tx_id: int, conn_id: int, gen: int) -> None:
+        self.tx_id = tx_id
+        self.conn_id = conn_id
+        self.gen = gen
+        # path -> private copy (None: absent in this transaction); insertion
+        # order is the order of first access, which is the event order.
+        self.nodes: dict[str, Node | None] = {}
+        self.gens: dict[str, int] = {}  # path -> generation seen at first access
+        self.modified: set[str] = set()
+        self.events: dict[str, int] = {}  # path -> watch match mode (subtree wins)
+        self.failed = False
+        self.node_delta: dict[int, int] = {}  # domid -> net nodes created here
+
+    def first_access(self, path: str, committed: Node | None) -> Node | None:
+        """Record the first access of ``path`` and return the private copy."""
+        self.gens[path] = committed.gen if committed is not None else NO_GENERATION
+        copy = committed.copy() if committed is not None else None
+        self.nodes[path] = copy
+        return copy
+
+    def queue_event(self, path: str, mode: int) -> None:
+        if self.events.get(path, -1) < mode:
+            self.events[path] = mode
+
+    def conflicts(self, committed: dict[str, Node]) -> bool:
+        """Whether any node seen by this transaction changed since."""
+        for path, gen in self.gens.items():
+            node = committed.get(path)
+            if (node.gen if node is not None else NO_GENERATION) != gen:
+                return True
+        return False
