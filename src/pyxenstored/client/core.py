@@ -168,7 +168,9 @@ class Operations:
                     raise
                 sep = reply.find(b"\0")
                 if sep < 0:
-                    raise ClientConnectionError(f"DIRECTORY_PART reply without generation: {reply!r}")
+                    raise ClientConnectionError(
+                        f"DIRECTORY_PART reply without generation: {reply!r}"
+                    )
                 gen, chunk = reply[:sep], reply[sep + 1 :]
                 if generation is None:
                     generation = gen
@@ -178,7 +180,9 @@ class Operations:
                     names.extend(split_strings(chunk[:-1]))
                     return [_dec(name) for name in names]
                 if not chunk.endswith(b"\0"):
-                    raise ClientConnectionError(f"DIRECTORY_PART slice cut inside a name: {reply!r}")
+                    raise ClientConnectionError(
+                        f"DIRECTORY_PART slice cut inside a name: {reply!r}"
+                    )
                 names.extend(split_strings(chunk))
                 offset += len(chunk)
         raise XsClientError("EAGAIN", MsgType.DIRECTORY_PART, "directory kept changing")

@@ -173,6 +173,7 @@ class RingTransport:
             ) from exc
         self._notify: int | None = self._open_notify() if notify else None
         self._notified = False
+        self._rx = bytearray()  # responses taken while a send was blocked
 
     # --- event channel ----------------------------------------------------
 
@@ -269,6 +270,7 @@ class RingTransport:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._wait(self._connected, deadline):
             raise TimeoutError("xenstored did not finish the ring reconnection")
+        self._rx.clear()
 
     # --- queues ---------------------------------------------------------------
 
@@ -281,6 +283,9 @@ class RingTransport:
         if not self._connected():
             return False
         return self.page.get(RSP_CONS) != self.page.get(RSP_PROD)
+
+    def _space_or_response(self) -> bool:
+        return self._request_space() or self._response_ready()
 
     def send(self, data: bytes, timeout: float | None = None) -> None:
         """Copy ``data`` into the request queue, as many kicks as it takes."""
@@ -301,9 +306,13 @@ class RingTransport:
             space = RING_SIZE - used
             if space == 0 or not self._connected():
                 # Full: let the daemon consume, then continue the message.
+                # Meanwhile take its replies, so a daemon that stops reading
+                # until they are consumed (outstanding quota) cannot deadlock.
                 self.kick()
-                if not self._wait(self._request_space, deadline):
+                if not self._wait(self._space_or_response, deadline):
                     raise TimeoutError("xenstored did not consume the request queue")
+                if self._response_ready():
+                    self._rx += self._take_responses()
                 continue
             start = prod % RING_SIZE
             n = min(space, RING_SIZE - start, total - pos)
@@ -315,12 +324,21 @@ class RingTransport:
 
     def receive(self, timeout: float | None) -> bytes:
         """Everything in the response queue now (waiting up to ``timeout`` for some)."""
+        if self._rx:
+            data = bytes(self._rx)
+            self._rx.clear()
+            if self._response_ready():
+                data += self._take_responses()
+            return data
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._response_ready() and (
             timeout == 0 or not self._wait(self._response_ready, deadline)
         ):
             self.check_error()
             return b""
+        return self._take_responses()
+
+    def _take_responses(self) -> bytes:
         cons = self.page.get(RSP_CONS)
         prod = self.page.get(RSP_PROD)
         avail = queue_used(cons, prod)

@@ -8,7 +8,9 @@ the shared-ring transport lives in :mod:`pyxenstored.client.ring`.
 from __future__ import annotations
 
 import os
+import select
 import socket
+import time
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -66,6 +68,7 @@ class SocketTransport:
             raise ClientConnectionError(f"cannot connect to xenstored at {path}: {exc}") from exc
         self._sock = sock
         self._timeout: float | None = connect_timeout
+        self._rx = bytearray()  # replies read while a send was blocked
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -76,16 +79,29 @@ class SocketTransport:
             self._timeout = timeout
 
     def send(self, data: bytes, timeout: float | None = None) -> None:
-        self._set_timeout(timeout)
-        try:
-            self._sock.sendall(data)
-        except TimeoutError:
-            raise TimeoutError(f"xenstored at {self.path} is not reading its socket") from None
-        except OSError as exc:
-            raise ClientConnectionError(f"send to {self.path} failed: {exc}") from exc
+        # Non-blocking sends; while the daemon does not take more, keep
+        # reading its replies so that a daemon which stops reading until its
+        # replies are consumed (back-pressure) cannot deadlock a pipeline.
+        self._set_timeout(0.0)
+        view = memoryview(data)
+        pos = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pos < len(view):
+            try:
+                pos += self._sock.send(view[pos:])
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise ClientConnectionError(f"send to {self.path} failed: {exc}") from exc
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"xenstored at {self.path} is not reading its socket")
+            readable, _, _ = select.select([self._sock], [self._sock], [], remaining)
+            if readable:
+                self._rx += self._recv()
 
-    def receive(self, timeout: float | None) -> bytes:
-        self._set_timeout(timeout)
+    def _recv(self) -> bytes:
         try:
             data = self._sock.recv(65536)
         except (TimeoutError, BlockingIOError):
@@ -96,6 +112,14 @@ class SocketTransport:
         if not data:
             raise ClientConnectionError(f"xenstored at {self.path} closed the connection")
         return data
+
+    def receive(self, timeout: float | None) -> bytes:
+        if self._rx:
+            data = bytes(self._rx)
+            self._rx.clear()
+            return data
+        self._set_timeout(timeout)
+        return self._recv()
 
     def close(self) -> None:
         self._sock.close()
