@@ -17,8 +17,6 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from pyxenstored.client import Client, ClientConnectionError, RingTransport
 from tests.client.ringpeer import (
     CONNECTION,
     ERROR,
@@ -30,6 +28,8 @@ from tests.client.ringpeer import (
     RingPeer,
     reply,
 )
+
+from pyxenstored.client import Client, ClientConnectionError, RingTransport
 
 DOMID, PORT = 5, 42
 
@@ -97,7 +97,9 @@ def test_message_larger_than_queue_goes_in_several_kicks(ring_dir: str, peer: Ri
     def handler(t: int, rid: int, tx: int, payload: bytes) -> bytes:
         if t == 11:  # WRITE: echo the value's length
             path, _, v = payload.partition(b"\0")
-            return reply(t, rid, tx, b"%d\0" % len(v)) if v == value else reply(16, rid, tx, b"EIO\0")
+            return (
+                reply(t, rid, tx, b"%d\0" % len(v)) if v == value else reply(16, rid, tx, b"EIO\0")
+            )
         return reply(t, rid, tx, value)
 
     peer.set_offsets(req=0xFFFFFC00, rsp=0xFFFFFE00)
