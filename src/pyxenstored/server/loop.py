@@ -1,0 +1,382 @@
+"""The event loop: one thread, one ``selectors`` selector, every fd.
+
+:class:`Server` accepts unix-socket clients, reads whatever each connection
+has, hands complete requests to the store one at a time, queues replies
+(request order) and watch events, and writes them out without ever blocking
+on one client.  Back pressure is per connection (see :mod:`.connection`): a
+connection that stops reading only stops its own requests.
+
+Signals arrive through ``signal.set_wakeup_fd`` on a socket pair registered
+like any other fd, so SIGTERM/SIGINT stop the loop between two events and
+SIGHUP reopens the trace file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from pyxenstored.server.connection import Connection, PendingRequest
+from pyxenstored.server.framing import OversizedMessage
+from pyxenstored.server.log import Tracer
+from pyxenstored.server.socket_transport import SocketTransport, listen_unix
+from pyxenstored.server.storeapi import EventLike, StoreLike
+from pyxenstored.server.transport import Transport
+from pyxenstored.wire import MsgType
+
+log = logging.getLogger("pyxenstored.server")
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+# Requests after which per-connection limits are looked up again: they may
+# change quota values or a connection's domain/privilege.
+_LIMIT_CHANGERS = frozenset(
+    int(t)
+    for t in (
+        MsgType.CONTROL,
+        MsgType.SET_QUOTA,
+        MsgType.INTRODUCE,
+        MsgType.RELEASE,
+        MsgType.RESUME,
+        MsgType.SET_TARGET,
+    )
+)
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    """Tunables of the event loop (quota values come from the store)."""
+
+    store_domid: int = 0
+    # Output queue bound for connections without a memory quota (privileged
+    # and socket clients): C has none, but a client that never reads must
+    # not grow the daemon without bound.
+    max_output_bytes: int = 4 * 1024 * 1024
+    # Seconds an event for an unprivileged receiver may wait (``-w
+    # watch-event=``); 0 disables.
+    watch_event_timeout: float = 20.0
+    listen_backlog: int = 128
+
+
+class Server:
+    """Owns the selector, the listening sockets and every connection."""
+
+    def __init__(
+        self, store: StoreLike, config: ServerConfig | None = None, tracer: Tracer | None = None
+    ) -> None:
+        self.store = store
+        self.config = config or ServerConfig()
+        self.tracer = tracer or Tracer()
+        self._sel = selectors.DefaultSelector()
+        self._conns: dict[int, Connection] = {}
+        self._masks: dict[int, int] = {}
+        self._listeners: list[tuple[socket.socket, str, tuple[int, int]]] = []
+        self._next_conn_id = 1
+        self._running = False
+        self._dirty: set[Connection] = set()
+        self._woken: set[Connection] = set()
+        self._timed: set[Connection] = set()
+        self._signal_socks: tuple[socket.socket, socket.socket] | None = None
+        self._old_wakeup_fd = -1
+        self.stop_signal: int | None = None
+
+    # --- set-up --------------------------------------------------------------
+
+    def listen(self, path: str) -> socket.socket:
+        """Listen on a unix socket at ``path``; it is removed again by :meth:`close`."""
+        sock = listen_unix(path, self.config.listen_backlog)
+        st = os.stat(path)
+        self._listeners.append((sock, path, (st.st_dev, st.st_ino)))
+        self._sel.register(sock, EVENT_READ, self._accept_ready)
+        return sock
+
+    @property
+    def connections(self) -> Iterator[Connection]:
+        return iter(list(self._conns.values()))
+
+    def connection(self, conn_id: int) -> Connection | None:
+        return self._conns.get(conn_id)
+
+    def add_connection(
+        self, transport: Transport, domid: int, conn_id: int | None = None
+    ) -> Connection:
+        """Register a new client on any transport and tell the store about it."""
+        if conn_id is None:
+            conn_id = self._next_conn_id
+        self._next_conn_id = max(self._next_conn_id, conn_id + 1)
+        conn = Connection(
+            conn_id, domid, transport, out_limit=self.config.max_output_bytes, wake=self._wake
+        )
+        self.store.connect(conn_id, domid, is_socket=transport.is_socket)
+        self._conns[conn_id] = conn
+        self._masks[conn_id] = 0
+        self._apply_limits(conn)
+        self.tracer.obj("CREATE", "connection", conn_id)
+        self._update_mask(conn)
+        return conn
+
+    def _apply_limits(self, conn: Connection) -> None:
+        quota = self.store.quota_for_conn
+        memory = quota(conn.conn_id, "memory")
+        conn.out_limit = memory if memory else self.config.max_output_bytes
+        outstanding = quota(conn.conn_id, "outstanding")
+        conn.outstanding_limit = outstanding if outstanding else None
+        # The watch-event timeout applies to unprivileged receivers only;
+        # the store tells us who those are by giving them quota.
+        limited = outstanding is not None
+        conn.event_timeout = self.config.watch_event_timeout if limited else 0.0
+        if conn.event_timeout > 0:
+            self._timed.add(conn)
+        else:
+            self._timed.discard(conn)
+
+    def refresh_limits(self) -> None:
+        for conn in list(self._conns.values()):
+            self._apply_limits(conn)
+            self._update_mask(conn)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop the loop, SIGHUP reopens the trace file."""
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        self._signal_socks = (rsock, wsock)
+        self._old_wakeup_fd = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+        self._sel.register(rsock, EVENT_READ, self._signal_ready)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop_signal(self, signum: int, _frame: object) -> None:
+        self.stop_signal = signum
+        self._running = False
+
+    def _on_hup(self, _signum: int, _frame: object) -> None:
+        self.tracer.reopen()
+
+    def _signal_ready(self, _mask: int) -> None:
+        assert self._signal_socks is not None
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._signal_socks[0].recv(64):
+                pass
+
+    # --- main loop -------------------------------------------------------------
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until :meth:`stop` or a stop signal."""
+        self._running = True
+        if on_ready is not None:
+            on_ready()
+        while self._running:
+            self.run_once(self._select_timeout())
+
+    def stop(self) -> None:
+        self._running = False
+
+    def _select_timeout(self) -> float | None:
+        if not self._timed:
+            return None
+        deadlines = [d for d in (c.next_deadline() for c in self._timed) if d]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """Wait for readiness once and handle everything that is ready."""
+        for key, mask in self._sel.select(timeout):
+            target = key.data
+            if target.__class__ is Connection:
+                self._connection_ready(target, mask)
+            else:
+                target(mask)
+        if self._woken:
+            self._resume_woken()
+        if self._timed:
+            now = time.monotonic()
+            for conn in list(self._timed):
+                if conn.expire_events(now):
+                    self._update_mask(conn)
+
+    def _accept_ready(self, _mask: int) -> None:
+        for sock, _path, _ident in self._listeners:
+            while True:
+                try:
+                    client, _addr = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    # EMFILE and the like: keep serving the others.
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.error("cannot accept a connection: %s", exc)
+                        break
+                    raise
+                self.add_connection(SocketTransport(client), self.config.store_domid)
+
+    def _connection_ready(self, conn: Connection, mask: int) -> None:
+        if mask & EVENT_WRITE:
+            self._flush(conn)
+            if conn.closed:
+                return
+        if mask & EVENT_READ:
+            data = conn.transport.read()
+            if data is not None:
+                if not data:
+                    self.close_connection(conn, "closed by peer")
+                    return
+                conn.reader.feed(data)
+                self._process_input(conn)
+                if conn.closed:
+                    return
+                self._flush(conn)
+        if self._dirty:
+            self._flush_dirty()
+        if not conn.closed:
+            self._update_mask(conn)
+
+    def _resume_woken(self) -> None:
+        # Connections unblocked by output progress: run their buffered
+        # requests, then let the selector watch them again.
+        while self._woken:
+            conn = self._woken.pop()
+            if conn.closed:
+                continue
+            if conn.reader.buffered():
+                self._process_input(conn)
+                if not conn.closed:
+                    self._flush(conn)
+            if self._dirty:
+                self._flush_dirty()
+            if not conn.closed:
+                self._update_mask(conn)
+
+    def _wake(self, conn: Connection) -> None:
+        self._woken.add(conn)
+
+    # --- requests ----------------------------------------------------------------
+
+    def _process_input(self, conn: Connection) -> None:
+        """Handle the complete requests buffered for ``conn`` while allowed."""
+        reader = conn.reader
+        handle = self.store.handle
+        conn_id = conn.conn_id
+        tracer = self.tracer
+        refresh = False
+        while conn.can_process():
+            try:
+                msg = reader.next_message()
+            except OversizedMessage as exc:
+                log.warning("connection %d: %s; closing it", conn_id, exc)
+                self.close_connection(conn, "oversized message")
+                return
+            if msg is None:
+                break
+            type_, req_id, tx_id, payload = msg
+            if tracer.io_on:
+                tracer.message("IN", conn_id, conn.domid, type_, payload)
+            result = handle(conn_id, type_, tx_id, payload)
+            token = conn.queue_reply(result.reply_type, req_id, tx_id, result.payload)
+            if tracer.io_on:
+                tracer.message("OUT", conn_id, conn.domid, result.reply_type, result.payload)
+            if result.events:
+                self._deliver(result.events, token)
+            if type_ in _LIMIT_CHANGERS:
+                refresh = True
+        if refresh:
+            self.refresh_limits()
+
+    def _deliver(self, events: Sequence[EventLike], token: PendingRequest | None) -> None:
+        conns = self._conns
+        dirty = self._dirty
+        now = time.monotonic() if self._timed else 0.0
+        for ev in events:
+            target = conns.get(ev.conn_id)
+            if target is not None and target.queue_event(ev.payload, token, now):
+                dirty.add(target)
+
+    # --- output ------------------------------------------------------------------
+
+    def _flush(self, conn: Connection) -> None:
+        try:
+            conn.flush()
+        except OSError as exc:
+            self.close_connection(conn, f"write failed: {exc}")
+
+    def _flush_dirty(self) -> None:
+        dirty = self._dirty
+        while dirty:
+            conn = dirty.pop()
+            if conn.closed:
+                continue
+            self._flush(conn)
+            if not conn.closed:
+                self._update_mask(conn)
+
+    def _update_mask(self, conn: Connection) -> None:
+        want = (EVENT_READ if conn.can_process() else 0) | (EVENT_WRITE if conn.has_output else 0)
+        conn_id = conn.conn_id
+        have = self._masks[conn_id]
+        if want == have:
+            return
+        if have == 0:
+            self._sel.register(conn.transport.fileno(), want, conn)
+        elif want == 0:
+            self._sel.unregister(conn.transport.fileno())
+        else:
+            self._sel.modify(conn.transport.fileno(), want, conn)
+        self._masks[conn_id] = want
+
+    # --- teardown ----------------------------------------------------------------
+
+    def close_connection(self, conn: Connection, reason: str) -> None:
+        """Drop a client: its watches and transactions go with it."""
+        if conn.closed:
+            return
+        log.debug("connection %d: %s", conn.conn_id, reason)
+        # Flush what can go without blocking, as C does on destruction.
+        with contextlib.suppress(OSError):
+            conn.flush()
+        conn.closed = True
+        conn_id = conn.conn_id
+        if self._masks.pop(conn_id, 0):
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn.transport.fileno())
+        conn.transport.close()
+        del self._conns[conn_id]
+        self._dirty.discard(conn)
+        self._woken.discard(conn)
+        self._timed.discard(conn)
+        conn.discard_output()
+        self.store.disconnect(conn_id)
+        self.tracer.obj("DESTROY", "connection", conn_id)
+
+    def close(self) -> None:
+        """Close every connection and listening socket; remove our socket files."""
+        for conn in list(self._conns.values()):
+            self.close_connection(conn, "daemon stopping")
+        for sock, path, ident in self._listeners:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(sock)
+            sock.close()
+            # Only remove the file if it is still ours (not a successor's).
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == ident:
+                    os.unlink(path)
+        self._listeners.clear()
+        if self._signal_socks is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            for s in self._signal_socks:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(s)
+                s.close()
+            self._signal_socks = None
+        self._sel.close()
