@@ -1,0 +1,316 @@
+"""Load generator for any xenstored on a unix socket: ops/s per request type.
+
+Measures READ, WRITE, DIRECTORY, GET_PERMS and transactions (START, WRITE
+in the transaction, END commit: one row counts whole transactions) in two
+modes:
+
+* ``seq``  -- one request in flight per connection (a libxenstore client);
+* ``pipe`` -- ``--depth`` requests in flight per connection (replies are
+  matched by ``req_id``; each transaction is a little state machine).
+
+with 1 and 8 connections; every connection runs in its own process so the
+Python client is not the bottleneck.  The same run works against the C
+reference daemon, so the figures compare directly::
+
+    taskset -c 0 python -m pyxenstored --rundir /tmp/b &
+    python bench/ops_bench.py --socket /tmp/b/socket --cpu 1
+
+Each cell is the median of ``--repeat`` runs of ``--duration`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import struct
+import sys
+import time
+from dataclasses import dataclass
+
+HDR = struct.Struct("=IIII")
+DIRECTORY, READ, GET_PERMS, TX_START, TX_END, WRITE, ERROR = 1, 2, 3, 6, 7, 11, 16
+CHILDREN = 10
+VALUE = b"v" * 32
+
+OPS = ("read", "write", "directory", "get_perms", "transaction")
+
+
+@dataclass(slots=True, frozen=True)
+class Cell:
+    op: str
+    mode: str
+    conns: int
+
+
+class Client:
+    """One raw connection with a reply parser that works on any split."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.buf = bytearray()
+
+    def call(self, type_: int, payload: bytes, tx_id: int = 0) -> tuple[int, bytes]:
+        self.sock.sendall(HDR.pack(type_, 0, tx_id, len(payload)) + payload)
+        while True:
+            reply = self.next_reply()
+            if reply is not None:
+                return reply[0], reply[3]
+            self.fill()
+
+    def fill(self) -> None:
+        data = self.sock.recv(262144)
+        if not data:
+            raise EOFError("daemon closed the connection")
+        self.buf += data
+
+    def next_reply(self) -> tuple[int, int, int, bytes] | None:
+        buf = self.buf
+        if len(buf) < 16:
+            return None
+        type_, req_id, tx_id, length = HDR.unpack_from(buf, 0)
+        if len(buf) < 16 + length:
+            return None
+        body = bytes(buf[16 : 16 + length])
+        del buf[: 16 + length]
+        return type_, req_id, tx_id, body
+
+
+def setup_nodes(client: Client, base: bytes) -> None:
+    for i in range(CHILDREN):
+        kind, body = client.call(WRITE, base + b"/c%d\0" % i + VALUE)
+        if kind == ERROR:
+            raise RuntimeError(f"setup write failed: {body!r}")
+
+
+def simple_request(op: str, base: bytes) -> tuple[int, bytes]:
+    key = base + b"/c0\0"
+    if op == "read":
+        return READ, key
+    if op == "write":
+        return WRITE, base + b"/c1\0" + VALUE
+    if op == "directory":
+        return DIRECTORY, base + b"\0"
+    if op == "get_perms":
+        return GET_PERMS, key
+    raise ValueError(op)
+
+
+def run_seq(client: Client, op: str, base: bytes, until: float) -> tuple[int, int]:
+    """Round trips one at a time; returns (completed, errors)."""
+    done = errors = 0
+    sock = client.sock
+    if op == "transaction":
+        while time.monotonic() < until:
+            kind, body = client.call(TX_START, b"\0")
+            tx = int(body.rstrip(b"\0"))
+            client.call(WRITE, base + b"/c2\0" + VALUE, tx)
+            kind, body = client.call(TX_END, b"T\0", tx)
+            done += 1
+            errors += kind == ERROR
+        return done, errors
+    type_, payload = simple_request(op, base)
+    request = HDR.pack(type_, 0, 0, len(payload)) + payload
+    recv_into = sock.recv_into
+    buf = bytearray(8192)
+    view = memoryview(buf)
+    check = 0
+    while True:
+        # Check the clock every 64 requests: time.monotonic is not free.
+        if check == 0:
+            if time.monotonic() >= until:
+                break
+            check = 64
+        check -= 1
+        sock.sendall(request)
+        got = recv_into(view)
+        while got < 16 or got < 16 + HDR.unpack_from(buf, 0)[3]:
+            got += recv_into(view[got:])
+        done += 1
+        errors += HDR.unpack_from(buf, 0)[0] == ERROR
+    return done, errors
+
+
+def run_pipe(client: Client, op: str, base: bytes, until: float, depth: int) -> tuple[int, int]:
+    """``depth`` requests in flight, matched by req_id."""
+    done = errors = 0
+    sock = client.sock
+    if op == "transaction":
+        # Slot i: state 0 = waiting for START, 1 = for WRITE, 2 = for END.
+        paths = [base + b"/t%d\0" % i + VALUE for i in range(depth)]
+        state = [0] * depth
+        txid = [0] * depth
+        sock.sendall(b"".join(HDR.pack(TX_START, i, 0, 1) + b"\0" for i in range(depth)))
+        running = True
+        inflight = depth
+        while inflight:
+            client.fill()
+            out = []
+            while (reply := client.next_reply()) is not None:
+                kind, slot, _tx, body = reply
+                st = state[slot]
+                if st == 0:
+                    txid[slot] = int(body.rstrip(b"\0"))
+                    out.append(HDR.pack(WRITE, slot, txid[slot], len(paths[slot])) + paths[slot])
+                    state[slot] = 1
+                elif st == 1:
+                    out.append(HDR.pack(TX_END, slot, txid[slot], 2) + b"T\0")
+                    state[slot] = 2
+                else:
+                    done += 1
+                    errors += kind == ERROR
+                    if running and time.monotonic() >= until:
+                        running = False
+                    if running:
+                        out.append(HDR.pack(TX_START, slot, 0, 1) + b"\0")
+                        state[slot] = 0
+                    else:
+                        inflight -= 1
+            if out:
+                sock.sendall(b"".join(out))
+        return done, errors
+    type_, payload = simple_request(op, base)
+    request = HDR.pack(type_, 0, 0, len(payload)) + payload
+    sock.sendall(request * depth)
+    inflight = depth
+    running = True
+    buf = client.buf
+    while inflight:
+        client.fill()
+        pos = 0
+        n = 0
+        end = len(buf)
+        while end - pos >= 16:
+            kind, _req, _tx, length = HDR.unpack_from(buf, pos)
+            if end - pos < 16 + length:
+                break
+            errors += kind == ERROR
+            pos += 16 + length
+            n += 1
+        del buf[:pos]
+        done += n
+        inflight -= n
+        if running and time.monotonic() >= until:
+            running = False
+        if running and n:
+            sock.sendall(request * n)
+            inflight += n
+    return done, errors
+
+
+def worker(
+    path: str,
+    op: str,
+    mode: str,
+    depth: int,
+    duration: float,
+    index: int,
+    cpu: int | None,
+    barrier: object,
+    results: object,
+) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    client = Client(path)
+    base = b"/bench/p%d-%d" % (os.getpid(), index)
+    setup_nodes(client, base)
+    barrier.wait()  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    until = t0 + duration
+    if mode == "seq":
+        done, errors = run_seq(client, op, base, until)
+    else:
+        done, errors = run_pipe(client, op, base, until, depth)
+    elapsed = time.monotonic() - t0
+    client.call(13, base + b"\0")  # RM the work area
+    client.sock.close()
+    results.put((done, errors, elapsed))  # type: ignore[attr-defined]
+
+
+def measure(
+    path: str, cell: Cell, depth: int, duration: float, cpu: int | None
+) -> tuple[float, int]:
+    """One run: ops/s summed over the connections, and the error count."""
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(cell.conns)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=worker,
+            args=(path, cell.op, cell.mode, depth, duration, i, cpu, barrier, results),
+        )
+        for i in range(cell.conns)
+    ]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=duration + 60) for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise RuntimeError(f"worker failed with status {p.exitcode}")
+    rate = sum(done / elapsed for done, _e, elapsed in outcomes)
+    return rate, sum(e for _d, e, _t in outcomes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--socket",
+        default=os.environ.get("XENSTORED_PATH"),
+        help="daemon socket (default $XENSTORED_PATH)",
+    )
+    parser.add_argument(
+        "--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}"
+    )
+    parser.add_argument("--modes", default="seq,pipe", help="seq, pipe or both")
+    parser.add_argument("--conns", default="1,8", help="connection counts, e.g. 1,8")
+    parser.add_argument(
+        "--depth", type=int, default=32, help="requests in flight per connection in pipe mode"
+    )
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per run")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per cell; the median is printed"
+    )
+    parser.add_argument("--cpu", type=int, help="pin the client processes to this CPU")
+    parser.add_argument("--label", default="", help="name printed in the table title")
+    args = parser.parse_args(argv)
+    if not args.socket:
+        parser.error("--socket or XENSTORED_PATH is required")
+    ops = [op for op in args.ops.split(",") if op]
+    for op in ops:
+        if op not in OPS:
+            parser.error(f"unknown op {op!r}")
+    modes = args.modes.split(",")
+    conns = [int(c) for c in args.conns.split(",")]
+    title = f"ops/s on {args.socket}" + (f" ({args.label})" if args.label else "")
+    title += f", median of {args.repeat} x {args.duration:g}s, pipe depth {args.depth}"
+    print(title)
+    header = f"{'op':<12} {'mode':<5}" + "".join(f" {f'{c} conn':>12}" for c in conns)
+    print(header)
+    print("-" * len(header))
+    for op in ops:
+        for mode in modes:
+            cells = []
+            for n in conns:
+                rates = []
+                errors = 0
+                for _ in range(args.repeat):
+                    rate, errs = measure(
+                        args.socket, Cell(op, mode, n), args.depth, args.duration, args.cpu
+                    )
+                    rates.append(rate)
+                    errors += errs
+                cell = f"{statistics.median(rates):12.0f}"
+                if errors:
+                    cell += f" ({errors} err)"
+                cells.append(cell)
+            print(f"{op:<12} {mode:<5}" + "".join(f" {c}" for c in cells), flush=True)
+    print("transaction rows count whole transactions (START + WRITE + END), i.e. 3 requests each")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
