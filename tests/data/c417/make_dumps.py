@@ -125,7 +125,10 @@ def main() -> None:
 
         # xenstore-watch stays connected with a watch on /tool.
         watcher = subprocess.Popen(
-            ["xenstore-watch", "/tool"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            ["xenstore-watch", "/tool"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         # A socket client that stops reading: its watch events pile up in C.
         slow = RawClient(sock, rcvbuf=2048)
