@@ -218,7 +218,9 @@ class Store:
     def _setup_tree(self) -> None:
         """The initial tree of C HEAD's ``setup_structure`` (digest 3.2)."""
         priv = self.config.priv_domid
-        self._domain(priv)
+        # C HEAD introduces the privileged domain (and the store domain) at start.
+        self._domain(priv).introduced = True
+        self._domain(self.config.store_domid).introduced = True
         base: Perms = ((priv, PERM_NONE),)
         layout: list[tuple[str, Perms, tuple[str, ...]]] = [
             ("/", base, ("tool",)),
@@ -1051,23 +1053,37 @@ class Store:
                 conn.domain = self._domain(domid)
 
     def _remove_domain_from_tree(self, domid: int, events: list[Event]) -> None:
-        """Digest 3.4: owned nodes go (or go to priv_domid with -K), entries go."""
-        priv = self.config.priv_domid
-        for path in sorted(self.nodes, key=_tree_order):
+        """Digest 3.4: owned nodes go (or go to priv_domid with -K), entries go.
+
+        Walks the tree depth first from ``/`` like C, then the special nodes.
+        """
+        stack = ["/"]
+        while stack:
+            path = stack.pop()
             node = self.nodes.get(path)
             if node is None:
                 continue
-            perms = node.perms
-            if perms[0][0] == domid:
-                if not self.config.keep_orphans and not path.startswith("@") and path != "/":
-                    self._remove(None, None, path, node, events)
-                    continue
-                perms = ((priv, perms[0][1]),) + perms[1:]
-            stripped = (perms[0],) + tuple(e for e in perms[1:] if e[0] != domid)
-            if stripped != node.perms:
-                before = (node.perms[0][0], node.memory(path))
-                node.perms = stripped
-                self._account_write(path, node, before)
+            if self._orphan_node(domid, path, node, events):
+                stack.extend(child_path(path, name) for name in reversed(node.children))
+        for path in (RELEASE_DOMAIN, INTRODUCE_DOMAIN):
+            node = self.nodes.get(path)
+            if node is not None:
+                self._orphan_node(domid, path, node, events, removable=False)
+
+    def _orphan_node(self, domid: int, path: str, node: Node, events: list[Event], removable: bool = True) -> bool:
+        """Clean one node of a dead domain; False when it was removed with its subtree."""
+        perms = node.perms
+        if perms[0][0] == domid:
+            if removable and path != "/" and not self.config.keep_orphans:
+                self._remove(None, None, path, node, events)
+                return False
+            perms = ((self.config.priv_domid, perms[0][1]),) + perms[1:]
+        stripped = (perms[0],) + tuple(e for e in perms[1:] if e[0] != domid)
+        if stripped != node.perms:
+            before = (node.perms[0][0], node.memory(path))
+            node.perms = stripped
+            self._account_write(path, node, before)
+        return True
 
     def op_resume(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
         self._onearg_domain(payload).shutdown = False
@@ -1299,7 +1315,3 @@ class Store:
             problems.append(f"watch index holds {self.watches.count} watches, connections {seen}")
         return problems
 
-
-def _tree_order(path: str) -> tuple[int, str]:
-    """Parents before children, so removing a subtree skips its members."""
-    return (path.count("/"), path)
