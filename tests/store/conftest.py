@@ -48,14 +48,19 @@ class Client:
         assert self.ok(MsgType.RM, path.encode() + b"\0", tx) == b"OK\0"
 
     def ls(self, path: str, tx: int = 0) -> list[str]:
-        return [n.decode() for n in self.ok(MsgType.DIRECTORY, path.encode() + b"\0", tx).split(b"\0")[:-1]]
+        return [
+            n.decode()
+            for n in self.ok(MsgType.DIRECTORY, path.encode() + b"\0", tx).split(b"\0")[:-1]
+        ]
 
     def set_perms(self, path: str, *perms: str, tx: int = 0) -> None:
         payload = path.encode() + b"\0" + b"".join(p.encode() + b"\0" for p in perms)
         assert self.ok(MsgType.SET_PERMS, payload, tx) == b"OK\0"
 
     def get_perms(self, path: str) -> list[str]:
-        return [p.decode() for p in self.ok(MsgType.GET_PERMS, path.encode() + b"\0").split(b"\0")[:-1]]
+        return [
+            p.decode() for p in self.ok(MsgType.GET_PERMS, path.encode() + b"\0").split(b"\0")[:-1]
+        ]
 
     def watch(self, path: str, token: str, depth: int | None = None) -> Result:
         payload = path.encode() + b"\0" + token.encode() + b"\0"

@@ -38,7 +38,17 @@ def test_unknown_or_reply_only_types_are_enosys(dom0: Client, msg_type: int) -> 
 
 @pytest.mark.parametrize(
     "msg_type",
-    [M.CONTROL, M.INTRODUCE, M.RELEASE, M.IS_DOMAIN_INTRODUCED, M.RESUME, M.SET_TARGET, M.SET_FEATURE, M.GET_QUOTA, M.SET_QUOTA],
+    [
+        M.CONTROL,
+        M.INTRODUCE,
+        M.RELEASE,
+        M.IS_DOMAIN_INTRODUCED,
+        M.RESUME,
+        M.SET_TARGET,
+        M.SET_FEATURE,
+        M.GET_QUOTA,
+        M.SET_QUOTA,
+    ],
 )
 def test_privileged_types_refused_to_guests(connect: ClientFactory, msg_type: M) -> None:
     guest = connect(domid=5)
@@ -61,7 +71,19 @@ def test_unknown_connection_gets_an_error(store: Store) -> None:
 
 
 @pytest.mark.parametrize(
-    "payload", [b"/a/\0", b"/a//b\0", b"\0", b"/a b\0", b"/a.b\0", b"@foo\0", b"/a\xff\0", b"/a", b"/a\0b\0", b""]
+    "payload",
+    [
+        b"/a/\0",
+        b"/a//b\0",
+        b"\0",
+        b"/a b\0",
+        b"/a.b\0",
+        b"@foo\0",
+        b"/a\xff\0",
+        b"/a",
+        b"/a\0b\0",
+        b"",
+    ],
 )
 def test_bad_paths_and_args_are_einval(dom0: Client, payload: bytes) -> None:
     assert dom0.err(M.READ, payload) == "EINVAL"

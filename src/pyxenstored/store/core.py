@@ -1070,7 +1070,9 @@ class Store:
             if node is not None:
                 self._orphan_node(domid, path, node, events, removable=False)
 
-    def _orphan_node(self, domid: int, path: str, node: Node, events: list[Event], removable: bool = True) -> bool:
+    def _orphan_node(
+        self, domid: int, path: str, node: Node, events: list[Event], removable: bool = True
+    ) -> bool:
         """Clean one node of a dead domain; False when it was removed with its subtree."""
         perms = node.perms
         if perms[0][0] == domid:
@@ -1314,4 +1316,3 @@ class Store:
         if seen != self.watches.count:
             problems.append(f"watch index holds {self.watches.count} watches, connections {seen}")
         return problems
-
