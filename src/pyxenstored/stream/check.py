@@ -23,7 +23,7 @@ import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 from pyxenstored.wire import DOMID_ANY, DOMID_FIRST_RESERVED, DOMID_INVALID
 
@@ -339,8 +339,8 @@ class _Source:
 
     __slots__ = ("f", "buf", "base", "eof")
 
-    def __init__(self, source: str | bytes | bytearray | memoryview | BinaryIO) -> None:
-        self.f: BinaryIO | None
+    def __init__(self, source: str | bytes | bytearray | memoryview | IO[bytes]) -> None:
+        self.f: IO[bytes] | None
         if isinstance(source, (bytes, bytearray, memoryview)):
             self.f = None
             self.buf = bytes(source)
@@ -879,7 +879,7 @@ def _show(raw: bytes, limit: int = 80) -> str:
 
 
 def check_stream(
-    source: str | bytes | bytearray | memoryview | BinaryIO,
+    source: str | bytes | bytearray | memoryview | IO[bytes],
     summary: CheckSummary | None = None,
     *,
     exact_limit: int = 200_000,
@@ -1029,7 +1029,7 @@ def _drain(ck: _Checker) -> Iterator[Diagnostic]:
 
 
 def check_all(
-    source: str | bytes | bytearray | memoryview | BinaryIO,
+    source: str | bytes | bytearray | memoryview | IO[bytes],
 ) -> tuple[list[Diagnostic], CheckSummary]:
     """Convenience: every diagnostic as a list, plus the summary."""
     summary = CheckSummary()
