@@ -1,0 +1,165 @@
+"""A raw-socket Xenstore client that records what a daemon sends back.
+
+It speaks the wire protocol byte by byte (digest §2.1): it sends a header and
+a payload with any ``req_id``, ``tx_id`` or even a lying ``len``, and sorts the
+incoming messages into replies and watch events.  Nothing is interpreted, so
+the same client drives the C reference and pyxenstored and the recordings can
+be compared.
+
+Replies to one connection come back in request order, so :meth:`request`
+simply waits for the next non-event message.  Events caused by requests on
+*other* connections are collected by :meth:`sync`: it sends a request that
+changes nothing and reads until its reply, and every event queued for this
+connection before that request was handled arrives first.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+
+from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType
+
+DEFAULT_TIMEOUT = 5.0
+
+# GET_DOMAIN_PATH is answered by every daemon version, needs no privilege and
+# touches no state (no generation count, no transaction): a harmless barrier.
+SYNC_TYPE = int(MsgType.GET_DOMAIN_PATH)
+SYNC_PAYLOAD = b"0\0"
+SYNC_REQ_ID = 0x5EC0DE
+
+
+class ConnectionClosed(Exception):
+    """The daemon closed the connection (or it broke) while we waited."""
+
+
+class ReplyTimeout(Exception):
+    """No complete message arrived within the timeout."""
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    """One message as received: the raw header fields and the payload."""
+
+    type: int
+    req_id: int
+    tx_id: int
+    payload: bytes
+
+
+@dataclass(slots=True)
+class RawClient:
+    """One unix-socket connection to a xenstored."""
+
+    path: str
+    timeout: float = DEFAULT_TIMEOUT
+    sock: socket.socket = field(init=False)
+    events: list[Message] = field(default_factory=list)
+    closed: bool = False
+    _buf: bytearray = field(default_factory=bytearray)
+    _next_req: int = 1
+
+    def __post_init__(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+    # --- sending --------------------------------------------------------------
+
+    def send(
+        self,
+        msg_type: int,
+        payload: bytes,
+        *,
+        tx_id: int = 0,
+        req_id: int | None = None,
+        length: int | None = None,
+    ) -> int:
+        """Send one message; ``length`` overrides the header's ``len`` field."""
+        if req_id is None:
+            req_id = self._next_req
+            self._next_req += 1
+        hdr_len = len(payload) if length is None else length
+        try:
+            self.sock.sendall(HEADER.pack(msg_type, req_id, tx_id, hdr_len) + payload)
+        except OSError as exc:
+            self.closed = True
+            raise ConnectionClosed(str(exc)) from exc
+        return req_id
+
+    # --- receiving ------------------------------------------------------------
+
+    def _fill(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ReplyTimeout("no reply within timeout")
+        ready, _, _ = select.select([self.sock], [], [], remaining)
+        if not ready:
+            raise ReplyTimeout("no reply within timeout")
+        try:
+            chunk = self.sock.recv(65536)
+        except OSError as exc:
+            self.closed = True
+            raise ConnectionClosed(str(exc)) from exc
+        if not chunk:
+            self.closed = True
+            raise ConnectionClosed("connection closed by daemon")
+        self._buf += chunk
+
+    def _next_message(self, deadline: float) -> Message:
+        while len(self._buf) < HEADER_SIZE:
+            self._fill(deadline)
+        msg_type, req_id, tx_id, length = HEADER.unpack_from(self._buf)
+        while len(self._buf) < HEADER_SIZE + length:
+            self._fill(deadline)
+        payload = bytes(self._buf[HEADER_SIZE : HEADER_SIZE + length])
+        del self._buf[: HEADER_SIZE + length]
+        return Message(msg_type, req_id, tx_id, payload)
+
+    def read_reply(self, timeout: float | None = None) -> Message:
+        """The next reply; watch events met on the way go to :attr:`events`."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            msg = self._next_message(deadline)
+            if msg.type == MsgType.WATCH_EVENT:
+                self.events.append(msg)
+            else:
+                return msg
+
+    def request(
+        self,
+        msg_type: int,
+        payload: bytes,
+        *,
+        tx_id: int = 0,
+        req_id: int | None = None,
+        length: int | None = None,
+        timeout: float | None = None,
+    ) -> Message:
+        self.send(msg_type, payload, tx_id=tx_id, req_id=req_id, length=length)
+        return self.read_reply(timeout)
+
+    def sync(self, timeout: float | None = None) -> list[Message]:
+        """Collect every event queued for us so far; returns and clears them."""
+        if not self.closed:
+            reply = self.request(SYNC_TYPE, SYNC_PAYLOAD, req_id=SYNC_REQ_ID, timeout=timeout)
+            if reply.req_id != SYNC_REQ_ID:
+                raise AssertionError(f"out-of-order reply while syncing: {reply}")
+        events, self.events = self.events, []
+        return events
+
+    def is_closed_by_peer(self, timeout: float = 1.0) -> bool:
+        """Whether the daemon closes the connection within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self._fill(deadline)
+        except ConnectionClosed:
+            return True
+        except ReplyTimeout:
+            return False
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
