@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from tests.conformance.daemons import KINDS, Daemon, DaemonError, available
 from tests.conformance.scenario import reset_daemon
 from tests.util import require

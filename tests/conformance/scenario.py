@@ -41,13 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyxenstored.wire import MsgType
 from tests.conformance.rawclient import (
     ConnectionClosed,
     Message,
     RawClient,
     ReplyTimeout,
 )
+
+from pyxenstored.wire import MsgType
 
 HERE = Path(__file__).resolve().parent
 SCENARIO_DIR = HERE / "scenarios"

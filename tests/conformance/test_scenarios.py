@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tests.conformance.compat import check_expectations, compare_records, load_compat
 from tests.conformance.conftest import DaemonPool
 from tests.conformance.daemons import PYXENSTORED, REFERENCE, available
@@ -28,7 +27,9 @@ from tests.conformance.scenario import (
 
 SCENARIOS = load_scenarios()
 WITH_REFERENCE = [s for s in SCENARIOS if REFERENCE in s.targets]
-WITH_EXPECT = [s for s in SCENARIOS if any("expect" in st or "expect_events" in st for st in s.steps)]
+WITH_EXPECT = [
+    s for s in SCENARIOS if any("expect" in st or "expect_events" in st for st in s.steps)
+]
 
 
 def _ids(items: list[Scenario]) -> list[str]:
