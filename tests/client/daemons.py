@@ -1,0 +1,173 @@
+"""Starting daemons for the client tests: the C reference (../shared/peers) and pyxenstored.
+
+Each daemon runs in its own short temp dir (unix socket paths are limited to
+108 bytes).  For ring tests the same dir is the ring dir: the C reference's
+shim maps ``ring-dom<N>`` there and reads kicks from ``evtchn``; pyxenstored
+gets ``--ring-dir`` and a ``domains`` file listing the domains that exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from tests.util import REFERENCE_RUNNER, XEN_BIN, require_tool
+
+from pyxenstored.client import Client, Perm, create_ring_page
+
+GUEST = 5  # the domain that plays a guest on a ring
+SPARE = 6  # a second existing domain, for introduce/release events
+GUEST_PORT = 7
+EXISTING_DOMAINS = (0, GUEST, SPARE)
+START_TIMEOUT = 15.0
+REQUEST_TIMEOUT = 10.0
+
+
+@dataclass
+class Daemon:
+    kind: str
+    rundir: str
+    socket: str
+    ring_dir: str | None
+    stop: Callable[[], None] = field(repr=False)
+    log: str = ""
+
+    def connect(self) -> Client:
+        return Client.connect_socket(self.socket, timeout=REQUEST_TIMEOUT)
+
+
+def _wait_for_socket(path: str, alive: Callable[[], bool], what: str, log: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not os.path.exists(path):
+        if not alive():
+            pytest.fail(f"{what} exited at start; log {log}:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not create {path}; log {log}:\n{_tail(log)}")
+        time.sleep(0.02)
+
+
+def _tail(path: str) -> str:
+    with contextlib.suppress(OSError), open(path, errors="replace") as f:
+        return f.read()[-2000:]
+    return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def start_reference(rundir: str, ring: bool) -> Daemon:
+    runner = require_tool(str(REFERENCE_RUNNER))
+    require_tool(str(XEN_BIN / "xenstored"))
+    env = dict(os.environ)
+    env.pop("XENSTORED_PATH", None)
+    if ring:
+        env["XS_SHIM_RINGDIR"] = rundir
+        env["XS_SHIM_DOMAINS"] = ",".join(map(str, EXISTING_DOMAINS))
+    out = subprocess.run(
+        [runner, "start", rundir], env=env, capture_output=True, text=True, timeout=120
+    )
+    if out.returncode != 0:
+        pytest.fail(
+            f"reference xenstored did not start: {out.stderr}{_tail(rundir + '/xenstored.out')}"
+        )
+    pid = int(out.stdout.split()[-1])
+
+    def stop() -> None:
+        subprocess.run([runner, "stop", rundir], capture_output=True, timeout=30)
+        deadline = time.monotonic() + 5
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _pid_alive(pid):
+            os.kill(pid, 9)
+
+    return Daemon(
+        "reference", rundir, os.path.join(rundir, "socket"), rundir if ring else None, stop
+    )
+
+
+def pyxenstored_available() -> bool:
+    return importlib.util.find_spec("pyxenstored.cli.daemon") is not None
+
+
+@functools.cache
+def pyxenstored_help() -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "pyxenstored", "--help"], capture_output=True, text=True, timeout=60
+    )
+    return out.stdout + out.stderr
+
+
+def start_pyxenstored(rundir: str, ring: bool) -> Daemon:
+    if not pyxenstored_available():
+        pytest.skip("the pyxenstored daemon (pyxenstored.cli.daemon) is not on main yet")
+    args = [sys.executable, "-m", "pyxenstored", "--rundir", rundir]
+    if ring:
+        if "--ring-dir" not in pyxenstored_help():
+            pytest.skip("pyxenstored has no --ring-dir yet (issue 6, simulated hypervisor)")
+        with open(os.path.join(rundir, "domains"), "w") as f:
+            f.write("".join(f"{d}\n" for d in EXISTING_DOMAINS))
+        args += ["--ring-dir", rundir]
+    log = os.path.join(rundir, "pyxenstored.log")
+    env = dict(os.environ)
+    env.pop("XENSTORED_PATH", None)
+    env.pop("NOTIFY_SOCKET", None)
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, env=env)
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    sock = os.path.join(rundir, "socket")
+    try:
+        _wait_for_socket(sock, lambda: proc.poll() is None, "pyxenstored", log)
+    except BaseException:
+        stop()
+        raise
+    return Daemon("pyxenstored", rundir, sock, rundir if ring else None, stop, log)
+
+
+def run_daemon(kind: str, ring: bool) -> Iterator[Daemon]:
+    """Start ``kind`` in a fresh short temp dir, yield it, stop it and clean up."""
+    rundir = tempfile.mkdtemp(prefix="xsc-", dir="/tmp")
+    try:
+        daemon = (
+            start_reference(rundir, ring)
+            if kind == "reference"
+            else start_pyxenstored(rundir, ring)
+        )
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+def introduce_guest(dom0: Client, ring_dir: str, domid: int, port: int) -> None:
+    """What a toolstack does: the guest's page exists, its home is made, then INTRODUCE."""
+    create_ring_page(ring_dir, domid)
+    home = f"/local/domain/{domid}"
+    dom0.mkdir(home)
+    dom0.set_perms(home, [Perm("n", domid)])
+    dom0.introduce(domid, 1, port)
