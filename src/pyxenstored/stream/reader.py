@@ -667,7 +667,7 @@ class StreamReader:
         self._base += self._pos
         self._pos = 0
         while avail < need:
-            chunk = self._read(max(CHUNK_SIZE, min(need - avail, 1 << 26)))
+            chunk = self._read(max(CHUNK_SIZE, min(need - avail, 4 * CHUNK_SIZE)))
             if not chunk:
                 break
             parts.append(chunk)
