@@ -11,6 +11,8 @@ from collections import deque
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyxenstored.client import (
     Client,
@@ -317,3 +319,62 @@ def test_default_socket_path_follows_libxenstore() -> None:
 def test_connect_socket_to_nothing_is_a_clear_error(tmp_path: object) -> None:
     with pytest.raises(ClientConnectionError, match="cannot connect"):
         Client.connect_socket(f"{tmp_path}/no-socket")
+
+
+class ChunkFeed:
+    """A transport that only delivers preset chunks."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = deque(chunks)
+
+    def send(self, data: bytes, timeout: float | None = None) -> None:
+        pass
+
+    def receive(self, timeout: float | None) -> bytes:
+        return self.chunks.popleft() if self.chunks else b""
+
+    def close(self) -> None:
+        pass
+
+
+messages = st.lists(st.tuples(st.booleans(), st.binary(max_size=300)), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(msgs=messages, cuts=st.lists(st.integers(0, 5000), max_size=10))
+def test_any_split_of_the_stream_gives_the_same_messages(
+    msgs: list[tuple[bool, bytes]], cuts: list[int]
+) -> None:
+    stream = b""
+    replies: list[tuple[int, bytes]] = []
+    events: list[WatchEvent] = []
+    for i, (is_event, body) in enumerate(msgs):
+        if is_event:
+            path, token = body[:10].hex(), body[10:20].hex()
+            stream += msg(WATCH_EVENT, 0, f"{path}\0{token}\0".encode())
+            events.append(WatchEvent(path, token))
+        else:
+            stream += msg(READ, i + 1, body)
+            replies.append((i + 1, body))
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    xs = Client(ChunkFeed(chunks), timeout=0.01)
+    for rid, body in replies:
+        assert xs.collect_message(rid) == (READ, body)
+    assert xs.pending_events() == events
+
+
+@settings(max_examples=100, deadline=None)
+@given(garbage=st.binary(min_size=16, max_size=200), big=st.integers(4097, 2**32 - 1))
+def test_garbage_from_the_daemon_is_a_clear_error_or_a_wait(garbage: bytes, big: int) -> None:
+    for data in (garbage, garbage[:12] + struct.pack("=I", big) + garbage[16:]):
+        t, rid, _, n = HDR.unpack_from(data)
+        xs = Client(ChunkFeed([data]), timeout=0.01)
+        if n > 4096:
+            with pytest.raises(ClientConnectionError, match="limit 4096"):
+                xs.collect_message(rid)
+        elif 16 + n <= len(data) and t != WATCH_EVENT:
+            assert xs.collect_message(rid) == (t, data[16 : 16 + n])
+        else:
+            with pytest.raises(TimeoutError):
+                xs.collect_message(rid)

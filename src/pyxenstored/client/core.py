@@ -322,12 +322,12 @@ class Client(Operations):
     def _call(self, type_: int, payload: bytes) -> bytes:
         return self.request(type_, payload, 0)
 
-    def _pump(self, timeout: float | None) -> None:
-        """Take what the transport has (waiting up to ``timeout``) and sort it."""
+    def _pump(self, timeout: float | None) -> bool:
+        """Take what the transport has (waiting up to ``timeout``) and sort it; False if nothing."""
         self._check_usable()
         data = self.transport.receive(timeout)
         if not data:
-            return
+            return False
         buf = self._inbuf
         buf += data
         pos = 0
@@ -351,6 +351,7 @@ class Client(Operations):
                 else:
                     queue.append((type_, payload))
         del buf[:pos]
+        return True
 
     # --- watches ----------------------------------------------------------------
 
@@ -386,8 +387,9 @@ class Client(Operations):
                 yield event
 
     def pending_events(self) -> list[WatchEvent]:
-        """Take the events already received, without waiting."""
-        self._pump(0)
+        """Take the events already received or readable now, without waiting."""
+        while self._pump(0):
+            pass
         events = list(self._events)
         self._events.clear()
         return events
