@@ -322,3 +322,91 @@ def test_adapt_then_write_always_works(records: list[Record]) -> None:
         data = write_stream(out, version=version, target=target)
         assert read_records(data)[1] == out
         assert isinstance(dropped, list)
+
+
+# --- the real C 4.17 reader restores what we write ------------------------------------------
+
+_REWRITE = """
+import sys
+from pyxenstored.stream import End, NodeData, NodePerm, read_records, write_stream
+from pyxenstored.stream.writer import adapt_for_target
+path = sys.argv[1]
+_, records = read_records(path)
+extra = [
+    NodeData(0, 0, 0, (NodePerm("n", 0, 0), NodePerm("r", 0, 1)), "/injected", b"by pyxenstored"),
+    NodeData(0, 0, 0, (NodePerm("n", 0, 0),), "/injected/child", bytes(range(1, 20))),
+]
+records = records[:-1] + extra + [End()]
+out, dropped = adapt_for_target(records, 1, "c-4.17", lossy=False)
+with open(path, "wb") as f:
+    f.write(write_stream(out, target="c-4.17"))
+"""
+
+
+@pytest.mark.reference
+def test_c417_daemon_restores_a_stream_we_wrote(tmp_path: Path) -> None:
+    """Live update of the C 4.17 daemon where our writer rewrites the state file in between."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.util import REFERENCE_RUNNER, REPO, XEN_BIN, require, require_tool
+
+    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
+    require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
+    read_tool = require_tool("xenstore-read")
+    write_tool = require_tool("xenstore-write")
+    run = tmp_path / "ref"
+    env = dict(os.environ, XENSTORED_PATH=str(run / "socket"))
+    started = subprocess.run(
+        [str(REFERENCE_RUNNER), "start", str(run)], env=env, capture_output=True, text=True
+    )
+    require(started.returncode == 0, f"reference xenstored did not start: {started.stderr}")
+    try:
+        subprocess.run([write_tool, "/tool/a", "kept"], env=env, check=True)
+        script = tmp_path / "rewrite.py"
+        script.write_text(_REWRITE)
+        wrapper = tmp_path / "wrapper.sh"
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f"PYTHONPATH={REPO / 'src'} {sys.executable} {script} {run / 'state_dump'}"
+            f" >{tmp_path / 'rewrite.log'} 2>&1 || exit 1\n"
+            f'exec {XEN_BIN / "xenstored"} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        done = subprocess.run(
+            [str(XEN_BIN / "xenstore-control"), "live-update", str(wrapper)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, (done.stdout, done.stderr)
+
+        def read(path: str) -> str:
+            return subprocess.run(
+                [read_tool, path], env=env, check=True, capture_output=True, text=True
+            ).stdout.strip()
+
+        assert read("/injected") == "by pyxenstored"
+        assert read("/tool/a") == "kept"
+        perms = subprocess.run(
+            [require_tool("xenstore-ls"), "-p", "/injected"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert "child" in perms
+        assert (
+            "(n0,r1)"
+            in subprocess.run(
+                [require_tool("xenstore-ls"), "-p", "/"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+    finally:
+        subprocess.run([str(REFERENCE_RUNNER), "stop", str(run)], env=env, check=False)
