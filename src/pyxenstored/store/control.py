@@ -56,17 +56,29 @@ def split_control(payload: bytes) -> tuple[str, list[bytes]]:
     if command not in COMMAND_NAMES:
         raise XsError("EINVAL", f"unknown CONTROL command {command!r}")
     if command == "live-update":
-        # Only the first strings are split; the rest stays in the last one.
-        args: list[bytes] = []
-        rest = payload[nul + 1 :]
-        while rest and len(args) < LIVE_UPDATE_MAX_PARS - 1:
-            end = rest.find(b"\0")
-            if end < 0:
-                break
-            args.append(rest[:end])
-            rest = rest[end + 1 :]
-        return command, args
+        return command, split_live_update(payload[nul + 1 :])
     return command, split_strings(payload[nul + 1 :])
+
+
+def split_live_update(rest: bytes) -> list[bytes]:
+    """Arguments of ``live-update``: at most 6; binary data keeps its NULs.
+
+    C splits only the command and 6 arguments and hands out pointers, so
+    the ``-d <size> <chunk>`` chunk and the last argument reach into the
+    rest of the payload.  Here the chunk of ``-d`` and a 6th argument are
+    the raw remainder (without the final NUL).
+    """
+    args: list[bytes] = []
+    while rest and len(args) < LIVE_UPDATE_MAX_PARS - 1:
+        if len(args) == LIVE_UPDATE_MAX_PARS - 2 or (len(args) == 2 and args[0] == b"-d"):
+            args.append(rest[:-1] if rest.endswith(b"\0") else rest)
+            break
+        end = rest.find(b"\0")
+        if end < 0:
+            break
+        args.append(rest[:end])
+        rest = rest[end + 1 :]
+    return args
 
 
 class ControlHooks(Protocol):
