@@ -23,7 +23,7 @@ import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from pyxenstored.wire import DOMID_ANY, DOMID_FIRST_RESERVED, DOMID_INVALID
 
@@ -218,6 +218,7 @@ class CheckSummary:
 
 
 # A node path: '/' alone or '/'-separated non-empty components of valid characters.
+_PERM_LETTERS = frozenset(b"nrwb")
 _NODE_PATH = re.compile(rb"/|(?:/[A-Za-z0-9_@\-]+)+")
 _SPECIAL_PATH = re.compile(rb"@[A-Za-z0-9_@\-/]*")
 # Watch paths may also be relative (resolved against the connection's home).
@@ -267,12 +268,11 @@ class _PathTracker:
     only reported as ``node-maybe-duplicate``).
     """
 
-    __slots__ = ("prefixes", "paths", "children", "exact", "bloom", "exact_limit", "root_seen")
+    __slots__ = ("stack", "exact", "bloom", "exact_limit", "root_seen")
 
     def __init__(self, exact_limit: int = 200_000) -> None:
-        self.prefixes: list[bytes] = [b"/"]
-        self.paths: list[bytes] = [b"/"]
-        self.children: list[set[int]] = [set()]
+        # each entry: [path + "/", path, hashes of the children seen or None]
+        self.stack: list[list[Any]] = [[b"/", b"/", None]]
         self.exact: set[int] | None = set()
         self.bloom: _Bloom | None = None
         self.exact_limit = exact_limit
@@ -305,33 +305,36 @@ class _PathTracker:
             root_dup = self.root_seen
             self.root_seen = True
             return True, root_dup
-        prefixes = self.prefixes
-        while not path.startswith(prefixes[-1]):
-            prefixes.pop()
-            self.paths.pop()
-            self.children.pop()
+        stack = self.stack
+        top = stack[-1]
+        while not path.startswith(top[0]):
+            stack.pop()
+            top = stack[-1]
         cut = path.rfind(b"/")
-        parent = path[:cut] if cut > 0 else b"/"
         h = hash(path)
         dup: bool | None
-        if self.paths[-1] == parent:
-            kids = self.children[-1]
-            dup = h in kids
-            kids.add(h)
+        if top[1] == (path[:cut] if cut > 0 else b"/"):
             parent_ok = True
+            kids = top[2]
+            if kids is None:
+                top[2] = {h}
+                dup = False
+            elif h in kids:
+                dup = True
+            else:
+                kids.add(h)
+                dup = False
         else:
-            parent_ok = self._known(hash(parent)) is not False
+            parent_ok = self._known(hash(path[:cut] if cut > 0 else b"/")) is not False
             dup = self._known(h)
         if not dup:
-            self._remember(h)
-        prefixes.append(path + b"/")
-        self.paths.append(path)
-        self.children.append(set())
+            exact = self.exact
+            if exact is not None and len(exact) < self.exact_limit:
+                exact.add(h)
+            else:
+                self._remember(h)
+        stack.append([path + b"/", path, None])
         return parent_ok, dup
-
-
-class _Framing(Exception):
-    """Raised inside the checker when the stream cannot be followed any further."""
 
 
 class _Source:
@@ -399,7 +402,7 @@ class _Checker:
         self.domain_data_seen: set[int] = set()
         self.paths = _PathTracker(exact_limit)
         self.specials: set[bytes] = set()
-        self.handlers: dict[int, Callable[[bytes, int, int], int]] = {}
+        self.handlers: list[Callable[[bytes, int, int], int] | None] = []
 
     def setup(self, endian: str) -> None:
         self.s_u16 = struct.Struct(endian + "H")
@@ -415,16 +418,17 @@ class _Checker:
         self.s_gquota = struct.Struct(endian + "HH")
         self.s_domain = struct.Struct(endian + "HHI")
         self.endian = endian
-        self.handlers = {
-            1: self.global_data,
-            2: self.connection_data,
-            3: self.watch_data,
-            4: self.transaction_data,
-            5: self.node_data,
-            6: self.global_quota_data,
-            7: self.domain_data,
-            8: self.watch_data_extended,
-        }
+        self.handlers = [
+            None,  # END is handled by the framing loop
+            self.global_data,
+            self.connection_data,
+            self.watch_data,
+            self.transaction_data,
+            self.node_data,
+            self.global_quota_data,
+            self.domain_data,
+            self.watch_data_extended,
+        ]
 
     # -- reporting -----------------------------------------------------------
 
@@ -738,11 +742,13 @@ class _Checker:
             return length
         owner: int | None = None
         if nperm:
-            perm_bytes = buf[start + 16 : start + path_at]
-            # fast path: every letter valid and every flag 0 or 1
-            letters = perm_bytes[0::4]
-            flags = perm_bytes[1::4]
-            if letters.strip(b"nrwb") or flags.strip(b"\0\1"):
+            # fast path: one entry, or every letter valid and every flag 0 or 1
+            if nperm == 1:
+                bad = buf[start + 16] not in _PERM_LETTERS or buf[start + 17] > 1
+            else:
+                perm_bytes = buf[start + 16 : start + path_at]
+                bad = bool(perm_bytes[0::4].strip(b"nrwb") or perm_bytes[1::4].strip(b"\0\1"))
+            if bad:
                 for i in range(nperm):
                     letter, flag, _ = self.s_perm.unpack_from(buf, start + 16 + 4 * i)
                     if letter not in b"nrwb" or letter == 0:
@@ -764,19 +770,18 @@ class _Checker:
             path = self.cstring(buf, start, path_at, plen, "path")
         else:
             path = buf[pa : pa + plen - 1]
-            if 0 in path:
-                self.report(
-                    "embedded-nul",
-                    "path contains a NUL before its end",
-                    self.offset + 8 + path_at + path.index(0),
-                )
-                path = None
         if path is not None:
-            if len(path) > ABS_PATH_MAX:
-                self.report("path-too-long", f"path of {len(path)} bytes")
-            special = path[:1] == b"@"
-            if (_SPECIAL_PATH if special else _NODE_PATH).fullmatch(path) is None:
-                self.report("bad-path", f"path {_show(path)}")
+            if plen > ABS_PATH_MAX + 1:
+                self.report("path-too-long", f"path of {plen - 1} bytes")
+            if (_SPECIAL_PATH if path[:1] == b"@" else _NODE_PATH).fullmatch(path) is None:
+                if 0 in path:
+                    self.report(
+                        "embedded-nul",
+                        "path contains a NUL before its end",
+                        self.offset + 8 + path_at + path.index(0),
+                    )
+                else:
+                    self.report("bad-path", f"path {_show(path)}")
                 path = None
         if conn_id == 0:
             if tx_id or access:
@@ -786,18 +791,45 @@ class _Checker:
                 )
             if nperm == 0:
                 self.report("perm-count-zero", "committed node without permissions")
-            elif owner is not None and owner not in self.domains_c_knows and owner != DOMID_ANY:
-                self.report(
-                    "node-owner-unknown-to-c",
-                    f"owner domain {owner} has no domain record in a C reader at this point",
-                )
+            elif owner is not None and owner not in self.domains_c_knows:
+                if owner != DOMID_ANY:
+                    self.report(
+                        "node-owner-unknown-to-c",
+                        f"owner domain {owner} has no domain record in a C reader at this point",
+                    )
+                # C counts the node for its owner: that allocates the domain record.
+                self.domains_c_knows.add(owner)
             if path is not None:
                 if path[:1] == b"@":
                     if path in self.specials:
                         self.report("node-duplicate", f"special node {_show(path)} twice")
                     self.specials.add(path)
                 else:
-                    parent_ok, dup = self.paths.add(path)
+                    # Fast path of _PathTracker.add: a new child of the innermost open node.
+                    tracker = self.paths
+                    stack = tracker.stack
+                    top = stack[-1]
+                    while not path.startswith(top[0]):
+                        stack.pop()
+                        top = stack[-1]
+                    cut = path.rfind(b"/")
+                    if cut > 0 and top[1] == path[:cut]:
+                        h = hash(path)
+                        kids = top[2]
+                        if kids is None:
+                            top[2] = {h}
+                            kids = ()
+                        if h not in kids:
+                            if kids:
+                                kids.add(h)
+                            exact = tracker.exact
+                            if exact is not None and len(exact) < tracker.exact_limit:
+                                exact.add(h)
+                            else:
+                                tracker._remember(h)
+                            stack.append([path + b"/", path, None])
+                            return need
+                    parent_ok, dup = tracker.add(path)
                     if not parent_ok:
                         self.report(
                             "node-parent-missing", f"parent of {_show(path)} is not an earlier node"
@@ -831,9 +863,6 @@ class _Checker:
                         "pending-node-duplicate", f"path {_show(path)} twice in transaction {tx_id}"
                     )
                 seen.add(h)
-        if owner is not None and conn_id == 0:
-            # C counts the node for its owner: that allocates the domain record.
-            self.domains_c_knows.add(owner)
         return need
 
     def global_quota_data(self, buf: bytes, start: int, length: int) -> int:
@@ -935,8 +964,13 @@ def _run(
     index = 0
     next_progress = 1 << 24
     yield from _drain(ck)
+    buf = src.buf
+    base = src.base
     while True:
-        buf, i = src.window(offset, 8)
+        i = offset - base
+        if i + 8 > len(buf):
+            buf, i = src.window(offset, 8)
+            base = src.base
         avail = len(buf) - i
         ck.index = index
         ck.offset = offset
@@ -953,15 +987,17 @@ def _run(
             break
         rtype, length = header.unpack_from(buf, i)
         ck.rtype = rtype
-        padded = _roundup8(length)
-        buf, i = src.window(offset, 8 + padded)
-        avail = len(buf) - i - 8
-        summary.records += 1
-        if avail < length:
-            ck.report("truncated", f"len {length} but only {avail} bytes remain")
-            summary.bytes_read = offset + 8 + avail
-            break
-        if padded != length:
+        padded = (length + 7) & ~7
+        if i + 8 + padded > len(buf):
+            buf, i = src.window(offset, 8 + padded)
+            base = src.base
+        summary.records = index + 1
+        if padded != length or i + 8 + length > len(buf):
+            avail = len(buf) - i - 8
+            if avail < length:
+                ck.report("truncated", f"len {length} but only {avail} bytes remain")
+                summary.bytes_read = offset + 8 + avail
+                break
             if avail < padded:
                 ck.report(
                     "truncated",
@@ -988,7 +1024,7 @@ def _run(
                     ck.report("data-after-end", "bytes follow END", after)
             summary.bytes_read = after + rest
             break
-        handler = handlers.get(rtype)
+        handler = handlers[rtype] if rtype < 9 else None
         if handler is None:
             ck.report("unknown-record-type", f"record type {rtype}")
             used = length
