@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pyxenstored.store import Store, StoreConfig
-from pyxenstored.wire import XsError
 from pyxenstored.wire import MsgType as M
+from pyxenstored.wire import XsError
 
 from .conftest import Client, ClientFactory, assert_consistent
 
