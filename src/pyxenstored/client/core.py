@@ -32,9 +32,13 @@ _REQ_ID_MASK = 0xFFFFFFFF
 class XsClientError(XsError):
     """The daemon answered a request with an ERROR reply; ``name`` is its error name."""
 
-    def __init__(self, name: str, request: int | None = None, detail: str = "") -> None:
+    def __init__(
+        self, name: str, request: int | None = None, detail: str = "", payload: bytes = b""
+    ) -> None:
         if not detail and request is not None:
-            detail = f"reply to {_type_name(request)}"
+            # Name the request and its first argument (usually the path).
+            first = payload.split(b"\0", 1)[0][:200]
+            detail = f"{_type_name(request)} {_dec(first)}".rstrip()
         super().__init__(name, detail)
         self.request = request
 
@@ -47,7 +51,7 @@ def _type_name(type_: int) -> str:
 
 
 def _enc(text: str | bytes) -> bytes:
-    return text if isinstance(text, bytes) else text.encode()
+    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
 
 
 def _dec(raw: bytes) -> str:
@@ -233,7 +237,7 @@ class Client(Operations):
         self._next_req_id = 1
         self._inbuf = bytearray()
         self._replies: dict[int, deque[tuple[int, bytes]]] = {}
-        self._submitted: dict[int, int] = {}
+        self._submitted: dict[int, tuple[int, bytes]] = {}  # req_id -> (type, payload)
         self._events: deque[WatchEvent] = deque()
         self._broken: str | None = None
 
@@ -284,7 +288,7 @@ class Client(Operations):
             raise XsClientError("E2BIG", type_, f"payload of {len(payload)} bytes")
         req_id = self._next_req_id
         self._next_req_id = (req_id + 1) & _REQ_ID_MASK or 1
-        self._submitted[req_id] = type_
+        self._submitted[req_id] = (type_, payload)
         self.transport.send(HEADER.pack(type_, req_id, tx_id, len(payload)) + payload, self.timeout)
         return req_id
 
@@ -307,11 +311,11 @@ class Client(Operations):
     def collect(self, req_id: int, timeout: float | None = None) -> bytes:
         """The payload of the reply to ``req_id``; an ERROR reply raises :class:`XsClientError`."""
         type_, payload = self.collect_message(req_id, timeout)
-        sent = self._submitted.pop(req_id, None)
+        sent_type, sent_payload = self._submitted.pop(req_id, (None, b""))
         if type_ == MsgType.ERROR:
-            raise XsClientError(_text_reply(payload), sent)
-        if sent is not None and type_ != sent:
-            self._broken = f"reply of type {_type_name(type_)} to {_type_name(sent)}"
+            raise XsClientError(_text_reply(payload), sent_type, payload=sent_payload)
+        if sent_type is not None and type_ != sent_type:
+            self._broken = f"reply of type {_type_name(type_)} to {_type_name(sent_type)}"
             raise ClientConnectionError(self._broken)
         return payload
 
