@@ -575,6 +575,35 @@ def parse_preamble(data: bytes, *, allow_unknown_version: bool = False) -> Strea
     return StreamHeader(version, flags)
 
 
+class _BufferFile(io.RawIOBase):
+    """A seekable read-only file over a bytearray or memoryview (copies only what is read)."""
+
+    def __init__(self, data: bytearray | memoryview) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else self._pos + size
+        data = bytes(self._view[self._pos : end])
+        self._pos += len(data)
+        return data
+
+
 class StreamReader:
     """Reads one stream, once, incrementally.
 
@@ -586,7 +615,7 @@ class StreamReader:
     """
 
     def __init__(self, source: Source, *, allow_unknown_version: bool = False) -> None:
-        self._file: IO[bytes] | None = None
+        self._file: IO[bytes] | _BufferFile | None = None
         self._owns_file = False
         self._size: int | None = None  # total stream size when known
         self._buf = b""
@@ -594,9 +623,12 @@ class StreamReader:
         self._pos = 0  # read position in self._buf
         self._started = False
         self._ended = False
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            self._buf = bytes(source)
-            self._size = len(self._buf)
+        if isinstance(source, bytes):
+            self._buf = source  # already immutable: used in place, no copy
+            self._size = len(source)
+        elif isinstance(source, (bytearray, memoryview)):
+            # read in chunks like a file, so a large mapped buffer is not copied whole
+            self._file = _BufferFile(source)
         elif isinstance(source, (str, os.PathLike)):
             try:
                 self._file = open(source, "rb")  # noqa: SIM115 - closed by close()
@@ -617,7 +649,7 @@ class StreamReader:
         self._codec = _CODECS[self.header.big_endian]
 
     @staticmethod
-    def _file_size(f: IO[bytes]) -> int | None:
+    def _file_size(f: IO[bytes] | _BufferFile) -> int | None:
         try:
             if not f.seekable():
                 return None
