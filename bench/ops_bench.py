@@ -79,21 +79,28 @@ class Client:
         return type_, req_id, tx_id, body
 
 
-def setup_nodes(client: Client, base: bytes) -> None:
-    for i in range(CHILDREN):
-        kind, body = client.call(WRITE, base + b"/c%d\0" % i + VALUE)
+def setup_nodes(client: Client, base: bytes, depth: int) -> None:
+    # The transaction nodes exist beforehand: creating one in a transaction
+    # changes the parent and would make concurrent commits conflict.
+    # DIRECTORY lists base/d: exactly CHILDREN entries.
+    names = [b"d/c%d" % i for i in range(CHILDREN)] + [b"tx/t%d" % i for i in range(depth)]
+    for name in names:
+        kind, body = client.call(WRITE, base + b"/" + name + b"\0" + VALUE)
         if kind == ERROR:
             raise RuntimeError(f"setup write failed: {body!r}")
+    kind, body = client.call(DIRECTORY, base + b"/d\0")
+    if body.count(b"\0") != CHILDREN:
+        raise RuntimeError("setup: directory does not list the nodes written")
 
 
 def simple_request(op: str, base: bytes) -> tuple[int, bytes]:
-    key = base + b"/c0\0"
+    key = base + b"/d/c0\0"
     if op == "read":
         return READ, key
     if op == "write":
-        return WRITE, base + b"/c1\0" + VALUE
+        return WRITE, base + b"/d/c1\0" + VALUE
     if op == "directory":
-        return DIRECTORY, base + b"\0"
+        return DIRECTORY, base + b"/d\0"
     if op == "get_perms":
         return GET_PERMS, key
     raise ValueError(op)
@@ -107,7 +114,7 @@ def run_seq(client: Client, op: str, base: bytes, until: float) -> tuple[int, in
         while time.monotonic() < until:
             kind, body = client.call(TX_START, b"\0")
             tx = int(body.rstrip(b"\0"))
-            client.call(WRITE, base + b"/c2\0" + VALUE, tx)
+            client.call(WRITE, base + b"/tx/t0\0" + VALUE, tx)
             kind, body = client.call(TX_END, b"T\0", tx)
             done += 1
             errors += kind == ERROR
@@ -140,7 +147,7 @@ def run_pipe(client: Client, op: str, base: bytes, until: float, depth: int) -> 
     sock = client.sock
     if op == "transaction":
         # Slot i: state 0 = waiting for START, 1 = for WRITE, 2 = for END.
-        paths = [base + b"/t%d\0" % i + VALUE for i in range(depth)]
+        paths = [base + b"/tx/t%d\0" % i + VALUE for i in range(depth)]
         state = [0] * depth
         txid = [0] * depth
         sock.sendall(b"".join(HDR.pack(TX_START, i, 0, 1) + b"\0" for i in range(depth)))
@@ -216,7 +223,7 @@ def worker(
         os.sched_setaffinity(0, {cpu})
     client = Client(path)
     base = b"/bench/p%d-%d" % (os.getpid(), index)
-    setup_nodes(client, base)
+    setup_nodes(client, base, depth)
     barrier.wait()  # type: ignore[attr-defined]
     t0 = time.monotonic()
     until = t0 + duration

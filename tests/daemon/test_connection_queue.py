@@ -79,7 +79,12 @@ def test_identical_events_dropped_while_queued_even_if_started() -> None:
     tr.room = 1 << 20
     conn.flush()
     events = split_messages(bytes(tr.written))
-    assert [e[3] for e in events] == [b"/a\0t\0", b"/a\0u\0", b"@releaseDomain\0t\0", b"@releaseDomain\0t\0"]
+    assert [e[3] for e in events] == [
+        b"/a\0t\0",
+        b"/a\0u\0",
+        b"@releaseDomain\0t\0",
+        b"@releaseDomain\0t\0",
+    ]
     # Once sent, the same event may be queued again.
     assert conn.queue_event(b"/a\0t\0", None, 0.0)
 
@@ -101,7 +106,9 @@ def test_events_beyond_limit_dropped_replies_stop_reading() -> None:
 
 
 def test_outstanding_counts_reply_and_events_of_a_request() -> None:
-    requester = Connection(1, 5, FakeTransport(room=1 << 20), out_limit=1 << 20, outstanding_limit=1)
+    requester = Connection(
+        1, 5, FakeTransport(room=1 << 20), out_limit=1 << 20, outstanding_limit=1
+    )
     watcher_tr = FakeTransport(room=0)
     watcher = Connection(2, 0, watcher_tr, out_limit=1 << 20)
     token = requester.queue_reply(11, 0, 0, b"OK\0")
@@ -152,7 +159,10 @@ def test_reader_oversized() -> None:
 
 messages = st.lists(
     st.tuples(
-        st.integers(0, 30), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(max_size=300)
+        st.integers(0, 30),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+        st.binary(max_size=300),
     ),
     max_size=20,
 )
@@ -160,7 +170,9 @@ messages = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(messages, st.lists(st.integers(1, 64), max_size=60), st.data())
-def test_reader_any_split(msgs: list[tuple[int, int, int, bytes]], cuts: list[int], data: st.DataObject) -> None:
+def test_reader_any_split(
+    msgs: list[tuple[int, int, int, bytes]], cuts: list[int], data: st.DataObject
+) -> None:
     stream = b"".join(HDR.pack(t, r, x, len(p)) + p for t, r, x, p in msgs)
     reader = MessageReader()
     got = []
