@@ -534,12 +534,10 @@ def _as_stream_error(exc: _BodyError, raw_offset: int, index: int, rtype: int) -
     )
 
 
-def inspect_record(raw: RawRecord, header: StreamHeader) -> DecodeInfo:
-    """Decode ``raw`` and report what is not canonical about it (see :class:`DecodeInfo`)."""
+def _decode_raw(raw: RawRecord, header: StreamHeader) -> tuple[Record, int]:
     body = raw.body
-    codec = _CODECS[header.big_endian]
     try:
-        record, content = codec.decode(raw.type, body, 0, len(body), header.version)
+        return _CODECS[header.big_endian].decode(raw.type, body, 0, len(body), header.version)
     except _BodyError as exc:
         raise _as_stream_error(exc, raw.offset, raw.index, raw.type) from None
     except (struct.error, IndexError, UnicodeDecodeError) as exc:  # defensive: never leak these
@@ -550,13 +548,18 @@ def inspect_record(raw: RawRecord, header: StreamHeader) -> DecodeInfo:
             record_type=raw.type,
             code="invalid",
         ) from None
+
+
+def inspect_record(raw: RawRecord, header: StreamHeader) -> DecodeInfo:
+    """Decode ``raw`` and report what is not canonical about it (see :class:`DecodeInfo`)."""
+    record, content = _decode_raw(raw, header)
     reserved = _reserved_nonzero(record, raw, header, content)
-    return DecodeInfo(record, content, body[content:], reserved, raw.quirk)
+    return DecodeInfo(record, content, raw.body[content:], reserved, raw.quirk)
 
 
 def decode_record(raw: RawRecord, header: StreamHeader) -> Record:
     """Decode the body of one framed record."""
-    return inspect_record(raw, header).record
+    return _decode_raw(raw, header)[0]
 
 
 def parse_preamble(data: bytes, *, allow_unknown_version: bool = False) -> StreamHeader:
