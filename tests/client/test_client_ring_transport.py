@@ -7,6 +7,7 @@ stream lives at ``k mod 1024`` of its queue, offsets are free-running u32.
 from __future__ import annotations
 
 import os
+import select
 import stat
 import struct
 import tempfile
@@ -186,11 +187,17 @@ def test_notify_fifo_is_created_and_wakes_the_guest(ring_dir: str, peer: RingPee
     tr = RingTransport(ring_dir, DOMID, PORT)
     path = os.path.join(ring_dir, f"notify-dom{DOMID}")
     assert stat.S_ISFIFO(os.stat(path).st_mode)
-    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # as a daemon would
-    peer.put_responses(b"hello")
-    os.write(fd, struct.pack("=I", PORT))
-    assert tr.receive(5) == b"hello"
-    os.close(fd)
+    for message in (b"hello", b"again"):  # a daemon that opens the FIFO per notification
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        peer.put_responses(message)
+        os.write(fd, struct.pack("=I", PORT))
+        os.close(fd)
+        assert tr.receive(5) == message
+    # With no writer left the FIFO must not read as end-of-file: waiting
+    # for nothing sleeps instead of finding the FIFO readable for ever.
+    assert tr._notify is not None
+    tr._drain_notify()
+    assert select.select([tr._notify], [], [], 0) == ([], [], [])
     tr.close()
 
 

@@ -188,7 +188,10 @@ class RingTransport:
         except OSError:
             return None
         try:
-            return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            # Read-write (Linux): holding a writer ourselves means the FIFO
+            # never reports end-of-file after a daemon closes its end, which
+            # would make every select() return at once.
+            return os.open(path, os.O_RDWR | os.O_NONBLOCK)
         except OSError:
             return None
 
@@ -209,7 +212,7 @@ class RingTransport:
             while os.read(self._notify, 4096):
                 self._notified = True
         except BlockingIOError:
-            pass
+            pass  # drained
 
     def _wait(self, ready: Callable[[], bool], deadline: float | None) -> bool:
         """Wait until ``ready()``; False when ``deadline`` (monotonic) passes first."""
