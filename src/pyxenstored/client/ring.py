@@ -356,6 +356,10 @@ class RingTransport:
         if avail > first:  # the bytes wrapped round to the queue's start
             data += mem[RSP_OFFSET : RSP_OFFSET + avail - first]
         self.page.set(RSP_CONS, cons + avail)
+        if self._notified:
+            # A daemon that notifies would otherwise fill the FIFO while
+            # replies are always ready and we never get to wait on it.
+            self._drain_notify()
         # xenstore-ring.txt: every update of the page is signalled.  (Linux
         # only signals when the queue was full; a daemon that writes whole
         # messages only would then wait for ever on a nearly full queue.)
