@@ -361,3 +361,14 @@ def test_c417_dump_is_canonical_and_round_trips() -> None:
         assert not any(info.slack) and info.reserved == () and raw.quirk is None
     _, records = read_records(data)
     assert write_stream(records, version=1) == data
+
+
+def test_end_with_overrunning_len_still_ends_the_stream() -> None:
+    """C stops at the END header; a non-zero END len past the file is not fatal."""
+    data = preamble(2, False) + struct.pack("<II", 0, 64) + b"abc"
+    for source in (data, io.BytesIO(data), io.BufferedReader(NonSeekable(data))):
+        reader = StreamReader(source)  # type: ignore[arg-type]
+        raws = list(reader.iter_raw())
+        assert [(r.type, r.length, r.body) for r in raws] == [(0, 64, b"abc")]
+        assert reader.bytes_after_end() == 0
+    assert read_records(data)[1] == [End()]

@@ -760,6 +760,17 @@ class StreamReader:
         pad = -(offset + 8 + length) & 7
         if stop + pad > len(buf):
             if not self._fill(8 + length + pad):
+                if rtype == RecordType.END:
+                    # C stops at the END header and never reads its body: an
+                    # END whose len overruns the file still ends the stream.
+                    self._fill(1 << 16)
+                    buf = self._buf
+                    pos = self._pos
+                    start = pos + 8
+                    stop = min(start + length, len(buf))
+                    self._pos = stop
+                    self._ended = True
+                    return index, offset, rtype, length, buf, start, stop, stop, None
                 remain = self._remaining_hint() - 8
                 what = (
                     f"{length} bytes of body"
