@@ -10,7 +10,14 @@ from __future__ import annotations
 import pytest
 from tests.client.daemons import Daemon
 
-from pyxenstored.client import Client, Perm, Transaction, WatchEvent, XsClientError
+from pyxenstored.client import (
+    Client,
+    ClientConnectionError,
+    Perm,
+    Transaction,
+    WatchEvent,
+    XsClientError,
+)
 from pyxenstored.wire import HEADER, MsgType
 
 EVENT_WAIT = 10.0
@@ -47,6 +54,8 @@ def test_mkdir_rm_and_error_names(xs: Client) -> None:
     assert error_of(xs.write, "/trailing/", b"") == "EINVAL"
     assert error_of(xs.read, "/bad char") == "EINVAL"
     assert not xs.exists("/m")
+    xs.write("/m", b"")
+    assert xs.exists("/m")
 
 
 def test_relative_socket_paths_resolve_under_domain_0(xs: Client) -> None:
@@ -75,7 +84,7 @@ def test_permissions_roundtrip(xs: Client) -> None:
 
 def events_until(xs: Client, marker: WatchEvent) -> list[WatchEvent]:
     """Events up to (not including) ``marker``, which the test triggers last."""
-    seen = []
+    seen: list[WatchEvent] = []
     while (event := xs.next_event(EVENT_WAIT)) != marker:
         assert event is not None, f"no event after {seen}"
         seen.append(event)
@@ -183,6 +192,10 @@ def test_domain_requests(xs: Client) -> None:
     assert xs.is_domain_introduced(0)
     assert not xs.is_domain_introduced(7)
     assert error_of(xs.release, 7) == "ENOENT"
+    assert error_of(xs.resume, 7) == "ENOENT"
+    assert error_of(xs.set_target, 7, 8) == "ENOENT"
+    with pytest.raises(ClientConnectionError, match="only on a shared ring"):
+        xs.reconnect()
 
 
 def test_features_and_quota(daemon: Daemon, xs: Client) -> None:
