@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +51,12 @@ def client_env(sock: str) -> dict[str, str]:
     return env
 
 
-def start_daemon(rundir: Path, *args: str, env: dict[str, str] | None = None) -> Daemon:
+def start_daemon(
+    rundir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> Daemon:
     """Start the daemon and wait for its ``XENSTORED_PATH=`` line."""
     sock = str(rundir / "socket")
     proc = subprocess.Popen(
@@ -61,6 +66,7 @@ def start_daemon(rundir: Path, *args: str, env: dict[str, str] | None = None) ->
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=preexec,
     )
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:

@@ -81,6 +81,7 @@ class Server:
         self._masks: dict[int, int] = {}
         self._listeners: list[tuple[socket.socket, str, tuple[int, int]]] = []
         self._next_conn_id = 1
+        self._accept_paused = False
         self._running = False
         self._dirty: set[Connection] = set()
         self._woken: set[Connection] = set()
@@ -214,12 +215,27 @@ class Server:
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
-                    # EMFILE and the like: keep serving the others.
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        log.error("cannot accept a connection: %s", exc)
-                        break
-                    raise
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        raise
+                    # Out of descriptors: keep serving the others, and stop
+                    # polling the listener (it would stay ready and spin)
+                    # until a connection goes away.
+                    log.error("cannot accept a connection: %s; pausing accept", exc)
+                    self._pause_accept()
+                    return
                 self.add_connection(SocketTransport(client), self.config.store_domid)
+
+    def _pause_accept(self) -> None:
+        if self._accept_paused:
+            return
+        self._accept_paused = True
+        for sock, _path, _ident in self._listeners:
+            self._sel.unregister(sock)
+
+    def _resume_accept(self) -> None:
+        self._accept_paused = False
+        for sock, _path, _ident in self._listeners:
+            self._sel.register(sock, EVENT_READ, self._accept_ready)
 
     def _connection_ready(self, conn: Connection, mask: int) -> None:
         if mask & EVENT_WRITE:
@@ -357,11 +373,14 @@ class Server:
         conn.discard_output()
         self.store.disconnect(conn_id)
         self.tracer.obj("DESTROY", "connection", conn_id)
+        if self._accept_paused and self._listeners:
+            self._resume_accept()
 
     def close(self) -> None:
         """Close every connection and listening socket; remove our socket files."""
         for conn in list(self._conns.values()):
             self.close_connection(conn, "daemon stopping")
+        self._accept_paused = True  # nothing may re-register the listeners now
         for sock, path, ident in self._listeners:
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(sock)
