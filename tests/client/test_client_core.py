@@ -378,3 +378,15 @@ def test_garbage_from_the_daemon_is_a_clear_error_or_a_wait(garbage: bytes, big:
         else:
             with pytest.raises(TimeoutError):
                 xs.collect_message(rid)
+
+
+def test_failed_send_leaves_the_connection_unusable() -> None:
+    class StuckDaemon(ChunkFeed):
+        def send(self, data: bytes, timeout: float | None = None) -> None:
+            raise TimeoutError("daemon not reading")
+
+    xs = Client(StuckDaemon([]), timeout=0.01)
+    with pytest.raises(TimeoutError):
+        xs.read("/x")
+    with pytest.raises(ClientConnectionError, match="unusable after a failed send"):
+        xs.read("/x")

@@ -278,7 +278,15 @@ class Client(Operations):
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (for tests and benchmarks); replies go to :meth:`collect`."""
         self._check_usable()
-        self.transport.send(data, self.timeout)
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.transport.send(data, self.timeout)
+        except (ClientConnectionError, TimeoutError) as exc:
+            # Part of a message may have gone: the stream is out of step.
+            self._broken = f"connection unusable after a failed send: {exc}"
+            raise
 
     def submit(self, type_: int, payload: bytes = b"", tx_id: int = 0) -> int:
         """Send one request without waiting; returns its ``req_id`` for :meth:`collect`."""
@@ -289,7 +297,7 @@ class Client(Operations):
         req_id = self._next_req_id
         self._next_req_id = (req_id + 1) & _REQ_ID_MASK or 1
         self._submitted[req_id] = (type_, payload)
-        self.transport.send(HEADER.pack(type_, req_id, tx_id, len(payload)) + payload, self.timeout)
+        self._send(HEADER.pack(type_, req_id, tx_id, len(payload)) + payload)
         return req_id
 
     def collect_message(self, req_id: int, timeout: float | None = None) -> tuple[int, bytes]:
@@ -329,7 +337,11 @@ class Client(Operations):
     def _pump(self, timeout: float | None) -> bool:
         """Take what the transport has (waiting up to ``timeout``) and sort it; False if nothing."""
         self._check_usable()
-        data = self.transport.receive(timeout)
+        try:
+            data = self.transport.receive(timeout)
+        except ClientConnectionError as exc:
+            self._broken = str(exc)
+            raise
         if not data:
             return False
         buf = self._inbuf
