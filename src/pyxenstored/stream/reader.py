@@ -711,6 +711,8 @@ class StreamReader:
         return avail >= need
 
     def _take(self, n: int) -> bytes:
+        if self._size is not None:  # read what there is, even if short
+            n = min(n, self._size - self._base - self._pos)
         self._fill(n)
         data = self._buf[self._pos : self._pos + n]
         self._pos += len(data)
