@@ -44,13 +44,17 @@ class Node:
     def copy(self) -> Node:
         return Node(self.value, self.perms, self.gen, dict(self.children), self.clen)
 
+    # Both tolerate a child list that disagrees: inside a transaction a parent
+    # copied after its child was copied may already reflect an outside change
+    # of that child; such a transaction always fails its commit (EAGAIN).
     def add_child(self, name: str) -> None:
-        self.children[name] = None
-        self.clen += len(name) + 1
+        if name not in self.children:
+            self.children[name] = None
+            self.clen += len(name) + 1
 
     def remove_child(self, name: str) -> None:
-        del self.children[name]
-        self.clen -= len(name) + 1
+        if self.children.pop(name, 0) is None:
+            self.clen -= len(name) + 1
 
     def children_payload(self) -> bytes:
         """DIRECTORY reply: names NUL-terminated, in creation order."""
