@@ -418,9 +418,11 @@ def synth_records(cfg: SynthConfig) -> Iterator[Record]:
     )
     for d in guests:
         g = _guest(cfg.seed, d)
-        quota = tuple(
-            QuotaValue(n, v * 4 if (n == "nodes" and d % 10 == 0) else v) for n, v in DEFAULT_QUOTA
-        )
+        # a few guests got their quota raised by the administrator
+        raised = {"nodes": 4000} if d % 4 == 0 else {}
+        if d % 6 == 5:
+            raised["watches"] = 256
+        quota = tuple(QuotaValue(n, raised.get(n, v)) for n, v in DEFAULT_QUOTA)
         yield DomainData(d, g.features if v2 else 0, quota)
     yield End()
 
