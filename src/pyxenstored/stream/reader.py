@@ -477,6 +477,11 @@ def _path_start(byte: int) -> bool:
 
 _CODECS = {False: _Codec(False), True: _Codec(True)}
 
+_RAW_SETTERS: tuple[Any, ...] = tuple(
+    RawRecord.__dict__[name].__set__
+    for name in ("index", "offset", "type", "length", "body", "padding", "quirk")
+)
+
 # Slot setters of NodeData: the reader's hot path builds nodes without going
 # through the frozen dataclass __init__ (which costs one object.__setattr__
 # call per field); the result is the same object.
@@ -811,10 +816,20 @@ class StreamReader:
     def iter_raw(self) -> Iterator[RawRecord]:
         """Framed records, END included, without decoding their bodies."""
         self._begin()
+        new = object.__new__
+        set_index, set_offset, set_type, set_length, set_body, set_padding, set_quirk = _RAW_SETTERS
         index = 0
         while True:
             _, offset, rtype, length, buf, start, stop, pad_end, quirk = self._frame_one(index)
-            yield RawRecord(index, offset, rtype, length, buf[start:stop], buf[stop:pad_end], quirk)
+            raw = new(RawRecord)  # same object as RawRecord(...), without the frozen __init__
+            set_index(raw, index)
+            set_offset(raw, offset)
+            set_type(raw, rtype)
+            set_length(raw, length)
+            set_body(raw, buf[start:stop])
+            set_padding(raw, buf[stop:pad_end])
+            set_quirk(raw, quirk)
+            yield raw
             if rtype == RecordType.END:
                 return
             index += 1
