@@ -170,3 +170,42 @@ def test_feature_of_unknown_domain() -> None:
     store.connect(1, 0, is_socket=True)
     assert store.handle(1, M.GET_FEATURE, 0, b"4\0").payload == b"ENOENT\0"
     assert store.handle(1, M.SET_FEATURE, 0, b"4\x002\0").payload == b"ENOENT\0"
+
+
+def test_shutdown_and_death_reported_by_the_hypervisor(dom0: Client) -> None:
+    store = dom0.store
+    dom0.ok(M.INTRODUCE, b"5\x001\x001\0")
+    dom0.ok(M.INTRODUCE, b"6\x001\x001\0")
+    dom0.watch("@releaseDomain", "plain")
+    dom0.watch("@releaseDomain", "dom", 1)
+    events = store.domains_changed(shutdown={5}, dead=set())
+    assert [(e.path, e.token) for e in events] == [
+        (b"@releaseDomain/5", b"dom"),
+        (b"@releaseDomain", b"plain"),
+    ]
+    assert store.domains_changed(shutdown={5}, dead=set()) == []  # once per shutdown
+    dom0.ok(M.RESUME, b"5\0")
+    assert len(store.domains_changed(shutdown={5}, dead=set())) == 2
+    events = store.domains_changed(shutdown=set(), dead={6})
+    assert [(e.path, e.token) for e in events] == [
+        (b"@releaseDomain", b"plain"),
+        (b"@releaseDomain/6", b"dom"),
+    ]
+    assert dom0.ok(M.IS_DOMAIN_INTRODUCED, b"6\0") == b"F\0"
+    assert_consistent(store)
+
+
+def test_server_side_charges(dom0: Client, connect: ClientFactory) -> None:
+    store = dom0.store
+    guest = connect(domid=5)
+    dom0.ok(M.SET_QUOTA, b"5\0outstanding\x003\0")
+    assert store.charge(guest.conn_id, "outstanding", 1, check=True)
+    assert store.charge(guest.conn_id, "outstanding", 1, check=True)
+    assert not store.charge(guest.conn_id, "outstanding", 1, check=True)
+    assert store.charge(dom0.conn_id, "memory", 10**9, check=True)  # sockets: no quota
+    assert store.charge(guest.conn_id, "memory", 100)
+    assert_consistent(store)
+    assert store.charge(guest.conn_id, "memory", -100)
+    assert store.domains[5].usage[2] == 2
+    with pytest.raises(ValueError):
+        store.charge(guest.conn_id, "nodes", 1)

@@ -295,6 +295,62 @@ class Store:
         value = conn.limited.quota.hard(q.quota_index(name))
         return value or None
 
+    def charge(self, conn_id: int, name: str, delta: int, *, check: bool = False) -> bool:
+        """Server-side accounting of ``outstanding`` or ``memory`` (queued output).
+
+        Adds ``delta`` to the connection's domain counter.  With ``check``, a
+        positive charge that would reach the hard quota of an unprivileged
+        domain is refused (returns False, nothing charged): C then drops the
+        watch event or answers ENOMEM.  Socket connections are not charged.
+        """
+        index = q.quota_index(name)
+        if index not in (q.OUTSTANDING, q.MEMORY):
+            raise ValueError(f"the server does not charge {name!r}")
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.domain is None:
+            return True
+        dom = conn.domain
+        if (
+            check
+            and delta > 0
+            and conn.limited is not None
+            and q.exceeds(dom.quota.hard(index), dom.usage[index] + delta)
+        ):
+            return False
+        dom.add(index, delta)
+        dom.io_usage[index] += delta
+        return True
+
+    def domains_changed(self, shutdown: set[int], dead: set[int]) -> list[Event]:
+        """What the hypervisor reported (C's ``do_check_domains``, digest 6.4).
+
+        A newly shut-down introduced domain fires ``@releaseDomain/<domid>`` at
+        once (once per shutdown until RESUME); a dead one is destroyed; one
+        plain ``@releaseDomain`` follows when any domain newly shut down.
+        """
+        events: list[Event] = []
+        notify = False
+        for domid in sorted(shutdown | dead):
+            dom = self.domains.get(domid)
+            if dom is None:
+                continue
+            if not dom.introduced:
+                if domid in dead:
+                    del self.domains[domid]
+                continue
+            if domid in shutdown and not dom.shutdown:
+                dom.shutdown = True
+                self._fire_special(RELEASE_DOMAIN, domid, events, nodomid=False)
+                notify = True
+            if domid in dead:
+                self.destroy_domain(domid, events)
+                notify = False  # destroying fired the plain event already
+        if notify:
+            node = self.nodes.get(RELEASE_DOMAIN)
+            if node is not None:
+                self._fire(RELEASE_DOMAIN, MATCH_NODEPTH, node, None, events)
+        return events
+
     # --- entry point -------------------------------------------------------------
 
     def handle(self, conn_id: int, msg_type: int, tx_id: int, payload: bytes) -> Result:
@@ -1272,6 +1328,9 @@ class Store:
             c[1] += len(conn.watches)
             c[2] += sum(len(w.path) + len(w.token) for w in conn.watches.values())
             c[3] += len(conn.transactions)
+        for domid, dom in self.domains.items():
+            c = counts.setdefault(domid, [0, 0, 0, 0])
+            c[2] += dom.io_usage[q.MEMORY]
         return counts
 
     def check(self) -> list[str]:

@@ -31,6 +31,7 @@ class Domain:
         "shutdown",
         "soft_warned",
         "hard_warned",
+        "io_usage",
     )
 
     def __init__(self, domid: int, quota: QuotaTable, generation: int, unique_id: int = 0) -> None:
@@ -46,6 +47,9 @@ class Domain:
         self.shutdown = False
         self.soft_warned = False
         self.hard_warned = False
+        # The part of ``usage`` the server charges (queued output, outstanding
+        # requests): the consistency check cannot recount it from the tree.
+        self.io_usage = [0] * QUOTA_COUNT
 
     def add(self, index: int, delta: int) -> None:
         value = self.usage[index] + delta
