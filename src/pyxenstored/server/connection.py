@@ -35,8 +35,12 @@ log = logging.getLogger("pyxenstored.server")
 
 _pack_header = HEADER.pack
 _WATCH_EVENT = int(MsgType.WATCH_EVENT)
+_ERROR = int(MsgType.ERROR)
 # Buffers handed to one transport write: enough to batch pipelined replies.
 _WRITE_BATCH = 64
+# Requests taken from the input in one go, and the largest message.
+_BATCH = 64
+_MAX_MESSAGE = HEADER_SIZE + PAYLOAD_MAX
 
 
 class PendingRequest:
@@ -75,7 +79,7 @@ class Connection:
         "wake",
         "_out",
         "_out_offset",
-        "_out_bytes",
+        "out_bytes",
         "_event_keys",
         "_timed_events",
         "_dropped_events",
@@ -106,7 +110,8 @@ class Connection:
         self.wake: Callable[[Connection], None] = wake or _no_wake
         self._out: deque[_Entry] = deque()
         self._out_offset = 0  # bytes of _out[0] already written
-        self._out_bytes = 0
+        # Bytes queued for output, including any already partly written.
+        self.out_bytes = 0
         self._event_keys: dict[bytes, int] = {}
         self._timed_events = 0
         self._dropped_events = 0
@@ -117,20 +122,34 @@ class Connection:
     # --- state -------------------------------------------------------------
 
     @property
-    def out_bytes(self) -> int:
-        """Bytes queued for output, including any already partly written."""
-        return self._out_bytes
-
-    @property
     def has_output(self) -> bool:
         return bool(self._out)
 
     def can_process(self) -> bool:
         """Whether the next request may be taken (back pressure rules)."""
-        if self.closed or self._out_bytes >= self.out_limit:
+        if self.closed or self.out_bytes >= self.out_limit:
             return False
         limit = self.outstanding_limit
         return limit is None or self.outstanding < limit
+
+    def allowance(self) -> int:
+        """How many requests may be taken now without passing the limits.
+
+        As many as their largest possible replies fit in the room left
+        (at most a batch), but at least one while below the limit -- C too
+        goes over by one message.  Never more than the outstanding quota.
+        """
+        if self.closed:
+            return 0
+        room = self.out_limit - self.out_bytes
+        if room <= 0:
+            return 0
+        count = room // _MAX_MESSAGE
+        count = 1 if count == 0 else min(count, _BATCH)
+        limit = self.outstanding_limit
+        if limit is not None:
+            count = max(0, min(count, limit - self.outstanding))
+        return count
 
     # --- queueing ----------------------------------------------------------
 
@@ -138,16 +157,17 @@ class Connection:
         self, type_: int, req_id: int, tx_id: int, payload: bytes
     ) -> PendingRequest | None:
         """Queue a reply; returns the request token when outstanding is counted."""
-        if len(payload) > PAYLOAD_MAX:
+        length = len(payload)
+        if length > PAYLOAD_MAX:
             # C replaces an over-long reply by E2BIG (core.c:send_reply).
-            type_, payload = int(MsgType.ERROR), b"E2BIG\0"
-        data = _pack_header(type_, req_id, tx_id, len(payload)) + payload
+            type_, payload, length = _ERROR, b"E2BIG\0", 6
+        data = _pack_header(type_, req_id, tx_id, length) + payload
         token: PendingRequest | None = None
         if self.outstanding_limit is not None:
             self.outstanding += 1
             token = PendingRequest(self)
         self._out.append((data, None, token, 0.0))
-        self._out_bytes += len(data)
+        self.out_bytes += length + HEADER_SIZE
         return token
 
     def queue_event(self, payload: bytes, origin: PendingRequest | None, now: float) -> bool:
@@ -158,7 +178,7 @@ class Connection:
         dedup = payload[:1] != b"@"
         if dedup and payload in self._event_keys:
             return False
-        if self._out_bytes + length + HEADER_SIZE > self.out_limit:
+        if self.out_bytes + length + HEADER_SIZE > self.out_limit:
             self._dropped_events += 1
             if self._dropped_events == 1 or self._dropped_events % 1000 == 0:
                 log.warning(
@@ -176,7 +196,7 @@ class Connection:
         if origin is not None:
             origin.refs += 1
         self._out.append((data, payload if dedup else None, origin, deadline))
-        self._out_bytes += len(data)
+        self.out_bytes += len(data)
         if dedup:
             self._event_keys[payload] = 1
         return True
@@ -216,8 +236,8 @@ class Connection:
     def _consume(self, sent: int) -> None:
         """Drop ``sent`` written bytes from the head of the queue."""
         out = self._out
-        was_full = self._out_bytes >= self.out_limit
-        self._out_bytes -= sent
+        was_full = self.out_bytes >= self.out_limit
+        self.out_bytes -= sent
         offset = self._out_offset + sent
         while out:
             head = out[0]
@@ -226,9 +246,10 @@ class Connection:
                 break
             offset -= size
             out.popleft()
-            self._retire(head)
+            if head[1] is not None or head[2] is not None or head[3]:
+                self._retire(head)
         self._out_offset = offset
-        if was_full and self._out_bytes < self.out_limit and not self.closed:
+        if was_full and self.out_bytes < self.out_limit and not self.closed:
             self.wake(self)
 
     def _retire(self, entry: _Entry) -> None:
@@ -252,7 +273,7 @@ class Connection:
             # The head may be partly written: it must go out whole.
             started = index == 0 and self._out_offset > 0
             if deadline and deadline <= now and not started:
-                self._out_bytes -= len(entry[0])
+                self.out_bytes -= len(entry[0])
                 self._retire(entry)
                 dropped += 1
                 log.debug("watch event for connection %d timed out", self.conn_id)
@@ -284,7 +305,7 @@ class Connection:
         while out:
             self._retire(out.popleft())
         self._out_offset = 0
-        self._out_bytes = 0
+        self.out_bytes = 0
 
 
 def _no_wake(conn: Connection) -> None:

@@ -36,16 +36,28 @@ class MessageReader:
     __slots__ = ("_buf", "_pos")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        # Immutable ``bytes`` as long as a read holds whole messages (no
+        # copy at all); a ``bytearray`` while a partial message accumulates.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the peer."""
-        if self._pos:
-            # Drop what was consumed before growing: moves only the tail.
-            del self._buf[: self._pos]
+        buf = self._buf
+        pos = self._pos
+        if pos == len(buf):
+            self._buf = bytes(data)
+        elif isinstance(buf, bytearray):
+            if pos:
+                # Drop what was consumed before growing: moves only the tail.
+                del buf[:pos]
+            buf += data
+        else:
+            grown = bytearray(buf[pos:])
+            grown += data
+            self._buf = grown
+        if pos:
             self._pos = 0
-        self._buf += data
 
     def next_message(self) -> Message | None:
         """The next complete message, or ``None`` if it is not all here yet.
@@ -54,20 +66,39 @@ class MessageReader:
         ``len`` is complete; the reader is unusable afterwards (the stream is
         out of sync and the connection must be closed).
         """
+        batch = self.take(1)
+        return batch[0] if batch else None
+
+    def take(self, limit: int) -> list[Message]:
+        """Up to ``limit`` complete messages (fewer if not all here yet).
+
+        Messages before an oversized header are returned first; the next
+        call raises :class:`OversizedMessage`.
+        """
         buf = self._buf
         pos = self._pos
-        avail = len(buf) - pos
-        if avail < HEADER_SIZE:
-            return None
-        type_, req_id, tx_id, length = _unpack_header(buf, pos)
-        if length > PAYLOAD_MAX:
-            raise OversizedMessage(length)
-        end = pos + HEADER_SIZE + length
-        if end > len(buf):
-            return None
-        payload = bytes(buf[pos + HEADER_SIZE : end])
-        self._pos = end
-        return type_, req_id, tx_id, payload
+        end = len(buf)
+        out: list[Message] = []
+        append = out.append
+        while limit and end - pos >= HEADER_SIZE:
+            type_, req_id, tx_id, length = _unpack_header(buf, pos)
+            if length > PAYLOAD_MAX:
+                if out:
+                    break
+                self._pos = pos
+                raise OversizedMessage(length)
+            start = pos + HEADER_SIZE
+            stop = start + length
+            if stop > end:
+                break
+            payload = buf[start:stop]
+            append(
+                (type_, req_id, tx_id, payload if isinstance(payload, bytes) else bytes(payload))
+            )
+            pos = stop
+            limit -= 1
+        self._pos = pos
+        return out
 
     def buffered(self) -> int:
         """Number of bytes received but not yet returned as messages."""

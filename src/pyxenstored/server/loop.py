@@ -286,26 +286,33 @@ class Server:
         conn_id = conn.conn_id
         tracer = self.tracer
         refresh = False
-        while conn.can_process():
+        take = reader.take
+        queue_reply = conn.queue_reply
+        while True:
+            allowance = conn.allowance()
+            if not allowance:
+                break
             try:
-                msg = reader.next_message()
+                batch = take(allowance)
             except OversizedMessage as exc:
                 log.warning("connection %d: %s; closing it", conn_id, exc)
                 self.close_connection(conn, "oversized message")
                 return
-            if msg is None:
+            if not batch:
                 break
-            type_, req_id, tx_id, payload = msg
-            if tracer.io_on:
-                tracer.message("IN", conn_id, conn.domid, type_, payload)
-            result = handle(conn_id, type_, tx_id, payload)
-            token = conn.queue_reply(result.reply_type, req_id, tx_id, result.payload)
-            if tracer.io_on:
-                tracer.message("OUT", conn_id, conn.domid, result.reply_type, result.payload)
-            if result.events:
-                self._deliver(result.events, token)
-            if type_ in _LIMIT_CHANGERS:
-                refresh = True
+            for type_, req_id, tx_id, payload in batch:
+                if tracer.io_on:
+                    tracer.message("IN", conn_id, conn.domid, type_, payload)
+                result = handle(conn_id, type_, tx_id, payload)
+                token = queue_reply(result.reply_type, req_id, tx_id, result.payload)
+                if tracer.io_on:
+                    tracer.message("OUT", conn_id, conn.domid, result.reply_type, result.payload)
+                if result.events:
+                    self._deliver(result.events, token)
+                if type_ in _LIMIT_CHANGERS:
+                    refresh = True
+            if len(batch) < allowance:
+                break  # the input holds no further complete message
         if refresh:
             self.refresh_limits()
 
