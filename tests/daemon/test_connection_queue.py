@@ -190,3 +190,38 @@ def test_reader_any_split(
         got.append(m)
     assert got == msgs
     assert reader.buffered() == 0
+
+
+def test_take_returns_messages_before_an_oversized_header_first() -> None:
+    reader = MessageReader()
+    good = HDR.pack(11, 1, 0, 3) + b"a\0b"
+    reader.feed(good + good + HDR.pack(2, 0, 0, 5000))
+    assert reader.take(10) == [(11, 1, 0, b"a\0b"), (11, 1, 0, b"a\0b")]
+    with pytest.raises(OversizedMessage):
+        reader.take(10)
+
+
+def test_take_respects_limit_and_partial_tail() -> None:
+    reader = MessageReader()
+    stream = b"".join(HDR.pack(2, i, 0, 1) + b"x" for i in range(5))
+    reader.feed(stream + HDR.pack(2, 9, 0, 4) + b"ab")
+    assert [m[1] for m in reader.take(3)] == [0, 1, 2]
+    assert [m[1] for m in reader.take(10)] == [3, 4]
+    assert reader.take(10) == []
+    reader.feed(b"cd")
+    assert reader.take(10) == [(2, 9, 0, b"abcd")]
+
+
+def test_allowance_keeps_worst_case_replies_within_bound() -> None:
+    conn = Connection(1, 0, FakeTransport(), out_limit=10 * 4112)
+    assert conn.allowance() == 10
+    conn.queue_reply(2, 0, 0, b"x" * 4000)
+    assert conn.allowance() == 9
+    conn.out_limit = 100
+    assert conn.allowance() == 1  # below the bound: one more, as C does
+    conn.queue_reply(2, 0, 0, b"x")
+    assert conn.allowance() == 0
+    limited = Connection(2, 5, FakeTransport(), out_limit=1 << 20, outstanding_limit=3)
+    assert limited.allowance() == 3
+    limited.queue_reply(2, 0, 0, b"")
+    assert limited.allowance() == 2
