@@ -219,7 +219,7 @@ def test_allowance_keeps_worst_case_replies_within_bound() -> None:
     assert conn.allowance() == 9
     conn.out_limit = conn.out_bytes + 100
     assert conn.allowance() == 1  # below the bound: one more, as C does
-    conn.queue_reply(2, 0, 0, b"x")
+    conn.queue_reply(2, 0, 0, b"x" * 90)
     assert conn.allowance() == 0
     limited = Connection(2, 5, FakeTransport(), out_limit=1 << 20, outstanding_limit=3)
     assert limited.allowance() == 3
