@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,12 +18,14 @@ from hypothesis import strategies as st
 from pyxenstored.client import (
     Client,
     ClientConnectionError,
+    DeviceTransport,
     Perm,
     Transaction,
     WatchEvent,
     XsClientError,
     default_socket_path,
 )
+from pyxenstored.client.transport import open_transport
 from pyxenstored.wire import XsError
 
 HDR = struct.Struct("=IIII")
@@ -316,7 +319,7 @@ def test_default_socket_path_follows_libxenstore() -> None:
     assert default_socket_path({}) == "/var/run/xenstored/socket"
 
 
-def test_connect_socket_to_nothing_is_a_clear_error(tmp_path: object) -> None:
+def test_connect_socket_to_nothing_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ClientConnectionError, match="cannot connect"):
         Client.connect_socket(f"{tmp_path}/no-socket")
 
@@ -390,3 +393,34 @@ def test_failed_send_leaves_the_connection_unusable() -> None:
         xs.read("/x")
     with pytest.raises(ClientConnectionError, match="unusable after a failed send"):
         xs.read("/x")
+
+
+def test_device_transport_carries_the_byte_stream() -> None:
+    import socket
+    import threading
+
+    ours, theirs = socket.socketpair()
+    xs = Client(DeviceTransport("xenbus", fd=ours.detach()), timeout=5)
+
+    def kernel_side() -> None:
+        request = theirs.recv(4096)
+        t, rid, tx, n = HDR.unpack_from(request)
+        assert request[16 : 16 + n] == b"/dev\0"
+        theirs.sendall(msg(t, rid, b"via the device"))
+
+    thread = threading.Thread(target=kernel_side)
+    thread.start()
+    assert xs.read("/dev") == b"via the device"
+    thread.join()
+    xs.close()
+    theirs.close()
+
+
+def test_open_transport_picks_socket_or_device(tmp_path: Path) -> None:
+    plain = tmp_path / "xenbus"
+    plain.write_bytes(b"")
+    transport = open_transport(str(plain))
+    assert isinstance(transport, DeviceTransport)
+    transport.close()
+    with pytest.raises(ClientConnectionError, match="cannot connect"):
+        open_transport(str(tmp_path / "missing"))

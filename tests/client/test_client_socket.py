@@ -243,3 +243,7 @@ def test_connect_socket_from_environment(daemon: Daemon, monkeypatch: pytest.Mon
     monkeypatch.setenv("XENSTORED_RUNDIR", "/nonexistent")
     with Client.connect_socket(timeout=10) as b:
         assert b.read("/env") == b"rundir"
+    with Client.connect(timeout=10) as c:  # libxenstore's order: the socket first
+        assert c.read("/env") == b"rundir"
+    with Client.connect(daemon.socket, timeout=10) as d:
+        assert d.read("/env") == b"rundir"

@@ -4,7 +4,7 @@ Example::
 
     from pyxenstored.client import Client, Perm
 
-    with Client.connect_socket(timeout=10) as xs:   # XENSTORED_PATH / XENSTORED_RUNDIR
+    with Client.connect(timeout=10) as xs:   # XENSTORED_PATH / _RUNDIR socket, else /dev/xen/xenbus
         xs.write("/vm/1/name", b"guest")
         assert xs.read("/vm/1/name") == b"guest"
         xs.set_perms("/vm/1", [Perm("n", 0), Perm("r", 1)])
@@ -23,11 +23,17 @@ whose ``name`` is the wire error name; a broken connection raises
 
 from .core import Client, Perm, Transaction, WatchEvent, XsClientError
 from .ring import RingTransport, create_ring_page
-from .transport import ClientConnectionError, SocketTransport, default_socket_path
+from .transport import (
+    ClientConnectionError,
+    DeviceTransport,
+    SocketTransport,
+    default_socket_path,
+)
 
 __all__ = [
     "Client",
     "ClientConnectionError",
+    "DeviceTransport",
     "Perm",
     "RingTransport",
     "SocketTransport",

@@ -19,7 +19,14 @@ from typing import TypeVar
 from pyxenstored.wire import HEADER, HEADER_SIZE, PAYLOAD_MAX, MsgType, XsError, split_strings
 
 from .ring import RingTransport
-from .transport import ClientConnectionError, SocketTransport, Transport, default_socket_path
+from .transport import (
+    ClientConnectionError,
+    SocketTransport,
+    Transport,
+    default_socket_path,
+    open_default_transport,
+    open_transport,
+)
 
 T = TypeVar("T")
 
@@ -247,6 +254,13 @@ class Client(Operations):
     def connect_socket(cls, path: str | None = None, timeout: float | None = None) -> Client:
         """Connect to the unix socket (default: ``XENSTORED_PATH``, ``XENSTORED_RUNDIR``)."""
         return cls(SocketTransport(path or default_socket_path()), timeout)
+
+    @classmethod
+    def connect(cls, path: str | None = None, timeout: float | None = None) -> Client:
+        """Connect as libxenstore does: ``path`` (socket or device), else the default
+        socket, else the kernel's xenbus device (digest 13.1)."""
+        transport = open_transport(path) if path else open_default_transport()
+        return cls(transport, timeout)
 
     @classmethod
     def connect_ring(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import stat
 import time
 from collections.abc import Mapping
 from typing import Protocol
@@ -38,6 +39,17 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def device_candidates(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Where libxenstore looks after the socket (digest 13.1): the kernel's xenbus device."""
+    env = os.environ if environ is None else environ
+    path = env.get("XENSTORED_PATH")
+    if path:
+        return [path]
+    if os.path.exists("/dev/xen/xenbus"):
+        return ["/dev/xen/xenbus"]
+    return ["/proc/xen/xenbus"]
 
 
 def default_socket_path(environ: Mapping[str, str] | None = None) -> str:
@@ -123,3 +135,71 @@ class SocketTransport:
 
     def close(self) -> None:
         self._sock.close()
+
+
+class DeviceTransport:
+    """The kernel's xenstore device (``/dev/xen/xenbus`` in a guest or dom0), or any byte fd."""
+
+    def __init__(self, path: str, fd: int | None = None) -> None:
+        self.path = path
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                raise ClientConnectionError(f"cannot open {path}: {exc}") from exc
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def send(self, data: bytes, timeout: float | None = None) -> None:
+        view = memoryview(data)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while view:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"{self.path} does not take more data")
+            _, writable, _ = select.select([], [self._fd], [], remaining)
+            if not writable:
+                continue
+            try:
+                view = view[os.write(self._fd, view) :]
+            except OSError as exc:
+                raise ClientConnectionError(f"write to {self.path} failed: {exc}") from exc
+
+    def receive(self, timeout: float | None) -> bytes:
+        readable, _, _ = select.select([self._fd], [], [], timeout)
+        if not readable:
+            return b""
+        try:
+            data = os.read(self._fd, 65536)
+        except OSError as exc:
+            raise ClientConnectionError(f"read from {self.path} failed: {exc}") from exc
+        if not data:
+            raise ClientConnectionError(f"{self.path} closed")
+        return data
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def open_transport(path: str) -> SocketTransport | DeviceTransport:
+    """A socket transport for a unix socket, a device transport for anything else (as libxenstore)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ClientConnectionError(f"cannot connect to xenstored at {path}: {exc}") from exc
+    if stat.S_ISSOCK(mode):
+        return SocketTransport(path)
+    return DeviceTransport(path)
+
+
+def open_default_transport() -> SocketTransport | DeviceTransport:
+    """libxenstore's ``xs_open``: the daemon socket, else the kernel device (digest 13.1)."""
+    failures = []
+    for path in [default_socket_path(), *device_candidates()]:
+        try:
+            return open_transport(path)
+        except ClientConnectionError as exc:
+            failures.append(str(exc))
+    raise ClientConnectionError("; ".join(failures))
