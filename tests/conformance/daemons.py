@@ -132,11 +132,13 @@ class Daemon:
     def alive(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
+        # The reference is not our child: once dead it may linger as a zombie
+        # that nobody reaps, so look at its state rather than kill(pid, 0).
         try:
-            os.kill(self.pid, 0)
+            status = Path(f"/proc/{self.pid}/status").read_text()
         except OSError:
             return False
-        return True
+        return "\nState:\tZ" not in status and "\nState:\tX" not in status
 
     def rss_kib(self) -> int:
         """Resident set size of the daemon process, from /proc."""

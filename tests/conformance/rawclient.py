@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType
 
 DEFAULT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0
 
 # GET_DOMAIN_PATH is answered by every daemon version, needs no privilege and
 # touches no state (no generation count, no transaction): a harmless barrier.
@@ -62,8 +63,19 @@ class RawClient:
     _next_req: int = 1
 
     def __post_init__(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
+        # C listens with a backlog of 1: a burst of connects is refused until
+        # the daemon has accepted the earlier ones, so retry for a while.
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(self.path)
+                return
+            except (ConnectionRefusedError, BlockingIOError):
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
 
     # --- sending --------------------------------------------------------------
 
