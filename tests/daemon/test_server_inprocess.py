@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.daemon.conftest import InProcessServer
 from tests.daemon.wireclient import (
@@ -133,3 +135,39 @@ def test_unread_events_of_unprivileged_receiver_time_out(fake_server: InProcessS
     # The watch-event timeout is 0.5 s in this fixture; an event whose
     # transmission has begun is spared.
     wait_for(lambda: conn.out_bytes <= 16 + 209, "unsent events to expire")
+
+
+def test_connection_state_can_move_to_a_new_server(tmp_path: Path) -> None:
+    """What a live update needs: pending input/output, inheritable fds, adoption."""
+    from tests.daemon.fake_store import FakeStore
+
+    from pyxenstored.server.loop import Server
+    from pyxenstored.server.socket_transport import SocketTransport
+
+    old = Server(FakeStore())
+    listener_path = str(tmp_path / "lu.sock")
+    old.listen(listener_path)
+    client, server_end = socket.socketpair()
+    conn = old.add_connection(SocketTransport(server_end), 0)
+    conn.reader.feed(msg(WRITE, b"/lu\0v", req_id=3)[:10])  # half a request
+    conn.restore_output(msg(READ, b"old reply", req_id=2))
+    fds = old.inherit_fds()
+    assert os.get_inheritable(fds[f"conn:{conn.conn_id}"])
+    assert os.get_inheritable(fds[f"listener:{listener_path}"])
+    pending_in, pending_out = conn.pending_input(), conn.pending_output()
+
+    new_store = FakeStore()
+    new = Server(new_store)
+    sock = socket.socket(fileno=os.dup(fds[f"conn:{conn.conn_id}"]))
+    moved = new.add_connection(SocketTransport(sock), 0, conn_id=conn.conn_id)
+    moved.restore_output(pending_out)
+    moved.reader.feed(pending_in)
+    client.settimeout(5)
+    client.sendall(msg(WRITE, b"/lu\0v", req_id=3)[10:])
+    while new_store.handled == 0:
+        new.run_once(0.05)
+    new.run_once(0)
+    assert recv_msg(client) == (READ, 2, 0, b"old reply")
+    assert recv_msg(client) == (WRITE, 3, 0, b"OK\0")
+    new.close()
+    old.close()

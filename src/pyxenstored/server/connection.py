@@ -299,6 +299,12 @@ class Connection:
         data = b"".join(entry[0] for entry in self._out)
         return data[self._out_offset :]
 
+    def restore_output(self, data: bytes) -> None:
+        """Queue raw bytes dumped by a live update (they go out first, as they are)."""
+        if data:
+            self._out.append((data, None, None, 0.0))
+            self.out_bytes += len(data)
+
     def discard_output(self) -> None:
         """Forget queued output, releasing what it holds."""
         out = self._out

@@ -94,11 +94,31 @@ class Server:
 
     def listen(self, path: str) -> socket.socket:
         """Listen on a unix socket at ``path``; it is removed again by :meth:`close`."""
-        sock = listen_unix(path, self.config.listen_backlog)
+        return self.adopt_listener(listen_unix(path, self.config.listen_backlog), path)
+
+    def adopt_listener(self, sock: socket.socket, path: str) -> socket.socket:
+        """Serve an already listening socket (e.g. inherited across a live update)."""
+        sock.setblocking(False)
         st = os.stat(path)
         self._listeners.append((sock, path, (st.st_dev, st.st_ino)))
         self._sel.register(sock, EVENT_READ, self._accept_ready)
         return sock
+
+    def inherit_fds(self) -> dict[str, int]:
+        """Mark every socket inheritable for an exec; returns their fds by role.
+
+        Keys are ``listener:<path>`` and ``conn:<conn_id>`` (socket clients).
+        """
+        fds: dict[str, int] = {}
+        for sock, path, _ident in self._listeners:
+            sock.set_inheritable(True)
+            fds[f"listener:{path}"] = sock.fileno()
+        for conn in self._conns.values():
+            transport = conn.transport
+            if isinstance(transport, SocketTransport):
+                transport.socket.set_inheritable(True)
+                fds[f"conn:{conn.conn_id}"] = transport.fileno()
+        return fds
 
     @property
     def connections(self) -> Iterator[Connection]:
