@@ -84,9 +84,13 @@ def events_of(result: Result) -> list[tuple[int, bytes, bytes]]:
 ClientFactory = Callable[..., Client]
 
 
+# Domains the fake hypervisor knows in most tests (C under the shim: XS_SHIM_DOMAINS).
+EXISTING = frozenset(range(1, 64))
+
+
 @pytest.fixture
 def store() -> Store:
-    return Store(StoreConfig())
+    return Store(StoreConfig(existing_domids=EXISTING))
 
 
 @pytest.fixture

@@ -209,3 +209,18 @@ def test_server_side_charges(dom0: Client, connect: ClientFactory) -> None:
     assert store.domains[5].usage[2] == 2
     with pytest.raises(ValueError):
         store.charge(guest.conn_id, "nodes", 1)
+
+
+def test_default_config_knows_only_priv_and_store_domains() -> None:
+    store = Store(StoreConfig())
+    store.connect(1, 0, is_socket=True)
+    c = Client(store, 1)
+    c.write("/p", b"v")
+    assert c.err(M.SET_PERMS, b"/p\0n7\0") == "ENOENT"
+    assert c.err(M.GET_FEATURE, b"7\0") == "ENOENT"
+    assert c.err(M.GET_QUOTA, b"7\0nodes\0") == "ENOENT"
+    c.set_perms("/p", "n0", "r7")  # kept, but stale
+    # Introducing a domain makes it known.
+    c.ok(M.INTRODUCE, b"7\x001\x001\0")
+    assert c.ok(M.GET_FEATURE, b"7\0") == b"14\0"
+    c.set_perms("/p", "n7")

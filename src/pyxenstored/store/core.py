@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 from ..wire import (
     DOMID_ANY,
-    DOMID_FIRST_RESERVED,
     DOMID_SELF,
     FEATURE_DOMID_ANY,
     FEATURE_WATCHDEPTH,
@@ -120,7 +119,7 @@ class StoreConfig:
     store_domid: int = 0
     keep_orphans: bool = False
     quota: q.QuotaTable = field(default_factory=q.QuotaTable)
-    # Domids the "hypervisor" knows; None: every domid below DOMID_FIRST_RESERVED.
+    # Domids the "hypervisor" knows besides priv_domid and store_domid.
     existing_domids: frozenset[int] | None = None
 
 
@@ -240,11 +239,17 @@ class Store:
             self._account_write(path, node, None)
 
     def domain_exists(self, domid: int) -> bool:
-        """Whether the "hypervisor" knows ``domid`` (config ``existing_domids``)."""
+        """Whether the "hypervisor" knows ``domid`` (config ``existing_domids``).
+
+        Without a hypervisor the privileged and store domains always exist;
+        others only when listed (like the C daemon under the test shim,
+        ``XS_SHIM_DOMAINS``).  Domains with a record (introduced, connected,
+        ...) are known anyway: callers look at the records first.
+        """
+        if domid == self.config.priv_domid or domid == self.config.store_domid:
+            return True
         known = self.config.existing_domids
-        if known is None:
-            return domid < DOMID_FIRST_RESERVED
-        return domid in known
+        return known is not None and domid in known
 
     def _domain(self, domid: int) -> Domain:
         """The record of ``domid``, created (with the global quota) if missing."""
