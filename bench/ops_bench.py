@@ -262,12 +262,34 @@ def measure(
     return rate, sum(e for _d, e, _t in outcomes)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parse_target(text: str) -> tuple[str, str, int | None]:
+    """``LABEL=SOCKET[:PID]`` or ``SOCKET``: label, socket path, daemon pid."""
+    label, sep, rest = text.partition("=")
+    if not sep:
+        label, rest = "", text
+    path, colon, pid = rest.rpartition(":")
+    if colon and pid.isdigit():
+        return label or path, path, int(pid)
+    return label or rest, rest, None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--socket",
-        default=os.environ.get("XENSTORED_PATH"),
-        help="daemon socket (default $XENSTORED_PATH)",
+        action="append",
+        default=[],
+        metavar="[LABEL=]PATH[:PID]",
+        help="daemon socket; repeat to compare daemons (runs are interleaved so that"
+        " background load hits them alike); with :PID also the daemon's CPU time per"
+        " request is printed (default $XENSTORED_PATH)",
     )
     parser.add_argument(
         "--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}"
@@ -282,40 +304,57 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=3, help="runs per cell; the median is printed"
     )
     parser.add_argument("--cpu", type=int, help="pin the client processes to this CPU")
-    parser.add_argument("--label", default="", help="name printed in the table title")
     args = parser.parse_args(argv)
-    if not args.socket:
+    sockets = args.socket or (
+        [os.environ["XENSTORED_PATH"]] if os.environ.get("XENSTORED_PATH") else []
+    )
+    if not sockets:
         parser.error("--socket or XENSTORED_PATH is required")
+    targets = [parse_target(t) for t in sockets]
     ops = [op for op in args.ops.split(",") if op]
     for op in ops:
         if op not in OPS:
             parser.error(f"unknown op {op!r}")
     modes = args.modes.split(",")
     conns = [int(c) for c in args.conns.split(",")]
-    title = f"ops/s on {args.socket}" + (f" ({args.label})" if args.label else "")
-    title += f", median of {args.repeat} x {args.duration:g}s, pipe depth {args.depth}"
-    print(title)
-    header = f"{'op':<12} {'mode':<5}" + "".join(f" {f'{c} conn':>12}" for c in conns)
+    print(f"ops/s, median of {args.repeat} x {args.duration:g}s, pipe depth {args.depth}")
+    for label, path, pid in targets:
+        print(f"  {label}: {path}" + (f" (pid {pid})" if pid else ""))
+    columns = [label for label, _p, _pid in targets]
+    if any(pid for _l, _p, pid in targets):
+        columns += [f"{label} us/req" for label, _p, pid in targets if pid]
+    header = f"{'op':<12} {'mode':<5} {'conns':>5}" + "".join(f" {c:>14}" for c in columns)
     print(header)
     print("-" * len(header))
     for op in ops:
         for mode in modes:
-            cells = []
             for n in conns:
-                rates = []
-                errors = 0
+                rates: list[list[float]] = [[] for _ in targets]
+                costs: list[list[float]] = [[] for _ in targets]
+                errors = [0] * len(targets)
                 for _ in range(args.repeat):
-                    rate, errs = measure(
-                        args.socket, Cell(op, mode, n), args.depth, args.duration, args.cpu
-                    )
-                    rates.append(rate)
-                    errors += errs
-                cell = f"{statistics.median(rates):12.0f}"
-                if errors:
-                    cell += f" ({errors} err)"
-                cells.append(cell)
-            print(f"{op:<12} {mode:<5}" + "".join(f" {c}" for c in cells), flush=True)
-    print("transaction rows count whole transactions (START + WRITE + END), i.e. 3 requests each")
+                    for i, (_label, path, pid) in enumerate(targets):
+                        before = cpu_seconds(pid) if pid else 0.0
+                        rate, errs = measure(
+                            path, Cell(op, mode, n), args.depth, args.duration, args.cpu
+                        )
+                        if pid:
+                            requests = rate * args.duration * (3 if op == "transaction" else 1)
+                            costs[i].append((cpu_seconds(pid) - before) / requests * 1e6)
+                        rates[i].append(rate)
+                        errors[i] += errs
+                cells = []
+                for i in range(len(targets)):
+                    cell = f"{statistics.median(rates[i]):.0f}"
+                    if errors[i]:
+                        cell += f" ({errors[i]}e)"
+                    cells.append(cell)
+                cells += [f"{statistics.median(c):.1f}" for c in costs if c]
+                print(
+                    f"{op:<12} {mode:<5} {n:>5}" + "".join(f" {c:>14}" for c in cells), flush=True
+                )
+    print("transaction rows count whole transactions (START + WRITE + END), i.e. 3 requests each;")
+    print("us/req is the daemon's CPU time (user+sys) per request, a figure less sensitive to load")
     return 0
 
 
