@@ -264,8 +264,9 @@ class Connection:
 
     def expire_events(self, now: float) -> int:
         """Drop queued events whose deadline passed before transmission began."""
-        if not self._timed_events:
-            return 0
+        first = self.next_deadline()
+        if not first or first > now:
+            return 0  # the common case costs no scan of the queue
         keep: deque[_Entry] = deque()
         dropped = 0
         for index, entry in enumerate(self._out):
@@ -276,17 +277,25 @@ class Connection:
                 self.out_bytes -= len(entry[0])
                 self._retire(entry)
                 dropped += 1
-                log.debug("watch event for connection %d timed out", self.conn_id)
             else:
                 keep.append(entry)
         self._out = keep
+        if dropped:
+            log.debug("connection %d: %d watch event(s) timed out", self.conn_id, dropped)
         return dropped
 
     def next_deadline(self) -> float:
-        """Earliest event deadline in the queue, or 0.0 when none."""
+        """Earliest event deadline in the queue, or 0.0 when none.
+
+        Deadlines grow along the queue (each is its queueing time plus the
+        same timeout), so the first one found is the earliest.
+        """
         if not self._timed_events:
             return 0.0
-        return min((e[3] for e in self._out if e[3]), default=0.0)
+        for index, entry in enumerate(self._out):
+            if entry[3] and not (index == 0 and self._out_offset > 0):
+                return entry[3]
+        return 0.0
 
     # --- live update / teardown ---------------------------------------------
 
