@@ -48,6 +48,9 @@ _odd_path = st.sampled_from(
     ["/", "/a/", "//a", "/a//b", "/a b", "", "/a.b", "@releaseDomain", "@introduceDomain", "@x"]
 )
 paths = st.one_of(_abs_path, _abs_path, _abs_path, _rel_path, _odd_path)
+# SET_PERMS leaves the special nodes alone: their permissions differ between
+# 4.17 and HEAD (compat C03) and are not restored between sequences.
+node_paths = st.one_of(_abs_path, _abs_path, _rel_path, _odd_path.filter(lambda p: p[:1] != "@"))
 values = st.binary(max_size=6)
 tokens = st.sampled_from(["t1", "t2", ""])
 conns = st.sampled_from(CONNS)
@@ -150,7 +153,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         payload = f"{_text(path)}|{offset}|"
         self.do(self.step(conn, "DIRECTORY_PART", payload, self.tx_ref(conn, tx)))
 
-    @rule(conn=conns, path=paths, perms=perm_lists, tx=tx_choice)
+    @rule(conn=conns, path=node_paths, perms=perm_lists, tx=tx_choice)
     def set_perms(self, conn: str, path: str, perms: list[str], tx: int) -> None:
         payload = _text(path) + "|" + "".join(p + "|" for p in perms)
         self.do(self.step(conn, "SET_PERMS", payload, self.tx_ref(conn, tx)))
