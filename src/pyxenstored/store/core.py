@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from ..wire import (
     DOMID_ANY,
+    DOMID_FIRST_RESERVED,
     DOMID_SELF,
     FEATURE_DOMID_ANY,
     FEATURE_WATCHDEPTH,
@@ -119,7 +120,8 @@ class StoreConfig:
     store_domid: int = 0
     keep_orphans: bool = False
     quota: q.QuotaTable = field(default_factory=q.QuotaTable)
-    # Domids the "hypervisor" knows besides priv_domid and store_domid.
+    # Domids the "hypervisor" knows: None = all ordinary domids; a set = those
+    # plus priv_domid and store_domid.
     existing_domids: frozenset[int] | None = None
 
 
@@ -241,15 +243,16 @@ class Store:
     def domain_exists(self, domid: int) -> bool:
         """Whether the "hypervisor" knows ``domid`` (config ``existing_domids``).
 
-        Without a hypervisor the privileged and store domains always exist;
-        others only when listed (like the C daemon under the test shim,
-        ``XS_SHIM_DOMAINS``).  Domains with a record (introduced, connected,
-        ...) are known anyway: callers look at the records first.
+        Without a hypervisor, by default every ordinary domid exists (as for a
+        toolstack on a host full of guests).  An explicit set restricts that
+        to the listed domids plus the privileged and store domains, like the
+        C daemon under the test shim (``XS_SHIM_DOMAINS``, default "0").
+        Domains with a record are known anyway: callers look at records first.
         """
-        if domid == self.config.priv_domid or domid == self.config.store_domid:
-            return True
         known = self.config.existing_domids
-        return known is not None and domid in known
+        if known is None:
+            return domid < DOMID_FIRST_RESERVED
+        return domid in known or domid in (self.config.priv_domid, self.config.store_domid)
 
     def _domain(self, domid: int) -> Domain:
         """The record of ``domid``, created (with the global quota) if missing."""
