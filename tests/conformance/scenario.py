@@ -22,6 +22,8 @@ A STEP is a dict:
   the repetitions are recorded as one step with counted distinct replies.
 * ``expect`` / ``expect_events``: the expected record fields, for files whose
   expected replies are written from the digest (targets without reference).
+* ``daemon_args`` (file level): extra daemon options; such scenarios always
+  get a fresh daemon.
 * ``label``: a name for the step (default: its index) used by compat entries.
 
 Recording: each step gives a :class:`StepRecord` with the reply rendered as
@@ -167,6 +169,7 @@ class Scenario:
     steps: list[dict[str, Any]]
     targets: tuple[str, ...]
     fresh: bool = False
+    daemon_args: tuple[str, ...] = ()
 
     @property
     def ident(self) -> str:
@@ -178,9 +181,11 @@ def load_scenarios(directory: Path = SCENARIO_DIR) -> list[Scenario]:
     for path in sorted(directory.glob("*.json")):
         data = json.loads(path.read_text())
         targets = tuple(data.get("targets", ["reference", "pyxenstored"]))
+        daemon_args = tuple(data.get("daemon_args", ()))
         for item in data["scenarios"]:
+            fresh = bool(item.get("fresh", False) or daemon_args)
             found.append(
-                Scenario(path.stem, item["name"], item["steps"], targets, item.get("fresh", False))
+                Scenario(path.stem, item["name"], item["steps"], targets, fresh, daemon_args)
             )
     return found
 
