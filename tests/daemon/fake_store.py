@@ -44,6 +44,7 @@ class FakeStore:
         self.quotas: dict[str, int] = {}
         self.conn_quotas: dict[tuple[int, str], int] = {}
         self.handled = 0
+        self.charges: dict[tuple[int, str], int] = {}
 
     def connect(self, conn_id: int, domid: int, *, is_socket: bool) -> None:
         self.connected[conn_id] = domid
@@ -55,6 +56,15 @@ class FakeStore:
 
     def quota_for_conn(self, conn_id: int, name: str) -> int | None:
         return self.conn_quotas.get((conn_id, name), self.quotas.get(name))
+
+    def charge(self, conn_id: int, name: str, delta: int, *, check: bool = False) -> bool:
+        key = (conn_id, name)
+        value = self.charges.get(key, 0) + delta
+        limit = self.quota_for_conn(conn_id, name)
+        if check and delta > 0 and limit is not None and value >= limit:
+            return False
+        self.charges[key] = value
+        return True
 
     def handle(self, conn_id: int, msg_type: int, tx_id: int, payload: bytes) -> FakeResult:
         self.handled += 1

@@ -171,3 +171,30 @@ def test_connection_state_can_move_to_a_new_server(tmp_path: Path) -> None:
     assert recv_msg(client) == (WRITE, 3, 0, b"OK\0")
     new.close()
     old.close()
+
+
+def test_domain_charges_balance_for_unprivileged_connections(fake_server: InProcessServer) -> None:
+    store = fake_server.store
+    store.conn_quotas[1, "outstanding"] = 50  # connection 1 is "unprivileged"
+    guest = connect(fake_server.socket)
+    assert call(guest, WATCH, b"/g\0t\0") == (WATCH, b"OK\0")
+    assert recv_msg(guest)[0] == WATCH_EVENT
+    writer = connect(fake_server.socket)
+    for i in range(20):
+        call(writer, WRITE, b"/g/%d\0v" % i)
+    for _ in range(20):
+        assert recv_msg(guest)[0] == WATCH_EVENT
+    guest.sendall(b"".join(msg(READ, b"/g/1\0") for _ in range(10)))
+    for _ in range(10):
+        assert recv_msg(guest)[0] == READ
+    wait_for(lambda: store.charges.get((1, "memory")) == 0, "memory charges undone")
+    assert store.charges[1, "outstanding"] == 0
+    assert (2, "memory") not in store.charges  # privileged connections are not charged
+    # Closing with output still queued undoes the charges too.
+    guest.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    guest.sendall(b"".join(msg(READ, b"/g/1\0") for _ in range(3000)))
+    wait_for(lambda: store.charges[1, "memory"] > 0, "queued output")
+    guest.close()
+    wait_for(lambda: 1 in store.disconnected, "disconnect")
+    assert store.charges[1, "memory"] == 0
+    assert store.charges[1, "outstanding"] == 0

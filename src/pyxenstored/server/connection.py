@@ -58,6 +58,9 @@ class PendingRequest:
             self.conn.request_done()
 
 
+Charge = Callable[[str, int, bool], bool]
+"""``charge(quota_name, delta, check)``: False when a checked charge is refused."""
+
 # Output queue entry: (message bytes, event payload for de-duplication or
 # None for replies, request kept outstanding by it, deadline or 0.0).
 _Entry = tuple[bytes, bytes | None, PendingRequest | None, float]
@@ -77,6 +80,7 @@ class Connection:
         "outstanding",
         "closed",
         "wake",
+        "charge",
         "_out",
         "_out_offset",
         "out_bytes",
@@ -108,6 +112,9 @@ class Connection:
         self.closed = False
         # Called when a blocked connection may proceed again.
         self.wake: Callable[[Connection], None] = wake or _no_wake
+        # Domain accounting in the store (``outstanding``/``memory``) for
+        # connections of unprivileged domains; None for the others.
+        self.charge: Charge | None = None
         self._out: deque[_Entry] = deque()
         self._out_offset = 0  # bytes of _out[0] already written
         # Bytes queued for output, including any already partly written.
@@ -163,9 +170,13 @@ class Connection:
             type_, payload, length = _ERROR, b"E2BIG\0", 6
         data = _pack_header(type_, req_id, tx_id, length) + payload
         token: PendingRequest | None = None
-        if self.outstanding_limit is not None:
+        charge = self.charge
+        if self.outstanding_limit is not None or charge is not None:
             self.outstanding += 1
             token = PendingRequest(self)
+            if charge is not None:
+                charge("outstanding", 1, False)
+                charge("memory", length + HEADER_SIZE, False)
         self._out.append((data, None, token, 0.0))
         self.out_bytes += length + HEADER_SIZE
         return token
@@ -188,6 +199,9 @@ class Connection:
                     self._dropped_events,
                 )
             return False
+        charge = self.charge
+        if charge is not None and not charge("memory", length + HEADER_SIZE, True):
+            return False  # over the receiver's memory quota: C drops the event
         data = _pack_header(_WATCH_EVENT, 0, 0, length) + payload
         deadline = 0.0
         if self.event_timeout > 0:
@@ -204,9 +218,18 @@ class Connection:
     def request_done(self) -> None:
         """A request of this connection is no longer outstanding."""
         self.outstanding -= 1
+        if self.closed:
+            return  # the charges were undone when it closed (see close_accounting)
+        if self.charge is not None:
+            self.charge("outstanding", -1, False)
         limit = self.outstanding_limit
-        if limit is not None and self.outstanding == limit - 1 and not self.closed:
+        if limit is not None and self.outstanding == limit - 1:
             self.wake(self)
+
+    def close_accounting(self) -> None:
+        """Undo this connection's charges at close (its queue is discarded next)."""
+        if self.charge is not None and self.outstanding > 0:
+            self.charge("outstanding", -self.outstanding, False)
 
     # --- output ------------------------------------------------------------
 
@@ -246,7 +269,7 @@ class Connection:
                 break
             offset -= size
             out.popleft()
-            if head[1] is not None or head[2] is not None or head[3]:
+            if head[1] is not None or head[2] is not None or head[3] or self.charge is not None:
                 self._retire(head)
         self._out_offset = offset
         if was_full and self.out_bytes < self.out_limit and not self.closed:
@@ -254,7 +277,9 @@ class Connection:
 
     def _retire(self, entry: _Entry) -> None:
         """Bookkeeping for an entry leaving the queue (sent or discarded)."""
-        _data, key, token, deadline = entry
+        data, key, token, deadline = entry
+        if self.charge is not None:
+            self.charge("memory", -len(data), False)
         if key is not None:
             del self._event_keys[key]
         if deadline:
@@ -311,6 +336,8 @@ class Connection:
     def restore_output(self, data: bytes) -> None:
         """Queue raw bytes dumped by a live update (they go out first, as they are)."""
         if data:
+            if self.charge is not None:
+                self.charge("memory", len(data), False)
             self._out.append((data, None, None, 0.0))
             self.out_bytes += len(data)
 

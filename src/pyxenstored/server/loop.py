@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from pyxenstored.server.connection import Connection, PendingRequest
+from pyxenstored.server.connection import Charge, Connection, PendingRequest
 from pyxenstored.server.framing import OversizedMessage
 from pyxenstored.server.log import Tracer
 from pyxenstored.server.socket_transport import SocketTransport, listen_unix
@@ -154,11 +154,22 @@ class Server:
         # The watch-event timeout applies to unprivileged receivers only;
         # the store tells us who those are by giving them quota.
         limited = outstanding is not None
+        if limited and conn.charge is None and not conn.has_output:
+            # Decided once, on an empty queue, so every charge is undone.
+            conn.charge = self._charger(conn.conn_id)
         conn.event_timeout = self.config.watch_event_timeout if limited else 0.0
         if conn.event_timeout > 0:
             self._timed.add(conn)
         else:
             self._timed.discard(conn)
+
+    def _charger(self, conn_id: int) -> Charge:
+        store_charge = self.store.charge
+
+        def charge(name: str, delta: int, check: bool) -> bool:
+            return store_charge(conn_id, name, delta, check=check)
+
+        return charge
 
     def refresh_limits(self) -> None:
         for conn in list(self._conns.values()):
@@ -388,6 +399,7 @@ class Server:
         with contextlib.suppress(OSError):
             conn.flush()
         conn.closed = True
+        conn.close_accounting()
         conn_id = conn.conn_id
         if self._masks.pop(conn_id, 0):
             with contextlib.suppress(KeyError, ValueError):

@@ -47,3 +47,11 @@ class StoreLike(Protocol):
     def quota_for_conn(self, conn_id: int, name: str) -> int | None:
         """The connection's domain's quota ``name``; None when unlimited."""
         ...
+
+    def charge(self, conn_id: int, name: str, delta: int, *, check: bool = False) -> bool:
+        """Account ``outstanding``/``memory`` held by queued output to the domain.
+
+        With ``check``, a charge that would reach an unprivileged domain's
+        quota is refused (returns False).
+        """
+        ...
