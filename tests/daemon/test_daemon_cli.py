@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.daemon.conftest import client_env, start_daemon
-from tests.daemon.wireclient import READ, WRITE, call, connect
+from tests.daemon.wireclient import READ, WATCH, WRITE, call, connect
 from tests.util import XEN_BIN, require_tool
 
 
@@ -130,12 +130,15 @@ def test_trace_file_records_requests(tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     d = start_daemon(tmp_path / "run", "-T", str(trace))
     try:
-        call(connect(d.socket), WRITE, b"/traced\0v")
+        sock = connect(d.socket)
+        call(sock, WATCH, b"/traced\0tok\0")
+        call(sock, WRITE, b"/traced\0v")
     finally:
         assert d.stop() == 0
     lines = trace.read_text().splitlines()
     assert any(" IN " in line and line.endswith("WRITE (/traced v)") for line in lines)
     assert any(" OUT " in line and line.endswith("WRITE (OK )") for line in lines)
+    assert any(" OUT " in line and line.endswith("WATCH_EVENT (/traced tok )") for line in lines)
 
 
 def test_quota_options_reach_the_store(tmp_path: Path) -> None:

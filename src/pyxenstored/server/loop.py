@@ -37,6 +37,8 @@ log = logging.getLogger("pyxenstored.server")
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 
+_WATCH_EVENT = int(MsgType.WATCH_EVENT)
+
 # Requests after which per-connection limits are looked up again: they may
 # change quota values or a connection's domain/privilege.
 _LIMIT_CHANGERS = frozenset(
@@ -351,10 +353,13 @@ class Server:
         conns = self._conns
         dirty = self._dirty
         now = time.monotonic() if self._timed else 0.0
+        tracer = self.tracer
         for ev in events:
             target = conns.get(ev.conn_id)
             if target is not None and target.queue_event(ev.payload, token, now):
                 dirty.add(target)
+                if tracer.io_on:
+                    tracer.message("OUT", target.conn_id, target.domid, _WATCH_EVENT, ev.payload)
 
     # --- output ------------------------------------------------------------------
 
