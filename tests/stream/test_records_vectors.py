@@ -412,3 +412,47 @@ def test_big_endian_flag_bytes() -> None:
     assert data == b"xenstore" + bytes([0, 0, 0, 2, 0, 0, 0, 1]) + bytes(8)
     data = write_stream([End()], version=1, big_endian=False)
     assert data == b"xenstore" + bytes([0, 0, 0, 1, 0, 0, 0, 0]) + bytes(8)
+
+
+def test_stream_in_c_head_style() -> None:
+    """A whole stream laid out as C HEAD writes it (digest §10.5), built by hand.
+
+    Version 1 (C's -v 1) with a ring connection carrying unique-id, quota
+    records with garbage padding, a depth watch in C HEAD's broken layout, and
+    DOMAIN_DATA last.
+    """
+    le = False
+    quota = body_global_quota(le, _qb(HEAD_QUOTA_DEFAULTS), [])
+    quota_rec = struct.pack("<II", 6, 160) + quota + b"\x11\x22\x33\x44"
+    dom = body_domain(le, 1, 0, _qb(HEAD_QUOTA_DEFAULTS))
+    dom_rec = struct.pack("<II", 7, 160) + dom + b"\x55" * (160 - len(dom))
+    # broken WATCH_DATA_EXTENDED: len = ROUNDUP(12+6+4, 8) = 24, written ROUNDUP(8+10, 8) = 24
+    # bytes -> here (p+t) = 10, 10 mod 8 = 2: lengths agree
+    bad_watch = struct.pack("<IIIHH", 8, 24, 1, 6, 4) + b"/tool\0tok\0" + b"\0" * 6
+    data = (
+        preamble(1, le)
+        + frame(le, 1, body_global(le, 3, 4))
+        + quota_rec
+        + frame(
+            le,
+            2,
+            body_connection(le, 1, 0, 1, ring_spec(le, 1, 0x7FF4, 9), b"", b"", 0, 0xABCDEF),
+        )
+        + bad_watch
+        + frame(le, 5, body_node(le, 0, 0, 0, [(b"n", 0, 0)], b"/", b""))
+        + frame(le, 5, body_node(le, 0, 0, 0, [(b"n", 0, 1)], b"/tool", b""))
+        + frame(le, 5, body_node(le, 0, 0, 0, [(b"n", 0, 0)], b"@releaseDomain", b""))
+        + dom_rec
+        + end_record(le)
+    )
+    reader = StreamReader(data)
+    raws = list(reader.iter_raw())
+    infos = [inspect_record(r, reader.header) for r in raws]
+    assert [r.type for r in raws] == [1, 6, 2, 8, 5, 5, 5, 7, 0]
+    assert raws[3].quirk == QUIRK_WATCH_EXT_C_HEAD_WRITER
+    assert infos[1].slack == b"\x11\x22\x33\x44"
+    assert infos[7].slack == b"\x55" * (160 - len(dom))
+    assert infos[2].record == ConnectionData(1, 0, 1, RingSpec(1, 0x7FF4, 9), b"", b"", 0, 0xABCDEF)
+    assert infos[3].record == WatchDataExtended(1, "/tool", "tok", 0xFFFF)
+    assert infos[7].record == DomainData(1, 0, _q(HEAD_QUOTA_DEFAULTS))
+    assert read_records(data)[1] == [i.record for i in infos]
