@@ -214,7 +214,7 @@ def test_take_respects_limit_and_partial_tail() -> None:
 
 def test_allowance_keeps_worst_case_replies_within_bound() -> None:
     conn = Connection(1, 0, FakeTransport(), out_limit=10 * 4112)
-    assert conn.allowance() == 10
+    assert conn.allowance() == 10  # 10 worst-case replies fit
     conn.queue_reply(2, 0, 0, b"x" * 4000)
     assert conn.allowance() == 9
     conn.out_limit = conn.out_bytes + 100

@@ -38,8 +38,10 @@ _WATCH_EVENT = int(MsgType.WATCH_EVENT)
 _ERROR = int(MsgType.ERROR)
 # Buffers handed to one transport write: enough to batch pipelined replies.
 _WRITE_BATCH = 64
-# Requests taken from the input in one go, and the largest message.
-_BATCH = 64
+# Requests taken from the input in one go (their replies are sent before the
+# next batch is taken: small enough for a pipelining client to overlap with
+# us, large enough to save system calls), and the largest message.
+_BATCH = 16
 _MAX_MESSAGE = HEADER_SIZE + PAYLOAD_MAX
 
 

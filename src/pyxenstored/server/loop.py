@@ -346,6 +346,11 @@ class Server:
                     refresh = True
             if len(batch) < allowance:
                 break  # the input holds no further complete message
+            # More requests are waiting: send what is ready first, so that a
+            # pipelining client gets replies (and sends more) while we work.
+            self._flush(conn)
+            if conn.closed:
+                return
         if refresh:
             self.refresh_limits()
 
