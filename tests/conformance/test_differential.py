@@ -42,19 +42,22 @@ REGRESSIONS = SCENARIO_DIR / "regressions.json"
 # --- strategies -------------------------------------------------------------------
 
 _segment = st.sampled_from(["a", "b", "c"])
-_abs_path = st.lists(_segment, min_size=1, max_size=3).map(lambda s: "/" + "/".join(s))
+# Mostly shallow paths, so that writes, watches and reads meet often.
+_abs_path = st.one_of(
+    st.lists(_segment, min_size=1, max_size=2), st.lists(_segment, min_size=3, max_size=3)
+).map(lambda s: "/" + "/".join(s))
 _rel_path = st.lists(_segment, min_size=1, max_size=2).map("/".join)
 _odd_path = st.sampled_from(
     ["/", "/a/", "//a", "/a//b", "/a b", "", "/a.b", "@releaseDomain", "@introduceDomain", "@x"]
 )
-paths = st.one_of(_abs_path, _abs_path, _abs_path, _rel_path, _odd_path)
+paths = st.one_of(_abs_path, _rel_path, _odd_path) | _abs_path | _abs_path | _abs_path
 # SET_PERMS leaves the special nodes alone: their permissions differ between
 # 4.17 and HEAD (compat C03) and are not restored between sequences.
 node_paths = st.one_of(_abs_path, _abs_path, _rel_path, _odd_path.filter(lambda p: p[:1] != "@"))
 values = st.binary(max_size=6)
 tokens = st.sampled_from(["t1", "t2", ""])
 conns = st.sampled_from(CONNS)
-tx_choice = st.integers(0, 4)
+tx_choice = st.sampled_from([0, 0, 0, 0, 1, 1, 2, 3, 4])
 _owner = st.sampled_from(["n0", "r0", "w0", "b0", "b0x0"])
 _entry = st.sampled_from(
     ["n0", "r0", "w0", "b0", "r1", "w2", "b5", "n7", "r0x1", "w010", "x0", "r"]
@@ -132,73 +135,97 @@ class DifferentialMachine(RuleBasedStateMachine):
             step["tx"] = tx
         return step
 
-    # --- rules --------------------------------------------------------------------
+    # --- operations ---------------------------------------------------------------
+    # One rule draws a weighted operation: hypothesis would pick among separate
+    # rules uniformly, and resets or odd types would then drown the writes and
+    # watches that make events happen.
 
-    @rule(conn=conns, path=paths, value=values, tx=tx_choice)
-    def write(self, conn: str, path: str, value: bytes, tx: int) -> None:
-        payload = _text(path) + "|" + escape(value)
-        self.do(self.step(conn, "WRITE", payload, self.tx_ref(conn, tx)))
+    @rule(data=st.data())
+    def operation(self, data: st.DataObject) -> None:
+        kind = data.draw(OPERATIONS, label="operation")
+        getattr(self, kind)(data)
 
-    @rule(
-        conn=conns,
-        op=st.sampled_from(["READ", "DIRECTORY", "GET_PERMS", "MKDIR", "RM"]),
-        path=paths,
-        tx=tx_choice,
-    )
-    def one_path(self, conn: str, op: str, path: str, tx: int) -> None:
-        self.do(self.step(conn, op, _text(path) + "|", self.tx_ref(conn, tx)))
+    def write(self, data: st.DataObject) -> None:
+        conn, path, value = data.draw(st.tuples(conns, paths, values))
+        tx = self.tx_ref(conn, data.draw(tx_choice))
+        self.do(self.step(conn, "WRITE", _text(path) + "|" + escape(value), tx))
 
-    @rule(conn=conns, path=paths, offset=offsets, tx=tx_choice)
-    def directory_part(self, conn: str, path: str, offset: str, tx: int) -> None:
-        payload = f"{_text(path)}|{offset}|"
-        self.do(self.step(conn, "DIRECTORY_PART", payload, self.tx_ref(conn, tx)))
+    def one_path(self, data: st.DataObject) -> None:
+        conn, path = data.draw(st.tuples(conns, paths))
+        op = data.draw(st.sampled_from(["READ", "DIRECTORY", "GET_PERMS", "MKDIR", "RM"]))
+        self.do(self.step(conn, op, _text(path) + "|", self.tx_ref(conn, data.draw(tx_choice))))
 
-    @rule(conn=conns, path=node_paths, perms=perm_lists, tx=tx_choice)
-    def set_perms(self, conn: str, path: str, perms: list[str], tx: int) -> None:
+    def directory_part(self, data: st.DataObject) -> None:
+        conn, path, offset = data.draw(st.tuples(conns, paths, offsets))
+        tx = self.tx_ref(conn, data.draw(tx_choice))
+        self.do(self.step(conn, "DIRECTORY_PART", f"{_text(path)}|{offset}|", tx))
+
+    def set_perms(self, data: st.DataObject) -> None:
+        conn, path, perms = data.draw(st.tuples(conns, node_paths, perm_lists))
         payload = _text(path) + "|" + "".join(p + "|" for p in perms)
-        self.do(self.step(conn, "SET_PERMS", payload, self.tx_ref(conn, tx)))
+        self.do(self.step(conn, "SET_PERMS", payload, self.tx_ref(conn, data.draw(tx_choice))))
 
-    @rule(conn=conns, path=paths, token=tokens)
-    def watch(self, conn: str, path: str, token: str) -> None:
+    def watch(self, data: st.DataObject) -> None:
+        conn, path, token = data.draw(st.tuples(conns, paths, tokens))
         self.do(self.step(conn, "WATCH", f"{_text(path)}|{token}|"))
 
-    @rule(conn=conns, path=paths, token=tokens)
-    def unwatch(self, conn: str, path: str, token: str) -> None:
+    def unwatch(self, data: st.DataObject) -> None:
+        conn, path, token = data.draw(st.tuples(conns, paths, tokens))
         self.do(self.step(conn, "UNWATCH", f"{_text(path)}|{token}|"))
 
-    @rule(conn=conns)
-    def reset_watches(self, conn: str) -> None:
+    def reset_watches(self, data: st.DataObject) -> None:
+        conn = data.draw(conns)
         self.do(self.step(conn, "RESET_WATCHES", ""))
         self.open_tx[conn].clear()
 
-    @rule(conn=conns, tx=tx_choice)
-    def transaction_start(self, conn: str, tx: int) -> None:
+    def transaction_start(self, data: st.DataObject) -> None:
+        conn = data.draw(conns)
         self.tx_counter += 1
         name = f"t{self.tx_counter}"
-        step = self.step(conn, "TRANSACTION_START", "|", self.tx_ref(conn, tx))
+        step = self.step(conn, "TRANSACTION_START", "|", self.tx_ref(conn, data.draw(tx_choice)))
         step["save"] = name
         self.do(step)
         if name in self.ref.saved_tx and name in self.py.saved_tx:
             self.open_tx[conn].append(name)
 
-    @rule(conn=conns, tx=tx_choice, end=st.sampled_from(["T", "F", "T", "X"]))
-    def transaction_end(self, conn: str, tx: int, end: str) -> None:
-        ref = self.tx_ref(conn, tx)
-        self.do(self.step(conn, "TRANSACTION_END", f"{end}|", ref))
-        if isinstance(ref, str) and end in "TF" and ref in self.open_tx[conn]:
-            self.open_tx[conn].remove(ref)
+    def transaction_end(self, data: st.DataObject) -> None:
+        conn = data.draw(conns)
+        tx = self.tx_ref(conn, data.draw(st.sampled_from([1, 1, 2, 3, 0, 4])))
+        end = data.draw(st.sampled_from(["T", "T", "F", "X"]))
+        self.do(self.step(conn, "TRANSACTION_END", f"{end}|", tx))
+        if isinstance(tx, str) and end in "TF" and tx in self.open_tx[conn]:
+            self.open_tx[conn].remove(tx)
 
-    @rule(conn=conns, op=st.sampled_from(["GET_DOMAIN_PATH", "IS_DOMAIN_INTRODUCED"]), domid=domids)
-    def domain_query(self, conn: str, op: str, domid: str) -> None:
+    def domain_query(self, data: st.DataObject) -> None:
+        conn, domid = data.draw(st.tuples(conns, domids))
+        op = data.draw(st.sampled_from(["GET_DOMAIN_PATH", "IS_DOMAIN_INTRODUCED"]))
         self.do(self.step(conn, op, f"{domid}|"))
 
-    @rule(conn=conns, op=raw_types, payload=junk, tx=tx_choice)
-    def raw_payload(self, conn: str, op: str, payload: bytes, tx: int) -> None:
-        self.do(self.step(conn, op, escape(payload), self.tx_ref(conn, tx)))
+    def raw_payload(self, data: st.DataObject) -> None:
+        conn, op, payload = data.draw(st.tuples(conns, raw_types, junk))
+        tx = self.tx_ref(conn, data.draw(tx_choice))
+        self.do(self.step(conn, op, escape(payload), tx))
 
-    @rule(conn=conns, op=st.sampled_from([15, 16, 20, 27, 1000]))
-    def no_such_type(self, conn: str, op: int) -> None:
+    def no_such_type(self, data: st.DataObject) -> None:
+        conn, op = data.draw(st.tuples(conns, st.sampled_from([15, 16, 20, 27, 1000])))
         self.do(self.step(conn, op, "/a|"))  # type: ignore[arg-type]
+
+
+# Relative weights of the operations (the first is what shrinking tends to).
+OPERATIONS = st.sampled_from(
+    ["write"] * 8
+    + ["one_path"] * 8
+    + ["watch"] * 4
+    + ["transaction_start"] * 3
+    + ["transaction_end"] * 3
+    + ["set_perms"] * 3
+    + ["directory_part"] * 2
+    + ["unwatch"]
+    + ["reset_watches"]
+    + ["domain_query"]
+    + ["raw_payload"]
+    + ["no_such_type"]
+)
 
 
 def _record_regression(steps: list[dict[str, Any]]) -> None:
