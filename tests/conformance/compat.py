@@ -129,6 +129,13 @@ def compare_records(
     if len(expected) != len(actual):
         failures.append(f"{scenario}: {len(expected)} steps expected, {len(actual)} recorded")
     for exp, got in zip(expected, actual, strict=False):
+        if (exp.label, exp.op, exp.payload) != (got.label, got.op, got.payload):
+            failures.append(
+                f"{scenario} step {exp.label}: recorded request {exp.op} {exp.payload!r} "
+                f"differs from {got.op} {got.payload!r} (golden file out of date? "
+                "python -m tests.conformance.record)"
+            )
+            break
         for part, same in (("reply", exp.reply == got.reply), ("events", exp.events == got.events)):
             if same:
                 continue
