@@ -291,6 +291,29 @@ class Server:
         if not conn.closed:
             self._update_mask(conn)
 
+    def service(self, conn: Connection, mask: int) -> None:
+        """Serve ``conn`` as if its transport were ready for ``mask``.
+
+        For transports without a descriptor (``fileno() < 0``): their owner
+        learns readiness elsewhere (a ring's event channel) and calls this.
+        """
+        if not conn.closed:
+            self._connection_ready(conn, mask)
+
+    def deliver_events(self, events: Sequence[EventLike]) -> None:
+        """Queue and send watch events raised outside a request (a domain's death)."""
+        if events:
+            self._deliver(events, None)
+            self._flush_dirty()
+
+    def watch_fd(self, fd: int, callback: Callable[[int], None]) -> None:
+        """Call ``callback(mask)`` from the loop whenever ``fd`` is readable."""
+        self._sel.register(fd, EVENT_READ, callback)
+
+    def unwatch_fd(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(fd)
+
     def _resume_woken(self) -> None:
         # Connections unblocked by output progress: run their buffered
         # requests, then let the selector watch them again.
@@ -387,6 +410,14 @@ class Server:
     def _update_mask(self, conn: Connection) -> None:
         want = (EVENT_READ if conn.can_process() else 0) | (EVENT_WRITE if conn.has_output else 0)
         conn_id = conn.conn_id
+        if conn.transport.fileno() < 0:
+            # No descriptor (shared rings): the transport's owner drives it
+            # through service(); tell it what the connection waits for.
+            self._masks[conn_id] = want
+            interest = getattr(conn.transport, "interest", None)
+            if interest is not None:
+                interest(want)
+            return
         have = self._masks[conn_id]
         if want == have:
             return
