@@ -219,6 +219,7 @@ class CheckSummary:
 
 # A node path: '/' alone or '/'-separated non-empty components of valid characters.
 _PERM_LETTERS = frozenset(b"nrwb")
+_NAME = re.compile(rb"[A-Za-z0-9_@\-]+")
 _NODE_PATH = re.compile(rb"/|(?:/[A-Za-z0-9_@\-]+)+")
 _SPECIAL_PATH = re.compile(rb"@[A-Za-z0-9_@\-/]*")
 # Watch paths may also be relative (resolved against the connection's home).
@@ -736,6 +737,56 @@ class _Checker:
         conn_id, tx_id, plen, vlen, access, nperm = self.s_node.unpack_from(buf, start)
         path_at = 16 + 4 * nperm
         need = path_at + plen + vlen
+        if (
+            0 < nperm < 3
+            and not conn_id | tx_id | access
+            and need <= length < need + 8 + (-need & 7)
+            and plen > 1
+        ):
+            # Fast path for the common case (C's own streams): a committed node with
+            # one or two permissions, arriving as a new child of the innermost open node.
+            # Anything unusual falls through to the full rules below.
+            letter, flag, first_domid = self.s_perm.unpack_from(buf, start + 16)
+            if nperm == 2:
+                # fold the second entry's checks into the first one's
+                letter2, flag2, _ = self.s_perm.unpack_from(buf, start + 20)
+                if letter2 not in _PERM_LETTERS:
+                    letter = letter2
+                flag |= flag2
+            pa = start + path_at
+            cut = buf.rfind(b"/", pa, pa + plen - 1) - pa
+            tracker = self.paths
+            stack = tracker.stack
+            top = stack[-1]
+            if (
+                cut >= 0
+                and buf[pa] == 0x2F  # absolute: the root stays on the stack
+                and letter in _PERM_LETTERS
+                and flag <= 1
+                and first_domid in self.domains_c_knows
+                and buf[pa + plen - 1] == 0
+                and plen <= ABS_PATH_MAX + 1
+            ):
+                new_path = buf[pa : pa + plen - 1]
+                while not new_path.startswith(top[0]):
+                    stack.pop()
+                    top = stack[-1]
+                if top[1] == (new_path[:cut] or b"/") and _NAME.fullmatch(new_path, cut + 1):
+                    h = hash(new_path)
+                    kids = top[2]
+                    if kids is None:
+                        top[2] = {h}
+                        kids = ()
+                    if h not in kids:
+                        if kids:
+                            kids.add(h)
+                        exact = tracker.exact
+                        if exact is not None and len(exact) < tracker.exact_limit:
+                            exact.add(h)
+                        else:
+                            tracker._remember(h)
+                        stack.append([new_path + b"/", new_path, None])
+                        return need
         if (need > length or length >= ((need + 7) & ~7) + 8) and not self.sized(
             length, need, "permissions, path and value"
         ):
@@ -805,30 +856,7 @@ class _Checker:
                         self.report("node-duplicate", f"special node {_show(path)} twice")
                     self.specials.add(path)
                 else:
-                    # Fast path of _PathTracker.add: a new child of the innermost open node.
                     tracker = self.paths
-                    stack = tracker.stack
-                    top = stack[-1]
-                    while not path.startswith(top[0]):
-                        stack.pop()
-                        top = stack[-1]
-                    cut = path.rfind(b"/")
-                    if cut > 0 and top[1] == path[:cut]:
-                        h = hash(path)
-                        kids = top[2]
-                        if kids is None:
-                            top[2] = {h}
-                            kids = ()
-                        if h not in kids:
-                            if kids:
-                                kids.add(h)
-                            exact = tracker.exact
-                            if exact is not None and len(exact) < tracker.exact_limit:
-                                exact.add(h)
-                            else:
-                                tracker._remember(h)
-                            stack.append([path + b"/", path, None])
-                            return need
                     parent_ok, dup = tracker.add(path)
                     if not parent_ok:
                         self.report(
