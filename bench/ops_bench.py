@@ -219,6 +219,25 @@ def worker(
     barrier: object,
     results: object,
 ) -> None:
+    try:
+        outcome = run_worker(path, op, mode, depth, duration, index, cpu, barrier)
+    except Exception as exc:  # reported by the parent, which then stops
+        barrier.abort()  # type: ignore[attr-defined]
+        results.put(f"worker {index}: {type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
+    else:
+        results.put(outcome)  # type: ignore[attr-defined]
+
+
+def run_worker(
+    path: str,
+    op: str,
+    mode: str,
+    depth: int,
+    duration: float,
+    index: int,
+    cpu: int | None,
+    barrier: object,
+) -> tuple[int, int, float]:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     client = Client(path)
@@ -234,7 +253,7 @@ def worker(
     elapsed = time.monotonic() - t0
     client.call(13, base + b"\0")  # RM the work area
     client.sock.close()
-    results.put((done, errors, elapsed))  # type: ignore[attr-defined]
+    return done, errors, elapsed
 
 
 def measure(
@@ -253,11 +272,16 @@ def measure(
     ]
     for p in procs:
         p.start()
-    outcomes = [results.get(timeout=duration + 60) for _ in procs]
+    outcomes = []
+    for _ in procs:
+        outcome = results.get(timeout=duration + 60)
+        if isinstance(outcome, str):
+            for p in procs:
+                p.terminate()
+            raise SystemExit(f"ops_bench: {outcome}")
+        outcomes.append(outcome)
     for p in procs:
         p.join()
-        if p.exitcode:
-            raise RuntimeError(f"worker failed with status {p.exitcode}")
     rate = sum(done / elapsed for done, _e, elapsed in outcomes)
     return rate, sum(e for _d, e, _t in outcomes)
 

@@ -198,3 +198,18 @@ def test_domain_charges_balance_for_unprivileged_connections(fake_server: InProc
     wait_for(lambda: 1 in store.disconnected, "disconnect")
     assert store.charges[1, "memory"] == 0
     assert store.charges[1, "outstanding"] == 0
+
+
+def test_store_exception_becomes_eio_and_server_goes_on(fake_server: InProcessServer) -> None:
+    store = fake_server.store
+    original = store.handle
+
+    def broken(conn_id: int, msg_type: int, tx_id: int, payload: bytes) -> object:
+        if payload == b"/boom\0":
+            raise RuntimeError("store bug")
+        return original(conn_id, msg_type, tx_id, payload)
+
+    store.handle = broken  # type: ignore[method-assign,assignment]
+    sock = connect(fake_server.socket)
+    assert call(sock, READ, b"/boom\0") == (ERROR, b"EIO\0")
+    assert call(sock, WRITE, b"/fine\0x") == (WRITE, b"OK\0")

@@ -39,6 +39,16 @@ EVENT_WRITE = selectors.EVENT_WRITE
 
 _WATCH_EVENT = int(MsgType.WATCH_EVENT)
 
+
+@dataclass(slots=True, frozen=True)
+class _ErrorResult:
+    reply_type: int
+    payload: bytes
+    events: tuple[()] = ()
+
+
+_INTERNAL_ERROR = _ErrorResult(int(MsgType.ERROR), b"EIO\0")
+
 # Requests after which per-connection limits are looked up again: they may
 # change quota values or a connection's domain/privilege.
 _LIMIT_CHANGERS = frozenset(
@@ -359,7 +369,12 @@ class Server:
             for type_, req_id, tx_id, payload in batch:
                 if tracer.io_on:
                     tracer.message("IN", conn_id, conn.domid, type_, payload)
-                result = handle(conn_id, type_, tx_id, payload)
+                try:
+                    result = handle(conn_id, type_, tx_id, payload)
+                except Exception:
+                    # A store bug must not take every client down with it.
+                    log.exception("connection %d: request type %d failed", conn_id, type_)
+                    result = _INTERNAL_ERROR
                 token = queue_reply(result.reply_type, req_id, tx_id, result.payload)
                 if tracer.io_on:
                     tracer.message("OUT", conn_id, conn.domid, result.reply_type, result.payload)
