@@ -200,3 +200,15 @@ def test_help_mentions_c_options() -> None:
     assert out.returncode == 0
     for option in ("--rundir", "--socket", "-T", "-F", "-E", "-Q", "--priv-domid", "-U"):
         assert option in out.stdout
+
+
+def test_private_dir_check(tmp_path: Path) -> None:
+    from pyxenstored.cli.daemon import _private_dir
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert _private_dir(str(private))
+    assert not _private_dir(str(shared))

@@ -13,13 +13,16 @@ import argparse
 import contextlib
 import logging
 import os
+import stat
 import sys
 from collections.abc import Sequence
 
 from pyxenstored.server.control_hooks import ServerControlHooks
+from pyxenstored.server.hypervisor import SimulatedHypervisor
 from pyxenstored.server.log import Tracer, level_from_options, setup_logging
 from pyxenstored.server.loop import Server, ServerConfig
 from pyxenstored.server.process import PidFile, PidFileLocked, sd_notify, socket_path
+from pyxenstored.server.ring_domains import RingDomains
 from pyxenstored.store import Store, StoreConfig
 from pyxenstored.store.quota import apply_quota_option
 
@@ -64,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--rundir", metavar="DIR", help="run directory; the socket is DIR/socket")
     where.add_argument(
         "--socket", metavar="PATH", help="socket path (overrides --rundir and XENSTORED_PATH)"
+    )
+    where.add_argument(
+        "--ring-dir",
+        metavar="DIR",
+        help="serve guest domains on shared rings in DIR (simulated hypervisor: "
+        "DIR/ring-dom<N>, DIR/evtchn, DIR/domains; see server/hypervisor.py)",
     )
     logs = parser.add_argument_group("logging")
     logs.add_argument(
@@ -159,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(sock_path)), mode=0o700, exist_ok=True)
     except OSError as exc:
         return _fail(f"cannot create {rundir}: {exc}")
+    if rundir.startswith(f"/tmp/pyxenstored-{os.getuid()}") and not _private_dir(rundir):
+        # In a shared /tmp another user could have made the directory first.
+        return _fail(f"{rundir} is not a private directory of this user; use --rundir")
 
     pid_file: PidFile | None = None
     if args.pid_file:
@@ -181,20 +193,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_config.watch_event_timeout = watch_timeout
     server = Server(store, server_config, tracer)
     hooks.connections = lambda: server.connections
+    rings: RingDomains | None = None
     try:
         try:
             server.listen(sock_path)
         except OSError as exc:
             return _fail(f"cannot listen on {sock_path}: {exc}")
+        if args.ring_dir:
+            try:
+                rings = RingDomains(server, store, SimulatedHypervisor(args.ring_dir))
+            except OSError as exc:
+                return _fail(f"cannot serve rings in {args.ring_dir}: {exc}")
+            rings.start()
         server.install_signal_handlers()
         server.run(on_ready=lambda: _announce(sock_path))
         log.info("stopping on signal %s", server.stop_signal)
     finally:
+        if rings is not None:
+            rings.close()
         server.close()
         tracer.close()
         if pid_file is not None:
             pid_file.remove()
     return 0
+
+
+def _private_dir(path: str) -> bool:
+    st = os.lstat(path)
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def _announce(sock_path: str) -> None:
