@@ -1,0 +1,419 @@
+"""Guest domains on shared rings: INTRODUCE/RELEASE, kicks, death, reconnection.
+
+:class:`RingDomains` is the store's :class:`~pyxenstored.store.DomainHooks`
+and the owner of every ring connection of a :class:`~.loop.Server`.  It
+
+* maps a domain's page and binds its event channel at INTRODUCE, zeroes the
+  four queue offsets and resets the connection (every INTRODUCE, as C
+  does), writes the feature word at the first one (digest 6.3);
+* reads the hypervisor's event channel and serves the rings that were kicked:
+  each kicked ring gets one turn (at most one queue's worth of requests)
+  before the loop goes back to the selector, so a flooding guest cannot
+  starve other guests or socket clients; a kick on an unknown port makes it
+  look at every ring (as C, which polls them all);
+* handles a guest's reconnection request (connection state 1): the
+  connection is dropped with its watches and transactions, the queues are
+  emptied, a new connection is made, the state goes back to 0 and the guest
+  is notified;
+* cuts off a guest that broke the protocol (see :mod:`.ring_transport`): its
+  connection goes, the error indicator is set, the domain stays introduced
+  (RELEASE and death still fire ``@releaseDomain``), kicks are ignored until
+  a reconnection or a new INTRODUCE;
+* on ``VIRQ_DOM_EXC`` compares the hypervisor's domain list with what it saw
+  last: vanished domains and domains whose unique id changed are dead, the
+  store cleans up after them and fires ``@releaseDomain``; shut-down domains
+  fire ``@releaseDomain/<domid>``;
+* gives live update what it needs to carry rings over an exec
+  (:meth:`RingDomains.states`, :meth:`RingDomains.restore`).
+
+Beyond C HEAD, the page advertises ring reconnection (feature bit 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+from dataclasses import dataclass
+
+from pyxenstored.server.connection import Connection
+from pyxenstored.server.hypervisor import DomainInfo, Hypervisor
+from pyxenstored.server.loop import EVENT_READ, EVENT_WRITE, Server
+from pyxenstored.server.ring_transport import CONNECTION, ERROR, RingPage, RingTransport
+from pyxenstored.store import Store
+from pyxenstored.store.features import SUPPORTED_FEATURES
+from pyxenstored.wire import (
+    FEATURE_ERROR,
+    FEATURE_RECONNECTION,
+    RING_CONNECTED,
+    RING_ERROR_NONE,
+    RING_RECONNECT,
+    XsError,
+)
+
+log = logging.getLogger("pyxenstored.rings")
+
+# What the daemon offers on a page on top of the domain's feature mask.
+RING_FEATURES = FEATURE_RECONNECTION
+
+
+@dataclass(slots=True, frozen=True)
+class RingState:
+    """A ring connection as live update dumps it (CONNECTION_DATA of a domain)."""
+
+    conn_id: int
+    domid: int
+    target: int | None
+    local_port: int
+    remote_port: int
+    unique_id: int
+    pending_in: bytes  # taken from the ring, not yet processed
+    pending_out: bytes  # queued, not yet in the ring (from the first unsent byte)
+
+
+class Ring:
+    """One introduced domain's ring: page, channel, current connection."""
+
+    __slots__ = ("domid", "remote_port", "local_port", "unique_id", "mem", "page", "conn")
+
+    def __init__(
+        self, domid: int, remote_port: int, local_port: int, unique_id: int, mem: mmap.mmap
+    ) -> None:
+        self.domid = domid
+        self.remote_port = remote_port
+        self.local_port = local_port
+        self.unique_id = unique_id
+        self.mem = mem
+        self.page = RingPage(mem)
+        self.conn: Connection | None = None
+
+    @property
+    def transport(self) -> RingTransport | None:
+        if self.conn is None:
+            return None
+        transport = self.conn.transport
+        return transport if isinstance(transport, RingTransport) else None
+
+
+class RingDomains:
+    """Serves guest domains on shared rings for one server and store."""
+
+    def __init__(self, server: Server, store: Store, hypervisor: Hypervisor) -> None:
+        self.server = server
+        self.store = store
+        self.hv = hypervisor
+        self._rings: dict[int, Ring] = {}
+        self._by_port: dict[int, list[Ring]] = {}
+        self._seen: dict[int, DomainInfo] = {}
+        self._ready: dict[int, Ring] = {}  # rings to serve on the next turn
+        self._doorbell_rung = False
+        self._doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._started = False
+
+    # --- set-up ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Hook into the store and the server's loop; learn which domains exist."""
+        self.store.domain_hooks = self
+        self._seen = self.hv.domains()
+        self.store.config.existing_domids = frozenset(self._seen)
+        self.server.watch_fd(self.hv.fileno(), self._kicked)
+        self.server.watch_fd(self._doorbell, self._rung)
+        self._started = True
+
+    def close(self) -> None:
+        """Drop every ring connection (daemon stopping); pages are unmapped."""
+        for ring in list(self._rings.values()):
+            self._drop(ring, "daemon stopping")
+        if self._started:
+            self.server.unwatch_fd(self.hv.fileno())
+            self.server.unwatch_fd(self._doorbell)
+            self._started = False
+        with contextlib.suppress(OSError):
+            os.close(self._doorbell)
+        self.hv.close()
+
+    def rings(self) -> list[Ring]:
+        return list(self._rings.values())
+
+    def ring(self, domid: int) -> Ring | None:
+        return self._rings.get(domid)
+
+    # --- DomainHooks (called by the store inside INTRODUCE / RELEASE) --------------
+
+    def introduce(self, domid: int, gfn: int, evtchn: int) -> None:
+        ring = self._rings.get(domid)
+        first = ring is None
+        info = self.hv.domains().get(domid)
+        if ring is None:
+            try:
+                mem = self.hv.map_ring(domid, gfn)
+            except (OSError, ValueError) as exc:
+                raise XsError("EINVAL", f"cannot map the ring of domain {domid}: {exc}") from exc
+            local = self.hv.bind_interdomain(domid, evtchn)
+            ring = Ring(domid, evtchn, local, info.unique_id if info else 0, mem)
+            self._rings[domid] = ring
+        else:
+            # Repeated INTRODUCE only binds the event channel again (digest 6.3).
+            self._unbind(ring)
+            ring.remote_port = evtchn
+            ring.local_port = self.hv.bind_interdomain(domid, evtchn)
+        self._by_port.setdefault(ring.local_port, []).append(ring)
+        if first:
+            record = self.store.domains.get(domid)
+            features = record.features if record is not None else SUPPORTED_FEATURES
+            ring.page.advertise(features | RING_FEATURES)
+        # Both cases reset the connection: no watches, transactions or
+        # queued output, all four offsets zero, a pending reconnection done.
+        self._reset(ring, "introduced")
+        record = self.store.domains.get(domid)
+        if record is not None and ring.unique_id:
+            record.unique_id = ring.unique_id
+
+    def release(self, domid: int) -> None:
+        ring = self._rings.get(domid)
+        if ring is not None:
+            self._drop(ring, "released")
+
+    # --- connections ---------------------------------------------------------------
+
+    def _new_connection(self, ring: Ring, conn_id: int | None = None) -> Connection:
+        record = self.store.domains.get(ring.domid)
+        features = record.features if record is not None else SUPPORTED_FEATURES
+        port = ring.local_port
+        notify = self.hv.notify
+
+        def kick_guest() -> None:
+            notify(port)
+
+        transport = RingTransport(
+            ring.page,
+            ring.domid,
+            kick_guest,
+            report_errors=bool(features & FEATURE_ERROR),
+            on_interest=self._interest,
+        )
+        conn = self.server.add_connection(transport, ring.domid, conn_id)
+        ring.conn = conn
+        return conn
+
+    def _close_connection(self, ring: Ring, reason: str) -> None:
+        conn = ring.conn
+        ring.conn = None
+        if conn is not None and not conn.closed:
+            self.server.close_connection(conn, reason)
+
+    def _reset(self, ring: Ring, reason: str) -> None:
+        """A fresh connection on empty queues (INTRODUCE, reconnection)."""
+        self._close_connection(ring, reason)
+        page = ring.page
+        page.reset_queues()
+        page.set_word(ERROR, RING_ERROR_NONE)
+        self._new_connection(ring)
+        if page.connection != RING_CONNECTED:
+            page.set_word(CONNECTION, RING_CONNECTED)
+        self.hv.notify(ring.local_port)
+
+    def _unbind(self, ring: Ring) -> None:
+        peers = self._by_port.get(ring.local_port)
+        if peers is not None:
+            with contextlib.suppress(ValueError):
+                peers.remove(ring)
+            if not peers:
+                del self._by_port[ring.local_port]
+                self.hv.unbind(ring.local_port)
+
+    def _drop(self, ring: Ring, reason: str) -> None:
+        """The domain is gone (RELEASE, death, shutdown of the daemon)."""
+        self._close_connection(ring, reason)
+        self._rings.pop(ring.domid, None)
+        self._ready.pop(ring.domid, None)
+        self._unbind(ring)
+        ring.page.release()
+        self.hv.unmap_ring(ring.domid, ring.mem)
+        # The store gave the closing connection a fresh record when it
+        # destroyed the domain; nothing refers to it any more.
+        record = self.store.domains.get(ring.domid)
+        if (
+            reason != "daemon stopping"
+            and record is not None
+            and not record.introduced
+            and not any(record.usage)
+            and ring.domid not in (self.store.config.priv_domid, self.store.config.store_domid)
+        ):
+            del self.store.domains[ring.domid]
+
+    # --- event channel ---------------------------------------------------------------
+
+    def _kicked(self, _mask: int) -> None:
+        ports = self.hv.pending_ports()
+        if not ports:
+            return
+        virq = False
+        unknown = False
+        ready = self._ready
+        for port in set(ports):
+            if port == self.hv.virq_port:
+                virq = True
+            peers = self._by_port.get(port)
+            if peers:
+                for ring in peers:
+                    ready[ring.domid] = ring
+            elif port != self.hv.virq_port:
+                unknown = True
+        if unknown:
+            # Like C, which looks at every ring after any event.
+            for ring in self._rings.values():
+                ready[ring.domid] = ring
+        if virq:
+            self.check_domains()
+        self._serve_ready()
+
+    def _rung(self, _mask: int) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            os.eventfd_read(self._doorbell)
+        self._doorbell_rung = False
+        self._serve_ready()
+
+    def _serve_ready(self) -> None:
+        """One turn for each ring ready now; rings that stay ready wait for the next."""
+        if not self._ready:
+            return
+        batch = list(self._ready.values())
+        self._ready.clear()
+        for ring in batch:
+            if self._rings.get(ring.domid) is ring:
+                self._serve(ring)
+        if self._ready:
+            self._ring_doorbell()
+
+    def _ring_doorbell(self) -> None:
+        if not self._doorbell_rung:
+            self._doorbell_rung = True
+            os.eventfd_write(self._doorbell, 1)
+
+    def _interest(self, transport: RingTransport, want: int) -> None:
+        """The loop says what the connection waits for: schedule it if it can act now."""
+        ring = self._rings.get(transport.domid)
+        if ring is None or ring.transport is not transport:
+            return
+        if (
+            (want & EVENT_READ and transport.has_input())
+            or (want & EVENT_WRITE and transport.has_output_space())
+            or transport.doomed
+        ):
+            self._ready[ring.domid] = ring
+            self._ring_doorbell()
+
+    def _serve(self, ring: Ring) -> None:
+        page = ring.page
+        if page.connection == RING_RECONNECT:
+            log.debug("domain %d asks for a ring reconnection", ring.domid)
+            self._reset(ring, "ring reconnection")
+            return
+        conn = ring.conn
+        if conn is None or conn.closed:
+            return  # cut off: ignored until a reconnection or INTRODUCE
+        transport = conn.transport
+        assert isinstance(transport, RingTransport)
+        mask = (EVENT_READ if conn.can_process() else 0) | (EVENT_WRITE if conn.has_output else 0)
+        if mask:
+            self.server.service(conn, mask)
+        if transport.doomed:
+            self._cut_off(ring, transport)
+
+    def _cut_off(self, ring: Ring, transport: RingTransport) -> None:
+        log.warning(
+            "domain %d broke the ring protocol (error %d): connection dropped",
+            ring.domid,
+            transport.doomed,
+        )
+        conn = ring.conn
+        if conn is not None and not conn.closed:
+            self.server.close_connection(conn, "ring protocol error")
+        # The transport sets the error indicator as it closes; the record is
+        # kept (without a connection) for RELEASE and death.
+
+    # --- domain state changes ------------------------------------------------------------
+
+    def check_domains(self) -> None:
+        """Compare the hypervisor's domain list with the last one (``VIRQ_DOM_EXC``)."""
+        now = self.hv.domains()
+        config = self.store.config
+        keep = (config.priv_domid, config.store_domid)
+        dead: set[int] = set()
+        for domid, before in self._seen.items():
+            after = now.get(domid)
+            if after is None or (
+                before.unique_id and after.unique_id and before.unique_id != after.unique_id
+            ):
+                dead.add(domid)
+        for domid in self.store.domains:
+            if domid not in now and domid not in keep:
+                dead.add(domid)
+        for domid, known in self._rings.items():
+            after = now.get(domid)
+            if after is not None and known.unique_id and after.unique_id != known.unique_id:
+                dead.add(domid)
+        dead -= set(keep)
+        shutdown = {domid for domid, info in now.items() if info.shutdown and domid not in dead}
+        self._seen = now
+        config.existing_domids = frozenset(now)
+        if not dead and not shutdown:
+            return
+        events = self.store.domains_changed(shutdown, dead)
+        for domid in sorted(dead):
+            ring = self._rings.get(domid)
+            if ring is not None:
+                self._drop(ring, "domain died")
+        self.server.deliver_events(events)
+
+    # --- live update ----------------------------------------------------------------------
+
+    def states(self) -> list[RingState]:
+        """Every ring connection with its pending bytes, for a live-update dump."""
+        result = []
+        for ring in self._rings.values():
+            conn = ring.conn
+            if conn is None or conn.closed:
+                continue
+            record = self.store.domains.get(ring.domid)
+            result.append(
+                RingState(
+                    conn.conn_id,
+                    ring.domid,
+                    record.target if record is not None else None,
+                    ring.local_port,
+                    ring.remote_port,
+                    ring.unique_id,
+                    conn.pending_input(),
+                    conn.pending_output(),
+                )
+            )
+        return result
+
+    def restore(self, state: RingState, gfn: int = 1) -> Connection:
+        """Map a dumped ring again after a live update and carry its connection on.
+
+        The page is not reset and its feature word is left alone (C does not
+        write it on restore); bytes the guest produced meanwhile are still in
+        the request queue.  The connection gets ``state.conn_id`` and the
+        dumped input and output; the store must not already hold that id.
+        """
+        mem = self.hv.map_ring(state.domid, gfn)
+        local = self.hv.bind_interdomain(state.domid, state.remote_port)
+        ring = Ring(state.domid, state.remote_port, local, state.unique_id, mem)
+        self._rings[state.domid] = ring
+        self._by_port.setdefault(local, []).append(ring)
+        conn = self._new_connection(ring, state.conn_id)
+        transport = ring.transport
+        assert transport is not None
+        if state.pending_in:
+            # The framing check continues where the dumped input stops.
+            transport.sync_framing(state.pending_in)
+            conn.reader.feed(state.pending_in)
+        conn.restore_output(state.pending_out)
+        self._ready[state.domid] = ring
+        self._ring_doorbell()
+        return conn

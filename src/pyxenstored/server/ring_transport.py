@@ -1,0 +1,289 @@
+"""The server end of a xenstore shared ring (``reference/xenstore-ring.txt``).
+
+The page holds two 1024-byte circular queues -- requests (guest to server) at
+offset 0, responses and events (server to guest) at 1024 -- with free-running
+u32 consumer/producer offsets at 2048..2063 (byte ``k`` of a stream lives at
+``k mod 1024``), the server feature bitmap at 2064, the connection state at
+2068 and the error indicator at 2072.  All words are native byte order and are
+read and written as whole aligned u32 through a typed view.
+
+:class:`RingTransport` is a :class:`~pyxenstored.server.transport.Transport`:
+``read`` takes what the guest produced, ``write`` fills the response queue;
+every change of the offsets is followed by a notification of the guest, as
+the spec asks.  It has no file descriptor of its own (``fileno()`` is -1): the
+guests' kicks arrive on the hypervisor's event channel and
+:mod:`.ring_domains` drives the transport from there.
+
+A guest that breaks the protocol is cut off, not the daemon: offsets that
+claim more than 1024 bytes in a queue (error 2, "inconsistent producer or
+consumer offset") and a message header announcing more than 4096 payload
+bytes (error 3, "protocol violation") doom the transport; its owner then
+closes the connection, which sets the error indicator when the domain has
+the ERROR feature (as C does, ``domain.c:ignore_connection``).  To see the
+header, the transport follows message boundaries in the request stream
+(a 16-byte header, then ``len`` payload bytes).
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from collections.abc import Callable, Sequence
+
+from pyxenstored.wire import (
+    HEADER_SIZE,
+    PAYLOAD_MAX,
+    RING_CONNECTED,
+    RING_ERROR_NONE,
+    RING_ERROR_PROTO,
+    RING_ERROR_RINGIDX,
+    RING_SIZE,
+)
+
+PAGE_SIZE = 4096
+REQ_OFFSET = 0
+RSP_OFFSET = RING_SIZE
+REQ_CONS = 2048
+REQ_PROD = 2052
+RSP_CONS = 2056
+RSP_PROD = 2060
+SERVER_FEATURES = 2064
+CONNECTION = 2068
+ERROR = 2072
+EVTCHN_PORT = 2076
+MASK = 0xFFFFFFFF
+
+# Word indexes in the u32 view of the page.
+_W_REQ_CONS = REQ_CONS // 4
+_W_REQ_PROD = REQ_PROD // 4
+_W_RSP_CONS = RSP_CONS // 4
+_W_RSP_PROD = RSP_PROD // 4
+_W_FEATURES = SERVER_FEATURES // 4
+_W_CONNECTION = CONNECTION // 4
+_W_ERROR = ERROR // 4
+_LEN_OFFSET = 12  # of the header's ``len`` word
+
+
+class RingPage:
+    """A mapped 4096-byte ring page and its control words."""
+
+    __slots__ = ("mem", "words")
+
+    def __init__(self, mem: mmap.mmap) -> None:
+        if len(mem) < PAGE_SIZE:
+            raise ValueError(f"a ring page is {PAGE_SIZE} bytes, not {len(mem)}")
+        self.mem = mem
+        self.words = memoryview(mem)[:PAGE_SIZE].cast("I")
+
+    def word(self, offset: int) -> int:
+        value: int = self.words[offset // 4]
+        return value
+
+    def set_word(self, offset: int, value: int) -> None:
+        self.words[offset // 4] = value & MASK
+
+    @property
+    def connection(self) -> int:
+        return self.word(CONNECTION)
+
+    @property
+    def error(self) -> int:
+        return self.word(ERROR)
+
+    @property
+    def features(self) -> int:
+        return self.word(SERVER_FEATURES)
+
+    def advertise(self, features: int) -> None:
+        """Set feature bits (the spec lets a server add bits, never clear them)."""
+        self.words[_W_FEATURES] = (self.words[_W_FEATURES] | features) & MASK
+
+    def reset_queues(self) -> None:
+        """Zero the four offsets: both queues empty (INTRODUCE, reconnection)."""
+        words = self.words
+        words[_W_REQ_CONS] = 0
+        words[_W_REQ_PROD] = 0
+        words[_W_RSP_CONS] = 0
+        words[_W_RSP_PROD] = 0
+
+    def request_bytes(self) -> int:
+        """Bytes waiting in the request queue (may exceed 1024 on a broken ring)."""
+        words = self.words
+        return (words[_W_REQ_PROD] - words[_W_REQ_CONS]) & MASK
+
+    def release(self) -> None:
+        self.words.release()
+
+
+class RingTransport:
+    """One guest's ring as a byte transport for a server connection."""
+
+    __slots__ = (
+        "page",
+        "domid",
+        "_notify",
+        "_words",
+        "_mem",
+        "_hdr",
+        "_body_left",
+        "doomed",
+        "report_errors",
+        "on_interest",
+    )
+
+    def __init__(
+        self,
+        page: RingPage,
+        domid: int,
+        notify: Callable[[], None],
+        *,
+        report_errors: bool = True,
+        on_interest: Callable[[RingTransport, int], None] | None = None,
+    ) -> None:
+        self.page = page
+        self.domid = domid
+        self._notify = notify
+        # Whether the domain has the ERROR feature: only then is the error
+        # indicator written when the ring is cut off (digest 7.2).
+        self.report_errors = report_errors
+        # Called with the selector mask the connection waits for (see
+        # Server._update_mask): the owner schedules the ring when it can act.
+        self.on_interest = on_interest
+        self._words = page.words
+        self._mem = page.mem
+        # Request framing: header bytes seen of the current message, and
+        # payload bytes still to come.
+        self._hdr = bytearray()
+        self._body_left = 0
+        # The error indicator value this ring is to be cut off with (0: fine).
+        self.doomed = RING_ERROR_NONE
+
+    # --- Transport -------------------------------------------------------------
+
+    @property
+    def is_socket(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return -1
+
+    def interest(self, want: int) -> None:
+        if self.on_interest is not None:
+            self.on_interest(self, want)
+
+    def has_output_space(self) -> bool:
+        words = self._words
+        return ((words[_W_RSP_PROD] - words[_W_RSP_CONS]) & MASK) < RING_SIZE
+
+    def has_input(self) -> bool:
+        """Whether the guest has produced bytes we have not taken."""
+        return not self.doomed and self.page.request_bytes() != 0
+
+    def read(self) -> bytes | None:
+        """The request bytes in the queue now; ``None`` if none; ``b""`` once doomed."""
+        if self.doomed:
+            return b""
+        words = self._words
+        if words[_W_CONNECTION] != RING_CONNECTED:
+            return None  # a reconnection is pending: the owner resets first
+        cons = words[_W_REQ_CONS]
+        prod = words[_W_REQ_PROD]
+        used = (prod - cons) & MASK
+        if not used:
+            return None
+        if used > RING_SIZE:
+            self.doomed = RING_ERROR_RINGIDX
+            return b""
+        start = cons % RING_SIZE
+        first = min(used, RING_SIZE - start)
+        mem = self._mem
+        data = mem[REQ_OFFSET + start : REQ_OFFSET + start + first]
+        if used > first:  # wrapped round to the queue's start
+            data += mem[REQ_OFFSET : REQ_OFFSET + used - first]
+        keep = self._check_framing(data)
+        if keep < len(data):
+            # Stop at the bad header: the messages before it are served.
+            data = data[:keep]
+            used = keep
+        words[_W_REQ_CONS] = (cons + used) & MASK
+        self._notify()
+        return data if data else (b"" if self.doomed else None)
+
+    def _check_framing(self, data: bytes) -> int:
+        """Follow message boundaries; returns how many bytes are acceptable."""
+        pos = 0
+        size = len(data)
+        hdr = self._hdr
+        while pos < size:
+            if self._body_left:
+                step = min(self._body_left, size - pos)
+                self._body_left -= step
+                pos += step
+                continue
+            need = HEADER_SIZE - len(hdr)
+            step = min(need, size - pos)
+            hdr += data[pos : pos + step]
+            pos += step
+            if len(hdr) == HEADER_SIZE:
+                length = int.from_bytes(hdr[_LEN_OFFSET:], sys.byteorder)
+                if length > PAYLOAD_MAX:
+                    self.doomed = RING_ERROR_PROTO
+                    return pos - HEADER_SIZE if pos >= HEADER_SIZE else 0
+                hdr.clear()
+                self._body_left = length
+        return size
+
+    def write(self, buffers: Sequence[bytes | memoryview]) -> int:
+        """Copy as much of ``buffers`` as fits in the response queue; bytes taken."""
+        if self.doomed:
+            return 0
+        words = self._words
+        if words[_W_CONNECTION] != RING_CONNECTED:
+            return 0
+        cons = words[_W_RSP_CONS]
+        prod = words[_W_RSP_PROD]
+        used = (prod - cons) & MASK
+        if used > RING_SIZE:
+            self.doomed = RING_ERROR_RINGIDX
+            raise OSError("inconsistent response queue offsets")
+        space = RING_SIZE - used
+        mem = self._mem
+        written = 0
+        for buf in buffers:
+            if not space:
+                break
+            view = memoryview(buf)
+            length = len(view)
+            pos = 0
+            while pos < length and space:
+                start = (prod + written) % RING_SIZE
+                step = min(space, RING_SIZE - start, length - pos)
+                mem[RSP_OFFSET + start : RSP_OFFSET + start + step] = view[pos : pos + step]
+                pos += step
+                written += step
+                space -= step
+            if pos < length:
+                break
+        if written:
+            # Data first, then the producer offset that publishes it.
+            words[_W_RSP_PROD] = (prod + written) & MASK
+            self._notify()
+        return written
+
+    def sync_framing(self, data: bytes) -> None:
+        """Account for request bytes taken from the ring by someone else (live update)."""
+        self._check_framing(data)
+
+    def reset_framing(self) -> None:
+        self._hdr.clear()
+        self._body_left = 0
+
+    def close(self) -> None:
+        """Set the error indicator if the ring is doomed; the page itself stays mapped.
+
+        The page belongs to the domain's ring record (it outlives connections:
+        reconnection and INTRODUCE make a new one on the same page).
+        """
+        if self.doomed and self.report_errors and self.page.error == RING_ERROR_NONE:
+            self.page.set_word(ERROR, self.doomed)
+            self._notify()
