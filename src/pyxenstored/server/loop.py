@@ -23,14 +23,15 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from pyxenstored.server.connection import Charge, Connection, PendingRequest
-from pyxenstored.server.framing import OversizedMessage
+from pyxenstored.server.framing import Message, MessageReader, OversizedMessage
 from pyxenstored.server.log import Tracer
 from pyxenstored.server.socket_transport import SocketTransport, listen_unix
-from pyxenstored.server.storeapi import EventLike, StoreLike
+from pyxenstored.server.storeapi import EventLike, ResultLike, StoreLike
 from pyxenstored.server.transport import Transport
-from pyxenstored.wire import MsgType
+from pyxenstored.wire import HEADER, MsgType
 
 log = logging.getLogger("pyxenstored.server")
 
@@ -38,6 +39,21 @@ EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 
 _WATCH_EVENT = int(MsgType.WATCH_EVENT)
+_pack_header = HEADER.pack
+
+
+class Interceptor(Protocol):
+    """Looks at some requests around the store (live update, server/liveupdate.py)."""
+
+    def before(self, conn: Connection, type_: int, req_id: int, tx_id: int, payload: bytes) -> bool:
+        """True: hold the request back (it stays in the input; the connection stalls)."""
+        ...
+
+    def after(
+        self, conn: Connection, type_: int, req_id: int, tx_id: int, result: ResultLike
+    ) -> bool:
+        """True: do not send the store's reply now (the connection stalls)."""
+        ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -101,6 +117,16 @@ class Server:
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
         self._old_wakeup_fd = -1
         self.stop_signal: int | None = None
+        # Live update (server/liveupdate.py): the interceptor sees requests of
+        # the types in ``intercepted`` before and after the store; it may hold
+        # one back or take over its reply.  A stalled connection takes no
+        # further requests (they stay in its input) until released.
+        # ``ticker(timeout)`` runs once per loop iteration and may shorten
+        # the wait.
+        self.interceptor: Interceptor | None = None
+        self.intercepted: frozenset[int] = frozenset()
+        self.stalled: set[Connection] = set()
+        self.ticker: Callable[[float | None], float | None] | None = None
 
     # --- set-up --------------------------------------------------------------
 
@@ -221,7 +247,12 @@ class Server:
         if on_ready is not None:
             on_ready()
         while self._running:
-            self.run_once(self._select_timeout())
+            timeout = self._select_timeout()
+            if self.ticker is not None:
+                timeout = self.ticker(timeout)
+            if self._woken:
+                timeout = 0.0
+            self.run_once(timeout)
 
     def stop(self) -> None:
         self._running = False
@@ -347,6 +378,8 @@ class Server:
 
     def _process_input(self, conn: Connection) -> None:
         """Handle the complete requests buffered for ``conn`` while allowed."""
+        if conn in self.stalled:
+            return
         reader = conn.reader
         handle = self.store.handle
         conn_id = conn.conn_id
@@ -354,6 +387,8 @@ class Server:
         refresh = False
         take = reader.take
         queue_reply = conn.queue_reply
+        intercepted = self.intercepted
+        held = False
         while True:
             allowance = conn.allowance()
             if not allowance:
@@ -366,7 +401,11 @@ class Server:
                 return
             if not batch:
                 break
-            for type_, req_id, tx_id, payload in batch:
+            for msg in batch:
+                type_, req_id, tx_id, payload = msg
+                if type_ in intercepted and self._intercept(conn, batch, msg, None):
+                    held = True
+                    break
                 if tracer.io_on:
                     tracer.message("IN", conn_id, conn.domid, type_, payload)
                 try:
@@ -375,6 +414,9 @@ class Server:
                     # A store bug must not take every client down with it.
                     log.exception("connection %d: request type %d failed", conn_id, type_)
                     result = _INTERNAL_ERROR
+                if type_ in intercepted and self._intercept(conn, batch, msg, result):
+                    held = True
+                    break
                 token = queue_reply(result.reply_type, req_id, tx_id, result.payload)
                 if tracer.io_on:
                     tracer.message("OUT", conn_id, conn.domid, result.reply_type, result.payload)
@@ -382,7 +424,7 @@ class Server:
                     self._deliver(result.events, token)
                 if type_ in _LIMIT_CHANGERS:
                     refresh = True
-            if len(batch) < allowance:
+            if held or len(batch) < allowance:
                 break  # the input holds no further complete message
             # More requests are waiting: send what is ready first, so that a
             # pipelining client gets replies (and sends more) while we work.
@@ -391,6 +433,45 @@ class Server:
                 return
         if refresh:
             self.refresh_limits()
+
+    def _intercept(
+        self, conn: Connection, batch: list[Message], msg: Message, result: ResultLike | None
+    ) -> bool:
+        """Ask the interceptor about ``msg`` (before the store, or after with its result).
+
+        True when the connection is now stalled: ``msg`` (before) or the
+        messages after it (after) are put back in front of its input.
+        """
+        interceptor = self.interceptor
+        if interceptor is None:
+            return False
+        type_, req_id, tx_id, payload = msg
+        if result is None:
+            if not interceptor.before(conn, type_, req_id, tx_id, payload):
+                return False
+            first = 0
+        else:
+            if not interceptor.after(conn, type_, req_id, tx_id, result):
+                return False
+            first = 1
+        index = next(i for i, m in enumerate(batch) if m is msg)
+        self.stall(conn, batch[index + first :])
+        return True
+
+    def stall(self, conn: Connection, unprocessed: Sequence[Message] = ()) -> None:
+        """Take no more requests from ``conn``; ``unprocessed`` go back before its input."""
+        if unprocessed:
+            data = b"".join(_pack_header(t, r, x, len(p)) + p for t, r, x, p in unprocessed)
+            reader = MessageReader()
+            reader.feed(data + conn.reader.pending())
+            conn.reader = reader
+        self.stalled.add(conn)
+
+    def release(self, conn: Connection) -> None:
+        """Let a stalled connection go on with its buffered requests."""
+        self.stalled.discard(conn)
+        if not conn.closed:
+            self._wake(conn)
 
     def _deliver(self, events: Sequence[EventLike], token: PendingRequest | None) -> None:
         conns = self._conns
@@ -462,6 +543,7 @@ class Server:
                 self._sel.unregister(conn.transport.fileno())
         conn.transport.close()
         del self._conns[conn_id]
+        self.stalled.discard(conn)
         self._dirty.discard(conn)
         self._woken.discard(conn)
         self._timed.discard(conn)
