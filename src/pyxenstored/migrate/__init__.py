@@ -1,0 +1,36 @@
+"""migrate: store state <-> migration-stream records (see DESIGN.md).
+
+The only package that knows both :mod:`pyxenstored.store` and
+:mod:`pyxenstored.stream`.  :func:`dump_state` writes a store (plus the
+connections the server describes) as records; :func:`restore_state` reads
+them back into a fresh store.
+"""
+
+from .dump import ACCESS_CHANGED, DumpError, Preserved, dump_state, quota_values, stream_perms
+from .restore import (
+    ConnectionSink,
+    Restored,
+    RestoreError,
+    StoreOnlySink,
+    iter_with_offsets,
+    restore_state,
+    restore_stream,
+    store_perms,
+)
+
+__all__ = [
+    "ACCESS_CHANGED",
+    "ConnectionSink",
+    "DumpError",
+    "Preserved",
+    "RestoreError",
+    "Restored",
+    "StoreOnlySink",
+    "dump_state",
+    "iter_with_offsets",
+    "quota_values",
+    "restore_state",
+    "restore_stream",
+    "store_perms",
+    "stream_perms",
+]

@@ -1,0 +1,172 @@
+"""Store state -> migration-stream records (live update, digest 10.5 order).
+
+The store knows nothing of connections' bytes and file descriptors: the
+server hands in one :class:`ConnectionData` per connection (socket fd or ring
+spec, pending input and output) and this module adds everything the store
+holds: global and per-domain quota, watches, committed nodes, open
+transactions with their nodes, domain records.  Records come out one at a
+time, in the order C HEAD writes them; open transactions follow the
+committed tree (their nodes refer to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..store import Store
+from ..store import quota as q
+from ..store.perms import PERM_IGNORE, PERM_READ, PERM_RW, PERM_WRITE, Perms
+from ..store.state import committed_nodes, pending_nodes, transactions_of, watches_of
+from ..stream.records import (
+    ACCESS_READ,
+    ACCESS_WRITTEN,
+    DEPTH_UNLIMITED,
+    PERM_FLAG_STALE,
+    ConnectionData,
+    DomainData,
+    End,
+    GlobalData,
+    GlobalQuotaData,
+    NodeData,
+    NodePerm,
+    QuotaValue,
+    Record,
+    TransactionData,
+    UnknownRecord,
+    WatchData,
+    WatchDataExtended,
+)
+
+#: pyxenstored's own NODE_DATA ``access`` bit for pending nodes: the committed
+#: node changed since the transaction first accessed it (its commit will fail
+#: with EAGAIN).  Only in streams for pyxenstored (C never gets transactions).
+ACCESS_CHANGED = 0x8000
+
+_LETTERS = {0: "n", PERM_READ: "r", PERM_WRITE: "w", PERM_RW: "b"}
+
+
+class DumpError(ValueError):
+    """State the stream cannot carry (e.g. a watch token that is not UTF-8)."""
+
+
+@dataclass(slots=True)
+class Preserved:
+    """What a restore read but the store has no place for, kept for the next dump.
+
+    Unknown quota names (global ones by group, per-domain ones by domid) and
+    records of unknown types.
+    """
+
+    domain_quota: tuple[QuotaValue, ...] = ()
+    global_quota: tuple[QuotaValue, ...] = ()
+    domains: dict[int, tuple[QuotaValue, ...]] = field(default_factory=dict)
+    records: list[UnknownRecord] = field(default_factory=list)
+
+
+_NODE_SETTERS: tuple[Any, ...] = tuple(
+    NodeData.__dict__[name].__set__
+    for name in ("conn_id", "tx_id", "access", "perms", "path", "value")
+)
+_PERM_CACHE: dict[Perms, tuple[NodePerm, ...]] = {}
+
+
+def stream_perms(perms: Perms) -> tuple[NodePerm, ...]:
+    """Store permissions as stream permission specifiers (memoised: few distinct sets)."""
+    out = _PERM_CACHE.get(perms)
+    if out is None:
+        out = tuple(
+            NodePerm(_LETTERS[bits & PERM_RW], PERM_FLAG_STALE if bits & PERM_IGNORE else 0, domid)
+            for domid, bits in perms
+        )
+        if len(_PERM_CACHE) < 4096:
+            _PERM_CACHE[perms] = out
+    return out
+
+
+def quota_values(table: q.QuotaTable) -> tuple[QuotaValue, ...]:
+    """Every existing quota of ``table`` by name, hard then ``soft-``, in table order."""
+    out = []
+    for i, info in enumerate(q.QUOTAS):
+        hard, soft = table.values[i]
+        if hard != q.DISABLED:
+            out.append(QuotaValue(info.name, hard))
+        if soft != q.DISABLED:
+            out.append(QuotaValue(q.SOFT_PREFIX + info.name, soft))
+    return tuple(out)
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise DumpError(f"{what} {raw!r} is not UTF-8: the stream cannot carry it") from None
+
+
+def dump_state(
+    store: Store,
+    connections: Iterable[ConnectionData],
+    *,
+    global_data: GlobalData | None = None,
+    preserved: Preserved | None = None,
+    transactions: bool = True,
+) -> Iterator[Record]:
+    """All records of a live-update stream for ``store``, END last.
+
+    ``connections`` are in the order to restore them (creation order); each
+    is followed by its watches.  With ``transactions`` False open
+    transactions are left out (what C does).
+    """
+    kept = preserved or Preserved()
+    conns = list(connections)
+    if global_data is not None:
+        yield global_data
+    yield GlobalQuotaData(quota_values(store.config.quota) + kept.domain_quota, kept.global_quota)
+    for cd in conns:
+        yield cd
+        for w in watches_of(store, cd.conn_id):
+            token = _text(w.token, f"token of watch {w.wpath!r}")
+            if w.depth < 0:
+                yield WatchData(cd.conn_id, w.wpath, token)
+            else:
+                yield WatchDataExtended(
+                    cd.conn_id, w.wpath, token, min(w.depth, DEPTH_UNLIMITED - 1)
+                )
+    new = object.__new__
+    set_conn, set_tx, set_access, set_perms, set_path, set_value = _NODE_SETTERS
+    for path, node in committed_nodes(store):
+        # Built without the frozen dataclass __init__: this loop is most of a dump.
+        rec = new(NodeData)
+        set_conn(rec, 0)
+        set_tx(rec, 0)
+        set_access(rec, 0)
+        set_perms(rec, stream_perms(node.perms))
+        set_path(rec, path)
+        set_value(rec, node.value)
+        yield rec
+    if transactions:
+        for cd in conns:
+            for tx in transactions_of(store, cd.conn_id):
+                yield TransactionData(cd.conn_id, tx.tx_id)
+                for p in pending_nodes(store, tx):
+                    access = (ACCESS_READ if p.read else 0) | (
+                        ACCESS_WRITTEN if p.written and p.node is not None else 0
+                    )
+                    if p.changed:
+                        access |= ACCESS_CHANGED
+                    if p.node is None:
+                        yield NodeData(cd.conn_id, tx.tx_id, access, (), p.path, b"")
+                    else:
+                        yield NodeData(
+                            cd.conn_id,
+                            tx.tx_id,
+                            access,
+                            stream_perms(p.node.perms),
+                            p.path,
+                            p.node.value,
+                        )
+    for domid, dom in store.domains.items():
+        yield DomainData(domid, dom.features, quota_values(dom.quota) + kept.domains.get(domid, ()))
+    yield from kept.records
+    yield End()

@@ -1,0 +1,331 @@
+"""Migration-stream records -> store state (the new daemon's side of live update).
+
+:func:`restore_state` reads records one at a time into a fresh
+:class:`~pyxenstored.store.Store`.  Connections are the server's business:
+each CONNECTION_DATA goes to a :class:`ConnectionSink`, which must register
+the connection with the store (``store.connect``) before its watches arrive.
+Open transactions are put back once the committed tree is complete, then
+the counters are rebuilt and the store checks itself.
+
+Any problem is a :class:`RestoreError` naming the record (number, type) and
+its byte offset when known; the store is then unusable.
+
+Accepted: what pyxenstored writes, and what the C daemon writes (4.17 and
+HEAD, digest 10.5/10.9): ``@`` nodes before or after the tree, DOMAIN_DATA
+for domains nothing else names, WATCH_DATA_EXTENDED in any layout the
+reader recognises.  Unknown quota names and unknown record types are kept in
+:class:`~.dump.Preserved` for the next dump.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..store import Store
+from ..store import quota as q
+from ..store.features import SUPPORTED_FEATURES
+from ..store.node import Node
+from ..store.perms import PERM_IGNORE, PERM_NONE, PERM_READ, PERM_RW, PERM_WRITE, Perms
+from ..store.state import (
+    PendingNode,
+    StateError,
+    clear_tree,
+    domain_record,
+    ensure_base_tree,
+    import_node,
+    import_transaction,
+    import_watch,
+    rebuild_counters,
+)
+from ..stream.reader import StreamError, StreamReader
+from ..stream.records import (
+    ACCESS_READ,
+    ACCESS_WRITTEN,
+    DEPTH_UNLIMITED,
+    PERM_FLAG_STALE,
+    ConnectionData,
+    DomainData,
+    End,
+    GlobalData,
+    GlobalQuotaData,
+    NodeData,
+    NodePerm,
+    QuotaValue,
+    Record,
+    TransactionData,
+    UnknownRecord,
+    WatchData,
+    WatchDataExtended,
+    record_type,
+    type_name,
+)
+from .dump import ACCESS_CHANGED, Preserved
+
+_BITS = {"n": PERM_NONE, "r": PERM_READ, "w": PERM_WRITE, "b": PERM_RW}
+
+
+class RestoreError(Exception):
+    """The state cannot be restored: what, in which record, at which offset."""
+
+    def __init__(
+        self,
+        message: str,
+        index: int | None = None,
+        rtype: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        self.message = message
+        self.index = index
+        self.rtype = rtype
+        self.offset = offset
+        where = []
+        if index is not None:
+            what = f"record {index}"
+            if rtype is not None:
+                what += f" ({type_name(rtype)})"
+            where.append(what)
+        if offset is not None:
+            where.append(f"offset {offset:#x}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class ConnectionSink(Protocol):
+    """Who recreates connections: registers each with the store (same conn-id)."""
+
+    def restore_connection(self, record: ConnectionData) -> None: ...
+
+
+class StoreOnlySink:
+    """A sink without a server (``--check-state``, tests): store connections only."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.records: list[ConnectionData] = []
+
+    def restore_connection(self, record: ConnectionData) -> None:
+        spec = record.spec
+        domid = getattr(spec, "domid", 0)
+        self.store.connect(record.conn_id, domid, is_socket=record.is_socket)
+        self.records.append(record)
+
+
+@dataclass(slots=True)
+class Restored:
+    """What a restore found besides the store's state."""
+
+    version: int = 0
+    global_data: GlobalData | None = None
+    preserved: Preserved = field(default_factory=Preserved)
+    records: int = 0
+    connections: int = 0
+    nodes: int = 0
+    transactions: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+_PERMS_CACHE: dict[tuple[NodePerm, ...], Perms] = {}
+
+
+def store_perms(perms: tuple[NodePerm, ...]) -> Perms:
+    """Stream permission specifiers as store permissions (unknown letters are ``n``, as C)."""
+    out = _PERMS_CACHE.get(perms)
+    if out is None:
+        out = tuple(
+            (
+                p.domid,
+                _BITS.get(p.perm, PERM_NONE) | (PERM_IGNORE if p.flags & PERM_FLAG_STALE else 0),
+            )
+            for p in perms
+        )
+        if len(_PERMS_CACHE) < 4096:
+            _PERMS_CACHE[perms] = out
+    return out
+
+
+def _set_quota(table: q.QuotaTable, values: Iterable[QuotaValue]) -> tuple[QuotaValue, ...]:
+    """Apply known names to ``table``; return the unknown ones."""
+    unknown = []
+    for v in values:
+        try:
+            index, kind = q.parse_quota_name(table, v.name)
+        except Exception:
+            unknown.append(v)
+            continue
+        table.set(index, kind, v.value)
+    return tuple(unknown)
+
+
+def iter_with_offsets(reader: StreamReader) -> Iterator[tuple[int, int, Record]]:
+    """(index, byte offset, record) for each record of ``reader``, END included."""
+    offset = reader.offset
+    for index, record in enumerate(reader):
+        yield index, offset, record
+        offset = reader.offset
+
+
+def restore_stream(source: str | bytes, store: Store, sink: ConnectionSink) -> Restored:
+    """Restore from a stream file (path) or buffer; see :func:`restore_state`."""
+    try:
+        reader = StreamReader(source)
+    except StreamError as exc:
+        raise RestoreError(f"not a readable stream: {exc}", offset=exc.offset) from None
+    with reader:
+        version = reader.header.version
+        restored = restore_state(_guard(reader), store, sink, version)
+        restored.version = version
+        return restored
+
+
+def _guard(reader: StreamReader) -> Iterator[tuple[int, int, Record]]:
+    it = iter_with_offsets(reader)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except StreamError as exc:
+            raise RestoreError(
+                exc.expected, exc.record_index, exc.record_type, exc.offset
+            ) from None
+        yield item
+
+
+def restore_state(
+    records: Iterable[tuple[int, int, Record]] | Iterable[Record],
+    store: Store,
+    sink: ConnectionSink,
+    version: int = 2,
+) -> Restored:
+    """Put the state of ``records`` into ``store`` (fresh, as the daemon built it).
+
+    ``records`` are plain records or (index, offset, record) triples (for
+    error messages).  The store's start-up tree is replaced by the stream's.
+    """
+    out = Restored()
+    kept = out.preserved
+    clear_tree(store)
+    pending: dict[tuple[int, int], list[PendingNode]] = {}
+    conn_ids: set[int] = set()
+    index: int | None = None
+    offset: int | None = None
+    record: Record | None = None
+    saw_end = False
+    nodes = store.nodes
+    try:
+        for item in records:
+            if isinstance(item, tuple):
+                index, offset, record = item
+            else:
+                record = item
+                index = 0 if index is None else index + 1
+            out.records += 1
+            cls = record.__class__
+            if cls is NodeData:
+                assert isinstance(record, NodeData)
+                if record.conn_id == 0:
+                    # Inline for the bulk of the stream; see store.state.import_node.
+                    path = record.path
+                    if path in nodes or path.startswith("@") or path == "/" or not record.perms:
+                        import_node(store, path, record.value, store_perms(record.perms))
+                    else:
+                        cut = path.rfind("/")
+                        parent = nodes.get(path[:cut] or "/")
+                        if parent is None:
+                            raise StateError(f"node {path!r}: parent missing")
+                        parent.add_child(path[cut + 1 :])
+                        store.generation += 1
+                        nodes[path] = Node(
+                            record.value, store_perms(record.perms), store.generation
+                        )
+                    out.nodes += 1
+                    continue
+                key = (record.conn_id, record.tx_id)
+                if key not in pending:
+                    raise StateError(
+                        f"node {record.path!r} of transaction {record.tx_id} of connection "
+                        f"{record.conn_id} without an earlier TRANSACTION_DATA"
+                    )
+                access = record.access
+                if record.perms:
+                    node: Node | None = Node(record.value, store_perms(record.perms), 0)
+                    written = bool(access & ACCESS_WRITTEN)
+                else:
+                    # Deleted in the transaction (access 0), or read while absent.
+                    node = None
+                    written = not access & (ACCESS_READ | ACCESS_WRITTEN)
+                pending[key].append(
+                    PendingNode(
+                        record.path,
+                        node,
+                        read=bool(access & ACCESS_READ),
+                        written=written,
+                        changed=bool(record.access & ACCESS_CHANGED),
+                    )
+                )
+            elif cls is ConnectionData:
+                assert isinstance(record, ConnectionData)
+                if record.conn_id in conn_ids:
+                    raise StateError(f"connection {record.conn_id} twice")
+                sink.restore_connection(record)
+                conn_ids.add(record.conn_id)
+                out.connections += 1
+            elif cls is WatchData or cls is WatchDataExtended:
+                assert isinstance(record, (WatchData, WatchDataExtended))
+                depth = -1
+                if isinstance(record, WatchDataExtended) and record.depth != DEPTH_UNLIMITED:
+                    depth = record.depth
+                import_watch(store, record.conn_id, record.wpath, record.token.encode(), depth)
+            elif cls is TransactionData:
+                assert isinstance(record, TransactionData)
+                if record.conn_id not in conn_ids:
+                    raise StateError(f"transaction of unknown connection {record.conn_id}")
+                key = (record.conn_id, record.tx_id)
+                if key in pending:
+                    raise StateError(
+                        f"transaction {record.tx_id} of connection {record.conn_id} twice"
+                    )
+                pending[key] = []
+            elif cls is GlobalData:
+                assert isinstance(record, GlobalData)
+                out.global_data = record
+            elif cls is GlobalQuotaData:
+                assert isinstance(record, GlobalQuotaData)
+                table = store.config.quota
+                kept.domain_quota = _set_quota(table, record.domain_quota)
+                kept.global_quota = _set_quota(table, record.global_quota)
+                # Domain records made so far (start-up) take the new defaults.
+                for dom in store.domains.values():
+                    dom.quota = table.copy()
+            elif cls is DomainData:
+                assert isinstance(record, DomainData)
+                dom = domain_record(store, record.domid)
+                if version >= 2:
+                    dom.features = record.features & SUPPORTED_FEATURES
+                unknown = _set_quota(dom.quota, record.quota)
+                if unknown:
+                    kept.domains[record.domid] = unknown
+            elif cls is UnknownRecord:
+                assert isinstance(record, UnknownRecord)
+                kept.records.append(record)
+            elif cls is End:
+                saw_end = True
+                break
+        index = offset = None
+        record = None
+        if not saw_end:
+            raise StateError("the stream ends without an END record")
+        ensure_base_tree(store)
+        for (conn_id, tx_id), nodes_of_tx in pending.items():
+            import_transaction(store, conn_id, tx_id, nodes_of_tx)
+            out.transactions += 1
+        rebuild_counters(store)
+    except (StateError, ValueError, OSError) as exc:
+        rtype = record_type(record) if record is not None else None
+        raise RestoreError(str(exc), index, rtype, offset) from None
+    out.problems = store.check()
+    if out.problems:
+        shown = "; ".join(out.problems[:5])
+        raise RestoreError(f"restored store fails its check: {shown}")
+    return out

@@ -1,0 +1,316 @@
+"""Taking a store's state out and putting it back, without any stream format.
+
+The live-update code (``migrate``) turns these plain values into stream
+records and back; this module only knows the store.  Everything here works
+on a :class:`~.core.Store` from the outside in: iterate committed nodes in the
+C daemon's order, import a committed node, a watch, a pending transaction,
+and finally rebuild the counters (quota usage) from what was imported so that
+``check()`` passes and accounting is the same as before the dump.
+
+Transactions carry no generation numbers in a stream.  A pending node is
+exported with what the transaction did to it (read, written, deleted) and
+whether the committed node has changed since the transaction first saw it
+(``changed``): that is all a commit needs to give the same answer later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ..wire import XsError, canonicalize, implicit_path, parent_of
+from . import quota as q
+from .core import INTRODUCE_DOMAIN, RELEASE_DOMAIN, Store
+from .domain import Domain
+from .node import NO_GENERATION, Node, child_path
+from .perms import Perms
+from .transaction import Transaction
+from .watch import MATCH_EXACT, MATCH_SUBTREE, Watch
+
+SPECIAL_NODES = (RELEASE_DOMAIN, INTRODUCE_DOMAIN)
+
+
+class StateError(ValueError):
+    """Imported state that does not fit the store (missing parent, unknown connection...)."""
+
+
+@dataclass(slots=True, frozen=True)
+class PendingNode:
+    """A node as one open transaction sees it.
+
+    ``node`` is None when the path does not exist for the transaction (it was
+    deleted in it, or read while absent).  ``written`` is True for nodes the
+    transaction changed (created, modified, deleted); ``changed`` is True
+    when the committed node is no longer the one the transaction first saw.
+    """
+
+    path: str
+    node: Node | None
+    read: bool
+    written: bool
+    changed: bool
+
+
+@dataclass(slots=True, frozen=True)
+class WatchState:
+    """One watch as the client registered it (``wpath`` relative if it was)."""
+
+    conn_id: int
+    wpath: str
+    token: bytes
+    depth: int  # -1: registered without a depth
+
+
+# --- export ----------------------------------------------------------------------------
+
+
+def committed_nodes(store: Store) -> Iterator[tuple[str, Node]]:
+    """The committed tree in C HEAD's dump order (digest 10.5).
+
+    Depth first, pre-order from ``/``, children in their list order (which is
+    creation order, and stream order after a restore); then ``@releaseDomain``
+    and ``@introduceDomain``.  No recursion: trees may be deep.
+    """
+    nodes = store.nodes
+    root = nodes.get("/")
+    if root is not None:
+        stack: list[tuple[str, Node]] = [("/", root)]
+        while stack:
+            path, node = stack.pop()
+            yield path, node
+            if node.children:
+                kids = []
+                for name in node.children:
+                    cp = child_path(path, name)
+                    child = nodes.get(cp)
+                    if child is not None:
+                        kids.append((cp, child))
+                kids.reverse()
+                stack.extend(kids)
+    for path in SPECIAL_NODES:
+        special = nodes.get(path)
+        if special is not None:
+            yield path, special
+
+
+def watches_of(store: Store, conn_id: int) -> list[WatchState]:
+    """A connection's watches in registration order."""
+    conn = store.conns.get(conn_id)
+    if conn is None:
+        return []
+    out = []
+    for w in sorted(conn.watches.values(), key=_watch_seq):
+        wpath = w.path[w.prefix_len :] if w.prefix_len else w.path
+        out.append(WatchState(conn_id, wpath, w.token, w.depth))
+    return out
+
+
+def _watch_seq(w: Watch) -> int:
+    return w.seq
+
+
+def transactions_of(store: Store, conn_id: int) -> list[Transaction]:
+    """Open transactions of a connection, oldest first."""
+    conn = store.conns.get(conn_id)
+    if conn is None:
+        return []
+    return sorted(conn.transactions.values(), key=lambda t: t.gen)
+
+
+def pending_nodes(store: Store, tx: Transaction) -> list[PendingNode]:
+    """What ``tx`` has seen and done, node by node, in first-access order."""
+    committed = store.nodes
+    out = []
+    for path, node in tx.nodes.items():
+        now = committed.get(path)
+        seen = tx.gens.get(path, NO_GENERATION)
+        changed = (now.gen if now is not None else NO_GENERATION) != seen
+        written = path in tx.modified
+        out.append(
+            PendingNode(
+                path, node, read=not written or node is not None, written=written, changed=changed
+            )
+        )
+    return out
+
+
+# --- import ----------------------------------------------------------------------------
+
+
+def clear_tree(store: Store) -> None:
+    """Forget every node (restore starts from an empty database)."""
+    store.nodes.clear()
+
+
+def import_node(store: Store, path: str, value: bytes, perms: Perms) -> None:
+    """Install a committed node; its parent must be there already (not for ``@`` nodes).
+
+    A node that exists already (``/`` or a special node) is replaced, keeping
+    its children.  Child order is import order.
+    """
+    if not perms:
+        raise StateError(f"node {path!r} has no permissions")
+    old = store.nodes.get(path)
+    if old is not None:
+        old.value = value
+        old.perms = perms
+        return
+    if not path.startswith("@") and path != "/":
+        parent = store.nodes.get(parent_of(path))
+        if parent is None:
+            raise StateError(f"node {path!r}: parent {parent_of(path)!r} missing")
+        parent.add_child(path[path.rfind("/") + 1 :])
+    store.generation += 1
+    store.nodes[path] = Node(value, perms, store.generation)
+
+
+def ensure_base_tree(store: Store) -> None:
+    """Create ``/`` and the special nodes if the imported state lacked them."""
+    priv = store.config.priv_domid
+    from .perms import PERM_NONE, PERM_READ  # local: keeps the import list short
+
+    if "/" not in store.nodes:
+        import_node(store, "/", b"", ((priv, PERM_NONE),))
+    if RELEASE_DOMAIN not in store.nodes:
+        from ..wire import DOMID_ANY
+
+        import_node(store, RELEASE_DOMAIN, b"", ((priv, PERM_NONE), (DOMID_ANY, PERM_READ)))
+    if INTRODUCE_DOMAIN not in store.nodes:
+        import_node(store, INTRODUCE_DOMAIN, b"", ((priv, PERM_NONE),))
+
+
+def domain_record(store: Store, domid: int) -> Domain:
+    """The domain record of ``domid``, created with the global quota if missing."""
+    return store._domain(domid)
+
+
+def import_watch(store: Store, conn_id: int, wpath: str, token: bytes, depth: int) -> None:
+    """Register a watch for a restored connection (relative paths stay relative)."""
+    conn = store.conns.get(conn_id)
+    if conn is None:
+        raise StateError(f"watch {wpath!r} of unknown connection {conn_id}")
+    try:
+        path = canonicalize(wpath.encode("ascii"), conn.domid, allow_special=True)
+    except (XsError, UnicodeEncodeError):
+        raise StateError(f"watch path {wpath!r} is not valid") from None
+    if (path, token) in conn.watches:
+        raise StateError(f"watch {wpath!r} token {token!r} of connection {conn_id} twice")
+    relative = not wpath.startswith(("/", "@"))
+    prefix = len(implicit_path(conn.domid)) + 1 if relative else 0
+    store._watch_seq += 1
+    watch = Watch(conn_id, conn.seq, store._watch_seq, path, token, depth, prefix)
+    conn.watches[(path, token)] = watch
+    store.watches.add(watch)
+
+
+def import_transaction(
+    store: Store, conn_id: int, tx_id: int, pending: Sequence[PendingNode]
+) -> None:
+    """Re-open a transaction of a restored connection over the restored tree.
+
+    Nodes read and not changed since see the committed node (same
+    generation); ``changed`` ones get a generation that can never match, so
+    the commit fails with EAGAIN exactly as it would have.  A written node's
+    children are the committed ones adjusted by the transaction's own
+    creations and deletions.  Queued events are rebuilt: a node whose value
+    or permissions the transaction changed, or that it created or deleted,
+    fires at commit (subtree match for the top of a deleted subtree).
+    """
+    conn = store.conns.get(conn_id)
+    if conn is None:
+        raise StateError(f"transaction {tx_id} of unknown connection {conn_id}")
+    if tx_id == 0 or tx_id in conn.transactions:
+        raise StateError(f"transaction {tx_id} of connection {conn_id} twice or zero")
+    store.generation += 1
+    tx = Transaction(tx_id, conn_id, store.generation)
+    committed = store.nodes
+    for p in pending:
+        now = committed.get(p.path)
+        gen = now.gen if now is not None else NO_GENERATION
+        tx.gens[p.path] = -2 if p.changed else gen  # -2: matches nothing
+        if not p.written:
+            tx.nodes[p.path] = now.copy() if now is not None and not p.changed else _copy(p.node)
+            continue
+        tx.modified.add(p.path)
+        if p.node is None:
+            tx.nodes[p.path] = None
+            continue
+        node = Node(p.node.value, p.node.perms, 0)
+        if now is not None:
+            for name in now.children:
+                node.add_child(name)
+        tx.nodes[p.path] = node
+    # Children created or deleted in the transaction, and the queued events.
+    deleted = {p.path for p in pending if p.written and p.node is None}
+    for p in pending:
+        if not p.written:
+            continue
+        if p.path != "/" and not p.path.startswith("@"):
+            parent = tx.nodes.get(parent_of(p.path))
+            name = p.path[p.path.rfind("/") + 1 :]
+            if parent is not None:
+                if p.node is None:
+                    parent.remove_child(name)
+                else:
+                    parent.add_child(name)
+        now = committed.get(p.path)
+        if p.node is None:
+            if now is not None or p.changed:
+                mode = MATCH_EXACT if parent_of(p.path) in deleted else MATCH_SUBTREE
+                tx.queue_event(p.path, mode)
+        elif now is None or now.value != p.node.value or now.perms != p.node.perms:
+            tx.queue_event(p.path, MATCH_SUBTREE)
+        before = now.owner if now is not None else None
+        after = p.node.owner if p.node is not None else None
+        if before != after:
+            if before is not None:
+                tx.node_delta[before] = tx.node_delta.get(before, 0) - 1
+            if after is not None:
+                tx.node_delta[after] = tx.node_delta.get(after, 0) + 1
+    conn.transactions[tx_id] = tx
+    conn.next_tx_id = max(conn.next_tx_id, (tx_id + 1) & 0xFFFFFFFF)
+
+
+def _copy(node: Node | None) -> Node | None:
+    return node.copy() if node is not None else None
+
+
+def rebuild_counters(store: Store) -> None:
+    """Quota usage from the imported tree, watches and transactions.
+
+    Node owners and targets get domain records (as C allocates them while
+    restoring); the maxima are at least the usage.  The server charges its
+    own part (queued output) when it restores connections.
+    """
+    for node in store.nodes.values():
+        store._domain(node.perms[0][0])
+    counts = store.recount()
+    for domid, dom in store.domains.items():
+        nodes_n, watches_n, mem, txs = counts.get(domid, [0, 0, 0, 0])
+        mem -= dom.io_usage[q.MEMORY]
+        dom.usage[q.NODES] = nodes_n
+        dom.usage[q.WATCHES] = watches_n
+        dom.usage[q.MEMORY] = mem + dom.io_usage[q.MEMORY]
+        dom.usage[q.TRANSACTIONS] = txs
+        for i, value in enumerate(dom.usage):
+            if value > dom.maxima[i]:
+                dom.maxima[i] = value
+
+
+__all__ = [
+    "PendingNode",
+    "SPECIAL_NODES",
+    "StateError",
+    "WatchState",
+    "clear_tree",
+    "committed_nodes",
+    "domain_record",
+    "ensure_base_tree",
+    "import_node",
+    "import_transaction",
+    "import_watch",
+    "pending_nodes",
+    "rebuild_counters",
+    "transactions_of",
+    "watches_of",
+]
