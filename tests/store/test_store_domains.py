@@ -211,8 +211,8 @@ def test_server_side_charges(dom0: Client, connect: ClientFactory) -> None:
         store.charge(guest.conn_id, "nodes", 1)
 
 
-def test_restricted_config_knows_only_listed_priv_and_store_domains() -> None:
-    store = Store(StoreConfig(existing_domids=frozenset()))
+def test_default_config_knows_only_priv_and_store_domains() -> None:
+    store = Store(StoreConfig())
     store.connect(1, 0, is_socket=True)
     c = Client(store, 1)
     c.write("/p", b"v")
@@ -224,11 +224,3 @@ def test_restricted_config_knows_only_listed_priv_and_store_domains() -> None:
     c.ok(M.INTRODUCE, b"7\x001\x001\0")
     assert c.ok(M.GET_FEATURE, b"7\0") == b"14\0"
     c.set_perms("/p", "n7")
-
-
-def test_default_config_knows_every_ordinary_domain() -> None:
-    store = Store(StoreConfig())
-    store.connect(1, 0, is_socket=True)
-    c = Client(store, 1)
-    assert c.ok(M.GET_FEATURE, b"32751\0") == b"14\0"
-    assert c.err(M.GET_FEATURE, b"32752\0") == "ENOENT"

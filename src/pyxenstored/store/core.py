@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 from ..wire import (
     DOMID_ANY,
-    DOMID_FIRST_RESERVED,
     DOMID_SELF,
     FEATURE_DOMID_ANY,
     FEATURE_WATCHDEPTH,
@@ -120,9 +119,8 @@ class StoreConfig:
     store_domid: int = 0
     keep_orphans: bool = False
     quota: q.QuotaTable = field(default_factory=q.QuotaTable)
-    # Domids the "hypervisor" knows: None = all ordinary domids; a set = those
-    # plus priv_domid and store_domid.
-    existing_domids: frozenset[int] | None = None
+    # Domids the "hypervisor" knows besides priv_domid and store_domid.
+    existing_domids: frozenset[int] = frozenset()
 
 
 class Connection:
@@ -243,16 +241,16 @@ class Store:
     def domain_exists(self, domid: int) -> bool:
         """Whether the "hypervisor" knows ``domid`` (config ``existing_domids``).
 
-        Without a hypervisor, by default every ordinary domid exists (as for a
-        toolstack on a host full of guests).  An explicit set restricts that
-        to the listed domids plus the privileged and store domains, like the
-        C daemon under the test shim (``XS_SHIM_DOMAINS``, default "0").
-        Domains with a record are known anyway: callers look at records first.
+        Without a hypervisor the privileged and store domains exist, and the
+        domids listed in the config, like the C daemon under the test shim
+        (``XS_SHIM_DOMAINS``, default "0").  Domains with a record
+        (introduced, connected, ...) are known anyway: callers look at the
+        records first.
         """
-        known = self.config.existing_domids
-        if known is None:
-            return domid < DOMID_FIRST_RESERVED
-        return domid in known or domid in (self.config.priv_domid, self.config.store_domid)
+        return domid in self.config.existing_domids or domid in (
+            self.config.priv_domid,
+            self.config.store_domid,
+        )
 
     def _domain(self, domid: int) -> Domain:
         """The record of ``domid``, created (with the global quota) if missing."""
@@ -551,6 +549,12 @@ class Store:
 
     # --- node writes (committed or in a transaction) -----------------------------
 
+    def _tx_written(self, tx: Transaction, path: str, node: Node) -> None:
+        """A node copy changed inside a transaction: it gets a fresh generation, as in C."""
+        tx.modified.add(path)
+        self.generation += 1
+        node.gen = self.generation
+
     def _modify(
         self, conn: Connection, tx: Transaction | None, path: str, node: Node, value: bytes
     ) -> None:
@@ -560,7 +564,7 @@ class Store:
             self._check_memory(conn, node.owner, len(value) - len(node.value))
         if tx is not None:
             node.value = value
-            tx.modified.add(path)
+            self._tx_written(tx, path, node)
             return
         before = (node.perms[0][0], node.memory(path))
         node.value = value
@@ -608,9 +612,9 @@ class Store:
         if tx is not None:
             for p, node in created:
                 tx.nodes[p] = node
-                tx.modified.add(p)
+                self._tx_written(tx, p, node)
             parent.add_child(child_name)
-            tx.modified.add(parent_path)
+            self._tx_written(tx, parent_path, parent)
             owner = perms[0][0]
             tx.node_delta[owner] = tx.node_delta.get(owner, 0) + count
             return
@@ -673,7 +677,7 @@ class Store:
         name = basename(path)
         if tx is not None:
             parent.remove_child(name)
-            tx.modified.add(parent_path)
+            self._tx_written(tx, parent_path, parent)
             return
         before = (parent.perms[0][0], parent.memory(parent_path))
         parent.remove_child(name)
@@ -899,7 +903,7 @@ class Store:
                 tx.node_delta[old_owner] = tx.node_delta.get(old_owner, 0) - 1
                 tx.node_delta[new_owner] = tx.node_delta.get(new_owner, 0) + 1
             node.perms = perms
-            tx.modified.add(path)
+            self._tx_written(tx, path, node)
             tx.queue_event(path, MATCH_SUBTREE)
         else:
             before = (old_perms[0][0], node.memory(path))
