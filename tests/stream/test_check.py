@@ -10,6 +10,8 @@ import io
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.stream.conftest import (
     DATA_DIR,
     WORKED_EXAMPLE,
@@ -29,7 +31,7 @@ from tests.stream.conftest import (
     stream,
 )
 
-from pyxenstored.stream.check import RULES, Severity, _PathTracker, check_all
+from pyxenstored.stream.check import RULES, Severity, _PathTracker, check_all, check_stream
 
 LE = False
 N0 = [(b"n", 0, 0)]
@@ -400,3 +402,35 @@ def test_path_tracker_switches_to_bloom_and_keeps_certain_answers() -> None:
     # out of tree order duplicate: only "maybe"
     assert t.add(b"/m") == (True, False)
     assert t.add(b"/n49/x") == (True, None)
+
+
+# --- the node rules against a plain reference model ---------------------------------
+
+_components = st.sampled_from(["a", "b", "c"])
+_paths = st.lists(_components, min_size=1, max_size=3).map(lambda c: "/" + "/".join(c))
+_nodes = st.tuples(_paths, st.integers(1, 2), st.sampled_from(list("nrwbx")))
+
+
+@settings(max_examples=150, deadline=None)
+@given(nodes=st.lists(_nodes, max_size=30), exact_limit=st.sampled_from([0, 3, 200_000]))
+def test_node_rules_match_a_reference_model(
+    nodes: list[tuple[str, int, str]], exact_limit: int
+) -> None:
+    records = []
+    expected: list[str] = []
+    seen: set[str] = set()
+    for path, nperm, letter in nodes:
+        perms = [(letter.encode(), 0, 0)] + [(b"r", 0, 0)] * (nperm - 1)
+        records.append(node(path.encode(), b"v", perms))
+        if letter == "x":
+            expected.append("bad-perm-letter")
+        parent = path.rsplit("/", 1)[0] or "/"
+        if parent != "/" and parent not in seen:
+            expected.append("node-parent-missing")
+        if path in seen:
+            # with the Bloom filter an out-of-order duplicate is only "maybe"
+            expected.append("node-duplicate")
+        seen.add(path)
+    got = [d.rule for d in check_stream(v2(*records), exact_limit=exact_limit)]
+    got = ["node-duplicate" if r == "node-maybe-duplicate" else r for r in got]
+    assert got == expected

@@ -269,7 +269,7 @@ class _PathTracker:
     only reported as ``node-maybe-duplicate``).
     """
 
-    __slots__ = ("stack", "exact", "bloom", "exact_limit", "root_seen")
+    __slots__ = ("stack", "exact", "bloom", "exact_limit", "root_seen", "orphans")
 
     def __init__(self, exact_limit: int = 200_000) -> None:
         # each entry: [path + "/", path, hashes of the children seen or None]
@@ -278,6 +278,10 @@ class _PathTracker:
         self.bloom: _Bloom | None = None
         self.exact_limit = exact_limit
         self.root_seen = False
+        # Set once a node came before its parent, or a path came twice: the
+        # children set of a node opened (again) then misses earlier children,
+        # so from then on new children are also looked up globally.
+        self.orphans = False
 
     def _remember(self, h: int) -> None:
         exact = self.exact
@@ -325,9 +329,13 @@ class _PathTracker:
             else:
                 kids.add(h)
                 dup = False
+            if not dup and self.orphans:
+                dup = self._known(h)
         else:
             parent_ok = self._known(hash(path[:cut] if cut > 0 else b"/")) is not False
             dup = self._known(h)
+        if not parent_ok or dup is True:
+            self.orphans = True
         if not dup:
             exact = self.exact
             if exact is not None and len(exact) < self.exact_limit:
@@ -760,6 +768,7 @@ class _Checker:
             top = stack[-1]
             if (
                 cut >= 0
+                and not tracker.orphans
                 and buf[pa] == 0x2F  # absolute: the root stays on the stack
                 and letter in _PERM_LETTERS
                 and flag <= 1
