@@ -17,8 +17,10 @@ import stat
 import sys
 from collections.abc import Sequence
 
+from pyxenstored.migrate import RestoreError
 from pyxenstored.server.control_hooks import ServerControlHooks
 from pyxenstored.server.hypervisor import SimulatedHypervisor
+from pyxenstored.server.liveupdate import LiveUpdate, check_state_main
 from pyxenstored.server.log import Tracer, level_from_options, setup_logging
 from pyxenstored.server.loop import Server, ServerConfig
 from pyxenstored.server.process import PidFile, PidFileLocked, sd_notify, socket_path
@@ -117,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument(
         "-U", "--live-update", action="store_true", help="restore after a live update"
     )
+    proc.add_argument(
+        "--check-state",
+        metavar="FILE",
+        help="restore the live-update state FILE into a scratch store, check it, exit",
+    )
     return parser
 
 
@@ -142,8 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(level_from_options(args.verbose, args.log_level))
     except ValueError as exc:
         return _fail(str(exc), 2)
-    if args.live_update:
-        return _fail("live update restore (-U) is not yet supported")
+    if args.check_state:
+        return check_state_main(args.check_state)
     if args.no_fork:
         log.debug("-N accepted: pyxenstored always runs in the foreground")
     if args.event is not None:
@@ -193,12 +200,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_config.watch_event_timeout = watch_timeout
     server = Server(store, server_config, tracer)
     hooks.connections = lambda: server.connections
+    updater = LiveUpdate(
+        server,
+        store,
+        rundir=rundir,
+        sock_path=sock_path,
+        argv=list(argv) if argv is not None else sys.argv[1:],
+    )
+    updater.install(hooks)
     rings: RingDomains | None = None
     try:
-        try:
-            server.listen(sock_path)
-        except OSError as exc:
-            return _fail(f"cannot listen on {sock_path}: {exc}")
+        if args.live_update:
+            try:
+                updater.restore()
+            except RestoreError as exc:
+                return _fail(f"live update restore failed: {exc}")
+        else:
+            try:
+                server.listen(sock_path)
+            except OSError as exc:
+                return _fail(f"cannot listen on {sock_path}: {exc}")
         if args.ring_dir:
             try:
                 rings = RingDomains(server, store, SimulatedHypervisor(args.ring_dir))

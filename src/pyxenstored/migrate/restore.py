@@ -165,7 +165,9 @@ def iter_with_offsets(reader: StreamReader) -> Iterator[tuple[int, int, Record]]
         offset = reader.offset
 
 
-def restore_stream(source: str | bytes, store: Store, sink: ConnectionSink) -> Restored:
+def restore_stream(
+    source: str | bytes, store: Store, sink: ConnectionSink, *, verify: bool = True
+) -> Restored:
     """Restore from a stream file (path) or buffer; see :func:`restore_state`."""
     try:
         reader = StreamReader(source)
@@ -173,7 +175,7 @@ def restore_stream(source: str | bytes, store: Store, sink: ConnectionSink) -> R
         raise RestoreError(f"not a readable stream: {exc}", offset=exc.offset) from None
     with reader:
         version = reader.header.version
-        restored = restore_state(_guard(reader), store, sink, version)
+        restored = restore_state(_guard(reader), store, sink, version, verify=verify)
         restored.version = version
         return restored
 
@@ -197,11 +199,15 @@ def restore_state(
     store: Store,
     sink: ConnectionSink,
     version: int = 2,
+    *,
+    verify: bool = True,
 ) -> Restored:
     """Put the state of ``records`` into ``store`` (fresh, as the daemon built it).
 
     ``records`` are plain records or (index, offset, record) triples (for
     error messages).  The store's start-up tree is replaced by the stream's.
+    With ``verify`` the store runs its consistency check afterwards (the
+    whole tree once more); a problem is a :class:`RestoreError`.
     """
     out = Restored()
     kept = out.preserved
@@ -324,7 +330,7 @@ def restore_state(
     except (StateError, ValueError, OSError) as exc:
         rtype = record_type(record) if record is not None else None
         raise RestoreError(str(exc), index, rtype, offset) from None
-    out.problems = store.check()
+    out.problems = store.check() if verify else []
     if out.problems:
         shown = "; ".join(out.problems[:5])
         raise RestoreError(f"restored store fails its check: {shown}")

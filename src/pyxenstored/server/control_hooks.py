@@ -29,6 +29,8 @@ class ServerControlHooks:
         self.tracer = tracer
         # Bound late: the server is built after the store that holds us.
         self.connections: Callable[[], Iterable[Connection]] = connections or (lambda: ())
+        # CONTROL live-update: set by server/liveupdate.py when it is installed.
+        self.live_updater: Callable[[list[bytes]], bytes] | None = None
 
     def log(self, args: list[bytes]) -> bytes:
         if not args:
@@ -88,4 +90,6 @@ class ServerControlHooks:
         return "\n".join(lines) + "\n"
 
     def live_update(self, args: list[bytes]) -> bytes:
-        return LIVE_UPDATE_UNSUPPORTED
+        if self.live_updater is None:
+            return LIVE_UPDATE_UNSUPPORTED
+        return self.live_updater(args)

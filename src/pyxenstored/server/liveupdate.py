@@ -1,0 +1,735 @@
+"""Live update: CONTROL ``live-update``, the state dump, the exec, the restore.
+
+The old daemon's side (digest 11.1-11.2):
+
+* ``-f <file>`` opens a session bound to the requesting connection (one at a
+  time); ``-c <cmdline>`` replaces the new program's arguments; ``-a`` ends
+  the session; ``-s [-F] [-t <sec>] [-v <version>]`` starts the update.  The
+  C texts are kept for every refusal.
+* While a session is open, a TRANSACTION_START from a connection without an
+  open transaction is held back: the connection stalls and the request stays
+  in its pending input (the new daemon runs it).
+* ``-s`` is not answered at once: the loop's ticker evaluates it on every
+  iteration (never blocking) until no transaction is open, or, with ``-F``,
+  every open transaction is older than the timeout; after the timeout
+  without ``-F`` it answers C's reason.
+* Then the switch: the state goes to ``<rundir>/state_dump`` (0600) with the
+  ``OK`` for ``-s`` queued last on its connection; sockets become
+  inheritable; the new program is exec'd with the original arguments (or the
+  ``-c`` line) plus ``-U``.
+
+Safer than C: when the new program is pyxenstored it first runs as
+``<file> --check-state <dump>`` on the dump just written, and only a clean
+restore there leads to the exec; otherwise ``-s`` answers why and this
+daemon serves on.  Towards another program (the C daemon) the stream is
+written as that reader needs it (version 1 for 4.17 unless ``-v 2``), and
+anything it cannot carry is refused unless ``-F`` (then logged).
+
+The new daemon's side: :meth:`LiveUpdate.restore` reads the dump, recreates
+every connection on its inherited socket (ring connections through
+:attr:`LiveUpdate.ring_restorer`, or kept dormant when there is none),
+restores the store, deletes the file and runs requests that were pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pyxenstored.migrate import (
+    DumpError,
+    Preserved,
+    RestoreError,
+    StoreOnlySink,
+    dump_state,
+    quota_values,
+    restore_stream,
+)
+from pyxenstored.server.connection import Connection
+from pyxenstored.server.control_hooks import ServerControlHooks
+from pyxenstored.server.loop import Server
+from pyxenstored.server.socket_transport import SocketTransport
+from pyxenstored.server.storeapi import ResultLike
+from pyxenstored.server.transport import Transport
+from pyxenstored.store import Store, StoreConfig
+from pyxenstored.store import quota as q
+from pyxenstored.store.features import SUPPORTED_FEATURES
+from pyxenstored.stream import (
+    ConnectionData,
+    DomainData,
+    GlobalData,
+    GlobalQuotaData,
+    NodeData,
+    Record,
+    RingSpec,
+    SocketSpec,
+    StreamWriteError,
+    StreamWriter,
+    TransactionData,
+    UnknownRecord,
+    WatchDataExtended,
+    adapt_for_target,
+)
+from pyxenstored.stream.records import CONN_FIELD_UNIQUE_ID, CONN_TYPE_RING, CONN_TYPE_SOCKET
+from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType, XsError
+
+log = logging.getLogger("pyxenstored.liveupdate")
+
+STATE_FILE = "state_dump"
+#: What ``--check-state`` prints on its first output line when the state is good.
+CHECK_OK = "pyxenstored check-state: OK"
+CHECK_FAILED = "pyxenstored check-state: FAILED"
+#: Seconds the check run of the new program may take.
+CHECK_TIMEOUT = 120.0
+
+_CONTROL = int(MsgType.CONTROL)
+_TX_START = int(MsgType.TRANSACTION_START)
+_OK = b"OK\0"
+
+# C's texts (lu.c / 4.17 xenstored_control.c).
+TXT_ACTIVE = b"live-update session already active.\0"
+TXT_NOT_ACCESSIBLE = b"File not accessible.\0"
+TXT_NOT_EXECUTABLE = b"File not executable.\0"
+TXT_NOT_IN_SESSION = b"Not in live-update session.\0"
+TXT_NO_SESSION = b"No live-update session active.\0"
+TXT_BAD_VERSION = b"Migration stream version not supported.\0"
+TXT_CANCELLED = "Cancellation was requested"
+TXT_OVERLAPPING = "Overlapping transactions"
+TXT_LONG_RUNNING = "Domains with long running transactions:"
+TXT_EXEC_FAILED = "Error activating new binary."
+TXT_DUMP_OPEN = "Dump state open error"
+TXT_DUMP_WRITE = "Dump write error"
+
+RingRestorer = Callable[[ConnectionData], Transport | None]
+"""Recreates a ring connection's transport from its record (None: cannot, keep it dormant)."""
+
+
+@dataclass(slots=True)
+class Session:
+    """One live-update session, owned by the connection that opened it."""
+
+    conn: Connection
+    file: str
+    cmdline: list[str] | None = None
+    # Set by ``-s``: the request to answer, and its options.
+    start: tuple[int, int] | None = None  # (req_id, tx_id)
+    force: bool = False
+    timeout: int = 0
+    version: int | None = None
+    started_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Switch:
+    """Figures of the last switch attempt (for benchmarks and logs)."""
+
+    dump_seconds: float = 0.0
+    check_seconds: float = 0.0
+    bytes: int = 0
+    target: str = ""
+    lost: list[str] = field(default_factory=list)
+
+
+class LiveUpdate:
+    """Live update for one running :class:`Server` and its store."""
+
+    def __init__(
+        self,
+        server: Server,
+        store: Store,
+        *,
+        rundir: str,
+        sock_path: str,
+        argv: Sequence[str],
+        program: str | None = None,
+    ) -> None:
+        self.server = server
+        self.store = store
+        self.rundir = rundir
+        self.sock_path = sock_path
+        # Arguments after the program name, as this daemon was started.
+        self.argv = list(argv)
+        self.program = program or sys.argv[0]
+        self.session: Session | None = None
+        self.preserved = Preserved()
+        # Connections restored from a stream whose transport cannot be
+        # recreated here (rings without a ring restorer): kept as records.
+        self.dormant: dict[int, ConnectionData] = {}
+        # The partial first output message of a restored connection.
+        self._fragments: dict[int, bytes] = {}
+        # Start of the oldest open transaction, per connection (C's ta_start_time).
+        self._tx_start: dict[int, float] = {}
+        self._current: tuple[Connection, int, int] | None = None
+        self._deferred = False
+        self.ring_restorer: RingRestorer | None = None
+        # Quota as given on the command line: the baseline a C target gets.
+        self.startup_quota = store.config.quota.copy()
+        self.evtchn_fd = -1
+        self.last_switch = Switch()
+
+    def install(self, hooks: ServerControlHooks) -> None:
+        """Hook into the server (interceptor, ticker) and the CONTROL hooks."""
+        self.server.interceptor = self
+        self.server.intercepted = frozenset({_CONTROL, _TX_START})
+        self.server.ticker = self.tick
+        hooks.live_updater = self.control
+
+    # --- interceptor ---------------------------------------------------------------
+
+    def before(self, conn: Connection, type_: int, req_id: int, tx_id: int, payload: bytes) -> bool:
+        if type_ == _CONTROL:
+            self._current = (conn, req_id, tx_id)
+            return False
+        session = self.session
+        if session is None or tx_id:
+            return False
+        if session.conn.closed:
+            self._end_session()
+            return False
+        store_conn = self.store.conns.get(conn.conn_id)
+        # C delays TRANSACTION_START only for connections without a transaction.
+        return store_conn is not None and not store_conn.transactions
+
+    def after(
+        self, conn: Connection, type_: int, req_id: int, tx_id: int, result: ResultLike
+    ) -> bool:
+        if type_ == _TX_START:
+            if result.reply_type == _TX_START:
+                self._tx_start.setdefault(conn.conn_id, time.monotonic())
+            return False
+        self._current = None
+        deferred, self._deferred = self._deferred, False
+        return deferred
+
+    # --- CONTROL live-update ---------------------------------------------------------
+
+    def control(self, args: list[bytes]) -> bytes:
+        """CONTROL ``live-update <args>`` (digest 11.1)."""
+        if self._current is None:
+            raise XsError("EINVAL", "live-update needs a connection")
+        conn, req_id, tx_id = self._current
+        if self.session is not None and self.session.conn.closed:
+            self._end_session()
+        if not args:
+            raise XsError("EINVAL", "live-update needs a sub-command")
+        cmd, rest = args[0], args[1:]
+        if cmd == b"-f":
+            if len(rest) != 1:
+                raise XsError("EINVAL", "-f takes a file")
+            return self._open(conn, os.fsdecode(rest[0]))
+        if cmd == b"-c":
+            if len(rest) != 1:
+                raise XsError("EINVAL", "-c takes a command line")
+            session = self._own_session(conn)
+            if session is None:
+                return TXT_NOT_IN_SESSION
+            session.cmdline = os.fsdecode(rest[0]).split()
+            return _OK
+        if cmd == b"-a":
+            if rest:
+                raise XsError("EINVAL", "-a takes no argument")
+            if self.session is None:
+                return TXT_NO_SESSION
+            self._cancel()
+            return _OK
+        if cmd == b"-s":
+            return self._start(conn, req_id, tx_id, rest)
+        raise XsError("EINVAL", "unknown live-update sub-command")
+
+    def _open(self, conn: Connection, file: str) -> bytes:
+        if self.session is not None:
+            return TXT_ACTIVE
+        path = os.path.abspath(file)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return TXT_NOT_ACCESSIBLE
+        if not st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
+            return TXT_NOT_EXECUTABLE
+        self.session = Session(conn, path)
+        log.info("live update: session opened by connection %d for %s", conn.conn_id, path)
+        return _OK
+
+    def _own_session(self, conn: Connection) -> Session | None:
+        session = self.session
+        return session if session is not None and session.conn is conn else None
+
+    def _start(self, conn: Connection, req_id: int, tx_id: int, rest: list[bytes]) -> bytes:
+        force = False
+        timeout = 0
+        version: int | None = None
+        i = 0
+        while i < len(rest):
+            opt = rest[i]
+            if opt == b"-F":
+                force = True
+            elif opt in (b"-t", b"-v") and i + 1 < len(rest):
+                i += 1
+                value = _atoi(rest[i])
+                if opt == b"-t":
+                    timeout = value
+                else:
+                    version = value
+            else:
+                raise XsError("EINVAL", f"bad -s option {opt!r}")
+            i += 1
+        session = self._own_session(conn)
+        if session is None or session.start is not None:
+            return TXT_NOT_IN_SESSION
+        if version is not None and not 1 <= version <= 2:
+            return TXT_BAD_VERSION
+        session.start = (req_id, tx_id)
+        session.force = force
+        session.timeout = max(timeout, 0)
+        session.version = version
+        session.started_at = time.monotonic()
+        self._deferred = True  # the reply comes later (or from the new daemon)
+        return _OK
+
+    def _cancel(self) -> None:
+        session = self.session
+        if session is not None and session.start is not None:
+            self._answer(session, TXT_CANCELLED)
+        self._end_session()
+
+    def _end_session(self) -> None:
+        """Forget the session; connections held back for it go on."""
+        self.session = None
+        for conn in list(self.server.stalled):
+            self.server.release(conn)
+
+    def _answer(self, session: Session, text: str) -> None:
+        """Answer the pending ``-s`` with ``text`` and let its connection go on."""
+        assert session.start is not None
+        req_id, tx_id = session.start
+        session.start = None
+        conn = session.conn
+        if not conn.closed:
+            conn.queue_reply(_CONTROL, req_id, tx_id, text.encode("utf-8", "replace") + b"\0")
+            self.server.release(conn)
+
+    # --- the ticker: evaluate a pending -s ---------------------------------------------
+
+    def tick(self, timeout: float | None) -> float | None:
+        session = self.session
+        if session is None:
+            return timeout
+        if session.conn.closed:
+            log.info("live update: the session's connection closed; session ended")
+            self._end_session()
+            return timeout
+        if session.start is None:
+            return timeout if timeout is not None and timeout < 1.0 else 1.0
+        now = time.monotonic()
+        verdict = self._transactions_verdict(session, now)
+        if verdict is None:
+            self._switch(session)
+            return 0.0
+        if now - session.started_at < session.timeout:
+            wait = 1.0
+            return wait if timeout is None else min(timeout, wait)
+        self._answer(session, verdict)
+        return 0.0
+
+    def _transactions_verdict(self, session: Session, now: float) -> str | None:
+        """None when the update may go on; else C's reason for refusing it."""
+        total = 0
+        long_running = 0
+        lines = []
+        for conn_id, conn in self.store.conns.items():
+            if not conn.transactions:
+                self._tx_start.pop(conn_id, None)
+                continue
+            total += 1
+            age = now - self._tx_start.setdefault(conn_id, now)
+            if age >= session.timeout:
+                long_running += 1
+                lines.append(f"Domain {conn.domid}: {int(age)} s")
+        if not total or (session.force and long_running == total):
+            return None
+        if lines:
+            return "\n".join([TXT_LONG_RUNNING, *lines])
+        return TXT_OVERLAPPING
+
+    # --- the switch -----------------------------------------------------------------
+
+    def state_path(self) -> str:
+        return os.path.join(self.rundir, STATE_FILE)
+
+    def _switch(self, session: Session) -> None:
+        """Dump, check, exec; on any failure answer ``-s`` with the reason and serve on."""
+        started = time.monotonic()
+        path = self.state_path()
+        is_py = is_pyxenstored(session.file)
+        try:
+            records, target, version, lost = self.build_records(session, pyxenstored=is_py)
+        except (DumpError, StreamWriteError) as exc:
+            self._answer(session, f"Dump state error: {exc}")
+            return
+        if lost:
+            if not session.force:
+                shown = "; ".join(lost[:5]) + (
+                    f" (and {len(lost) - 5} more)" if len(lost) > 5 else ""
+                )
+                self._answer(
+                    session,
+                    f"Live update to {os.path.basename(session.file)} (stream version {version},"
+                    f" {target}) would lose: {shown}. Use -F to go on anyway.",
+                )
+                return
+            for item in lost:
+                log.warning("live update (forced): %s is lost", item)
+        try:
+            size = write_state(path, records, version, target)
+        except StreamWriteError as exc:
+            _remove(path)
+            self._answer(session, f"{TXT_DUMP_WRITE}: {exc}")
+            return
+        except OSError as exc:
+            _remove(path)
+            self._answer(session, f"{TXT_DUMP_OPEN}: {exc.strerror}")
+            return
+        dumped = time.monotonic()
+        self.last_switch = Switch(dumped - started, 0.0, size, target, lost)
+        if is_py:
+            problem = run_check(session.file, path)
+            self.last_switch.check_seconds = time.monotonic() - dumped
+            if problem is not None:
+                _remove(path)
+                log.error("live update refused by the new program: %s", problem)
+                self._answer(session, f"New program refused the state: {problem}")
+                return
+        argv = self.new_argv(session)
+        log.info(
+            "live update: %d bytes of state (%s, v%d) dumped in %.3f s; exec %s",
+            size,
+            target,
+            version,
+            self.last_switch.dump_seconds,
+            shlex.join(argv),
+        )
+        self.server.inherit_fds()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        try:
+            os.execv(session.file, argv)
+        except OSError as exc:
+            log.error("live update: exec of %s failed: %s", session.file, exc)
+            _remove(path)
+            self._answer(session, f"{TXT_EXEC_FAILED} ({exc.strerror})")
+
+    def new_argv(self, session: Session) -> list[str]:
+        """C's rule: the ``-c`` line or the original arguments, ``-U`` appended, argv[0] the file."""
+        args = list(session.cmdline) if session.cmdline is not None else list(self.argv)
+        if "-U" not in args and "--live-update" not in args:
+            args.append("-U")
+        return [session.file, *args]
+
+    def connection_records(self, session: Session | None) -> list[ConnectionData]:
+        """One CONNECTION_DATA per connection in creation order (dormant ones included)."""
+        out = []
+        server_conns = {c.conn_id: c for c in self.server.connections}
+        for conn_id in self.store.conns:
+            conn = server_conns.get(conn_id)
+            if conn is None:
+                dormant = self.dormant.get(conn_id)
+                if dormant is not None:
+                    out.append(dormant)
+                continue
+            out.append(self._connection_record(conn, session))
+        return out
+
+    def _connection_record(self, conn: Connection, session: Session | None) -> ConnectionData:
+        in_data = conn.pending_input()
+        out_data = conn.pending_output()
+        resp_len = 0
+        queue = conn._out  # the queue's head decides out-resp-len
+        if queue:
+            head = queue[0][0]
+            if conn._out_offset or head is self._fragments.get(conn.conn_id):
+                resp_len = len(head) - conn._out_offset
+        if session is not None and session.conn is conn and session.start is not None:
+            req_id, tx_id = session.start
+            out_data += HEADER.pack(_CONTROL, req_id, tx_id, len(_OK)) + _OK
+        if len(in_data) > 0xFFFF:
+            raise DumpError(
+                f"connection {conn.conn_id} has {len(in_data)} bytes of pending input (max 65535)"
+            )
+        transport = conn.transport
+        if isinstance(transport, SocketTransport):
+            return ConnectionData(
+                conn.conn_id,
+                CONN_TYPE_SOCKET,
+                0,
+                SocketSpec(transport.fileno()),
+                in_data,
+                out_data,
+                resp_len,
+            )
+        describe = getattr(transport, "migration_spec", None)
+        if describe is None:
+            raise DumpError(f"connection {conn.conn_id}: its transport cannot be migrated")
+        spec, unique_id = describe()
+        if not isinstance(spec, RingSpec):
+            raise DumpError(f"connection {conn.conn_id}: unknown transport spec {spec!r}")
+        return ConnectionData(
+            conn.conn_id,
+            CONN_TYPE_RING,
+            CONN_FIELD_UNIQUE_ID if unique_id is not None else 0,
+            spec,
+            in_data,
+            out_data,
+            resp_len,
+            unique_id,
+        )
+
+    def build_records(
+        self, session: Session | None, *, pyxenstored: bool = True
+    ) -> tuple[list[Record], str, int, list[str]]:
+        """The records to write, their target and version, and what the target loses."""
+        listener = _listener_fd(self.server)
+        global_data = GlobalData(listener, self.evtchn_fd)
+        conns = self.connection_records(session)
+        version = session.version if session is not None and session.version else None
+        if pyxenstored:
+            records = list(
+                dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
+            )
+            return records, "spec", version or 2, []
+        version = version or 1
+        target = "c-4.17" if version == 1 else "c-head"
+        records = list(
+            dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
+        )
+        lost = c_target_losses(records, target, self.startup_quota)
+        out, _dropped = adapt_for_target(records, version, target, lossy=True)
+        return out, target, version, lost
+
+    # --- the new daemon: restore ----------------------------------------------------------
+
+    def restore(self, path: str | None = None) -> None:
+        """Restore from the state file (``-U``), delete it and run pending requests.
+
+        Raises :class:`RestoreError`; the caller exits non-zero with its text.
+        """
+        path = path or self.state_path()
+        if not os.path.exists(path):
+            raise RestoreError(f"no state file {path}")
+        restored = restore_stream(path, self.store, self, verify=False)
+        self.preserved = restored.preserved
+        gd = restored.global_data
+        if gd is not None and gd.socket_fd >= 0:
+            try:
+                sock = socket.socket(fileno=gd.socket_fd)
+                self.server.adopt_listener(sock, self.sock_path)
+            except OSError as exc:
+                raise RestoreError(f"inherited listening socket {gd.socket_fd}: {exc}") from None
+        else:
+            self.server.listen(self.sock_path)
+        if gd is not None:
+            self.evtchn_fd = gd.evtchn_fd
+        _remove(path)
+        log.info(
+            "live update: restored %d records (%d connections, %d nodes, %d transactions)",
+            restored.records,
+            restored.connections,
+            restored.nodes,
+            restored.transactions,
+        )
+        self.server.refresh_limits()
+        for conn in list(self.server.connections):
+            self.server.release(conn)
+
+    def restore_connection(self, record: ConnectionData) -> None:
+        """ConnectionSink: recreate one connection on its inherited descriptor."""
+        spec = record.spec
+        transport: Transport | None = None
+        domid = self.store.config.store_domid
+        if isinstance(spec, SocketSpec):
+            fd = spec.socket_fd
+            try:
+                if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    raise RestoreError(f"connection {record.conn_id}: fd {fd} is not a socket")
+                sock = socket.socket(fileno=fd)
+            except OSError as exc:
+                raise RestoreError(
+                    f"connection {record.conn_id}: fd {fd}: {exc.strerror}"
+                ) from None
+            transport = SocketTransport(sock)
+        elif isinstance(spec, RingSpec):
+            domid = spec.domid
+            if self.ring_restorer is not None:
+                transport = self.ring_restorer(record)
+            if transport is None:
+                # No ring here: keep the record so the next dump carries it on.
+                self.store.connect(record.conn_id, domid, is_socket=False)
+                self.dormant[record.conn_id] = record
+                return
+        else:
+            raise RestoreError(f"connection {record.conn_id}: conn-type {record.conn_type} unknown")
+        conn = self.server.add_connection(transport, domid, conn_id=record.conn_id)
+        if record.in_data:
+            conn.reader.feed(record.in_data)
+        out = record.out_data
+        if record.out_resp_len:
+            fragment = out[: record.out_resp_len]
+            conn.restore_output(fragment)
+            self._fragments[conn.conn_id] = fragment
+            out = out[record.out_resp_len :]
+        for message in split_messages(out):
+            conn.restore_output(message)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _listener_fd(server: Server) -> int:
+    listeners = server._listeners  # GLOBAL_DATA carries the first one
+    return listeners[0][0].fileno() if listeners else -1
+
+
+def _atoi(raw: bytes) -> int:
+    digits = raw.strip()
+    sign = 1
+    if digits[:1] in (b"-", b"+"):
+        sign = -1 if digits[:1] == b"-" else 1
+        digits = digits[1:]
+    n = 0
+    for ch in digits:
+        if not 48 <= ch <= 57:
+            break
+        n = n * 10 + ch - 48
+    return sign * n
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def split_messages(data: bytes) -> list[bytes]:
+    """Complete messages (header + payload) of ``data``; a torn tail stays one piece."""
+    out = []
+    pos = 0
+    end = len(data)
+    while pos < end:
+        if end - pos < HEADER_SIZE:
+            out.append(data[pos:])
+            break
+        length = HEADER.unpack_from(data, pos)[3]
+        stop = min(pos + HEADER_SIZE + length, end)
+        out.append(data[pos:stop])
+        pos = stop
+    return out
+
+
+def is_pyxenstored(path: str) -> bool:
+    """Whether ``path`` looks like pyxenstored: a text script that names it (not an ELF)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"pyxenstored" in head
+
+
+def write_state(path: str, records: Sequence[Record], version: int, target: str) -> int:
+    """Write the stream to ``path`` (created 0600, replaced); returns its size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            fd = -1
+            writer = StreamWriter(f, version=version, target=target)
+            writer.write_all(records)
+            writer.close()
+            return f.tell()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def run_check(program: str, path: str) -> str | None:
+    """Run ``program --check-state path``; None when it restored cleanly, else why not."""
+    try:
+        done = subprocess.run(
+            [program, "--check-state", path],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=CHECK_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"{program} --check-state did not finish within {CHECK_TIMEOUT:.0f} s"
+    except OSError as exc:
+        return f"{program} cannot start: {exc.strerror}"
+    out = done.stdout.decode("utf-8", "replace")
+    if done.returncode == 0 and out.startswith(CHECK_OK):
+        return None
+    for line in out.splitlines():
+        if line.startswith(CHECK_FAILED):
+            return line[len(CHECK_FAILED) :].lstrip(": ")
+    err = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    detail = err[-1] if err else "no answer"
+    return f"{program} --check-state exited with status {done.returncode}: {detail}"
+
+
+def check_state_main(path: str, config: StoreConfig | None = None) -> int:
+    """``pyxenstored --check-state FILE``: restore into a scratch store and check it."""
+    store = Store(config or StoreConfig())
+    started = time.monotonic()
+    try:
+        restored = restore_stream(path, store, StoreOnlySink(store), verify=True)
+    except RestoreError as exc:
+        print(f"{CHECK_FAILED}: {exc}", flush=True)
+        return 1
+    print(
+        f"{CHECK_OK} ({restored.records} records, {restored.connections} connections,"
+        f" {restored.nodes} nodes, {restored.transactions} transactions,"
+        f" {time.monotonic() - started:.3f} s)",
+        flush=True,
+    )
+    return 0
+
+
+def c_target_losses(records: Sequence[Record], target: str, baseline: q.QuotaTable) -> list[str]:
+    """What a C daemon (``c-4.17`` or ``c-head``) started with our arguments would lose.
+
+    Quota equal to the command-line values and the default feature mask are
+    not losses: the new daemon starts with them anyway.
+    """
+    lost: list[str] = []
+    base = {v.name: v.value for v in quota_values(baseline)}
+    for r in records:
+        if isinstance(r, TransactionData):
+            lost.append(f"transaction {r.tx_id} of connection {r.conn_id}")
+        elif isinstance(r, NodeData) and r.conn_id:
+            continue  # reported with its transaction
+        elif target == "c-4.17":
+            if isinstance(r, WatchDataExtended):
+                lost.append(f"depth {r.depth} of watch {r.wpath!r} of connection {r.conn_id}")
+            elif isinstance(r, GlobalQuotaData):
+                for v in r.domain_quota + r.global_quota:
+                    if base.get(v.name) != v.value:
+                        lost.append(f"global quota {v.name}={v.value}")
+            elif isinstance(r, DomainData):
+                if r.features != SUPPORTED_FEATURES:
+                    lost.append(f"features {r.features:#x} of domain {r.domid}")
+                for v in r.quota:
+                    if base.get(v.name) != v.value:
+                        lost.append(f"quota {v.name}={v.value} of domain {r.domid}")
+            elif isinstance(r, UnknownRecord):
+                lost.append(f"record of unknown type {r.type}")
+            elif isinstance(r, ConnectionData) and r.unique_id:
+                lost.append(f"unique-id of connection {r.conn_id}")
+    return lost
