@@ -31,7 +31,9 @@ from tests.stream.conftest import (
     stream,
 )
 
+from pyxenstored.stream import read_records
 from pyxenstored.stream.check import RULES, Severity, _PathTracker, check_all, check_stream
+from pyxenstored.stream.synth import SynthConfig, write_synth
 
 LE = False
 N0 = [(b"n", 0, 0)]
@@ -221,6 +223,13 @@ def test_missing_nul_and_embedded_nul() -> None:
     assert "missing-nul" in rules(v2(sock(1), frame(LE, 3, bytes(body))))
     emb = body_node(LE, 0, 0, 0, N0, b"/a\0b", b"")
     assert "embedded-nul" in rules(v2(frame(LE, 5, emb)))
+
+
+def test_bad_string_encoding() -> None:
+    bad_token = frame(LE, 3, body_watch(LE, 1, b"/a", b"\xff\xfe"))
+    assert rules(v2(sock(1), bad_token)) == ["bad-string-encoding"]
+    bad_name = frame(LE, 6, body_global_quota(LE, [(b"n\xe9", 1)], []))
+    assert rules(v2(bad_name)) == ["bad-string-encoding", "unknown-quota-name"]
 
 
 def test_record_not_in_version() -> None:
@@ -434,3 +443,30 @@ def test_node_rules_match_a_reference_model(
     got = [d.rule for d in check_stream(v2(*records), exact_limit=exact_limit)]
     got = ["node-duplicate" if r == "node-maybe-duplicate" else r for r in got]
     assert got == expected
+
+
+# --- checker and reader agree ----------------------------------------------------------
+
+
+def _synth_bytes() -> bytes:
+    buf = io.BytesIO()
+    write_synth(buf, SynthConfig(domains=1, seed=11))
+    return buf.getvalue()
+
+
+_VALID = _synth_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flips=st.lists(
+        st.tuples(st.integers(0, len(_VALID) - 1), st.integers(1, 255)), min_size=1, max_size=3
+    )
+)
+def test_a_stream_without_errors_is_readable(flips: list[tuple[int, int]]) -> None:
+    data = bytearray(_VALID)
+    for pos, xor in flips:
+        data[pos] ^= xor
+    diags, summary = check_all(bytes(data))
+    if summary.errors == 0:
+        read_records(bytes(data))  # must not raise StreamError

@@ -91,6 +91,10 @@ RULES: dict[str, tuple[Severity, str]] = {
     "len-mismatch": (E, "len is larger than the record's own lengths (plus padding) account for"),
     "missing-nul": (E, "a string does not end with its NUL terminator"),
     "embedded-nul": (E, "a string contains a NUL before its terminator"),
+    "bad-string-encoding": (
+        E,
+        "a token or quota name is not valid UTF-8 (it cannot be decoded as text)",
+    ),
     "nonzero-pad-field": (W, "a pad field inside a record is not zero"),
     # once-only records
     "duplicate-global-data": (E, "more than one GLOBAL_DATA record"),
@@ -511,6 +515,16 @@ class _Checker:
             return None
         return s
 
+    def token(self, buf: bytes, start: int, at: int, n: int) -> None:
+        text = self.cstring(buf, start, at, n, "token")
+        if text is not None:
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.report(
+                    "bad-string-encoding", "token is not UTF-8", self.offset + 8 + at + exc.start
+                )
+
     def quota_block(self, buf: bytes, start: int, at: int, n: int, length: int) -> int:
         """Check ``n`` u32 values then ``n`` names at body offset ``at``; returns bytes used."""
         names_at = at + 4 * n
@@ -540,6 +554,14 @@ class _Checker:
                     self.offset + 8 + pos - start,
                 )
             seen.add(name)
+            try:
+                name.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.report(
+                    "bad-string-encoding",
+                    "quota name is not UTF-8",
+                    self.offset + 8 + pos - start + exc.start,
+                )
             text = name.decode("ascii", "replace")
             if text not in KNOWN_QUOTA_NAMES:
                 self.report(
@@ -643,7 +665,7 @@ class _Checker:
             self._watch(conn_id, None)
             return length
         wpath = self.cstring(buf, start, 8, plen, "wpath")
-        self.cstring(buf, start, 8 + plen, tlen, "token")
+        self.token(buf, start, 8 + plen, tlen)
         self._watch(conn_id, wpath)
         return need
 
@@ -683,7 +705,7 @@ class _Checker:
             need = 12 + plen + tlen
             if self.sized(length, need, "wpath and token"):
                 wpath = self.cstring(buf, start, 12, plen, "wpath")
-                self.cstring(buf, start, 12 + plen, tlen, "token")
+                self.token(buf, start, 12 + plen, tlen)
                 self._watch(conn_id, wpath)
                 return need
             self._watch(conn_id, None)
@@ -696,6 +718,7 @@ class _Checker:
             )
         wpath = buf[start + at : start + at + plen - 1]
         self._watch(conn_id, wpath)
+        self.token(buf, start, at + plen, tlen)
         used = at + plen + tlen
         if at == 10:
             self.report(
