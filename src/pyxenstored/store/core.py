@@ -691,7 +691,14 @@ class Store:
     def _watch_permitted(
         self, conn: Connection, path: str, node: Node | None, old_perms: Perms | None
     ) -> bool:
-        """C's ``watch_permitted`` (digest 4.4)."""
+        """C's ``watch_permitted`` (digest 4.4).
+
+        Privileged watchers pass whenever the node can be found; a node gone
+        by the time of firing (removed in a committed transaction) reaches
+        nobody, as in C.
+        """
+        if conn.privileged and (node is not None or path in self.nodes):
+            return True
         if (
             old_perms is not None
             and node is not None
@@ -730,7 +737,8 @@ class Store:
             ok = permitted.get(w.conn_id)
             if ok is None:
                 wc = self.conns[w.conn_id]
-                ok = wc.privileged or self._watch_permitted(wc, check_path, node, old_perms)
+                # Even privileged watchers miss nodes gone by the time of firing (C).
+                ok = self._watch_permitted(wc, check_path, node, old_perms)
                 permitted[w.conn_id] = ok
             if ok:
                 epath = w.event_path(path)
