@@ -24,6 +24,7 @@ from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType
 
 DEFAULT_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
+SPLIT_PAUSE = 0.002
 
 # GET_DOMAIN_PATH is answered by every daemon version, needs no privilege and
 # touches no state (no generation count, no transaction): a harmless barrier.
@@ -87,14 +88,24 @@ class RawClient:
         tx_id: int = 0,
         req_id: int | None = None,
         length: int | None = None,
+        chunk: int = 0,
     ) -> int:
-        """Send one message; ``length`` overrides the header's ``len`` field."""
+        """Send one message; ``length`` overrides the header's ``len`` field.
+
+        ``chunk`` > 0 sends the bytes in pieces of that size with short
+        pauses, so the daemon sees the message split across many reads.
+        """
         if req_id is None:
             req_id = self._next_req
             self._next_req += 1
         hdr_len = len(payload) if length is None else length
+        data = HEADER.pack(msg_type, req_id, tx_id, hdr_len) + payload
         try:
-            self.sock.sendall(HEADER.pack(msg_type, req_id, tx_id, hdr_len) + payload)
+            if chunk <= 0:
+                self.sock.sendall(data)
+            for pos in range(0, len(data) if chunk > 0 else 0, max(chunk, 1)):
+                self.sock.sendall(data[pos : pos + chunk])
+                time.sleep(SPLIT_PAUSE)
         except OSError as exc:
             self.closed = True
             raise ConnectionClosed(str(exc)) from exc

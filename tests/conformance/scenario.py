@@ -18,6 +18,9 @@ A STEP is a dict:
 * ``len``: a lying header ``len`` (oversized messages); ``req_id``: a chosen
   request id.
 * ``close``: true closes the connection instead of sending anything.
+* ``split``: send the message in pieces of this many bytes (framing).
+* ``batch``: a list of steps (``op``, ``p``, ``tx``, ``save``) sent in one
+  write on the connection before any reply is read (pipelining).
 * ``for``: ``[start, stop]`` repeats the step with ``{i}`` replaced in ``p``;
   the repetitions are recorded as one step with counted distinct replies.
 * ``expect`` / ``expect_events``: the expected record fields, for files whose
@@ -50,7 +53,7 @@ from tests.conformance.rawclient import (
     ReplyTimeout,
 )
 
-from pyxenstored.wire import MsgType
+from pyxenstored.wire import HEADER, MsgType
 
 HERE = Path(__file__).resolve().parent
 SCENARIO_DIR = HERE / "scenarios"
@@ -275,7 +278,12 @@ class Runner:
         msg_type = type_number(step["op"])
         try:
             req_id = client.send(
-                msg_type, payload, tx_id=tx_id, req_id=step.get("req_id"), length=step.get("len")
+                msg_type,
+                payload,
+                tx_id=tx_id,
+                req_id=step.get("req_id"),
+                length=step.get("len"),
+                chunk=int(step.get("split", 0)),
             )
             msg = client.read_reply()
         except ConnectionClosed:
@@ -305,8 +313,42 @@ class Runner:
                 events[name] = rendered
         return events
 
+    def send_batch(self, step: dict[str, Any]) -> str:
+        """Send every request of ``batch`` at once on one connection, then read."""
+        cname = step.get("c", "a")
+        client = self.conn(cname)
+        sent: list[tuple[int, int, dict[str, Any]]] = []
+        try:
+            data = bytearray()
+            for sub in step["batch"]:
+                tx_id = self._tx_id(sub)
+                req_id = client._next_req
+                client._next_req += 1
+                body = build_payload(sub.get("p", ""))
+                data += HEADER.pack(type_number(sub["op"]), req_id, tx_id, len(body)) + body
+                sent.append((req_id, tx_id, sub))
+            client.sock.sendall(bytes(data))
+            replies = []
+            for req_id, tx_id, sub in sent:
+                msg = client.read_reply()
+                replies.append(self.render_reply(cname, msg, req_id, tx_id))
+                if "save" in sub and msg.type == MsgType.TRANSACTION_START:
+                    self.saved_tx[sub["save"]] = int(msg.payload.rstrip(b"\0") or b"0")
+        except ConnectionClosed:
+            return "CLOSED"
+        except ReplyTimeout:
+            return "NO REPLY"
+        return " ; ".join(replies)
+
     def run_step(self, step: dict[str, Any], index: int) -> StepRecord:
         label = step_label(step, index)
+        if "batch" in step:
+            shown = " ; ".join(
+                f"{s['op']} {escape(build_payload(s.get('p', '')))}" for s in step["batch"]
+            )
+            return StepRecord(
+                label, "batch", shown[:200], self.send_batch(step), self.collect_events()
+            )
         op = str(step.get("op", "close"))
         if step.get("close"):
             client = self.conns.pop(step.get("c", "a"), None)
