@@ -136,9 +136,10 @@ def test_scenario_files_are_well_formed() -> None:
             assert (path.stem, item["name"]) not in names
             names.add((path.stem, item["name"]))
             for step in item["steps"]:
-                assert "op" in step or step.get("close"), (path.name, item["name"], step)
-                if isinstance(step.get("op"), str):
-                    MsgType[step["op"]]  # a valid type name
+                assert "op" in step or step.get("close") or "batch" in step, (path.name, step)
+                for sub in step.get("batch", [step]):
+                    if isinstance(sub.get("op"), str):
+                        MsgType[sub["op"]]  # a valid type name
     assert load_scenarios()
 
 
