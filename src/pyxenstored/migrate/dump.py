@@ -43,6 +43,11 @@ from ..stream.records import (
 #: node changed since the transaction first accessed it (its commit will fail
 #: with EAGAIN).  Only in streams for pyxenstored (C never gets transactions).
 ACCESS_CHANGED = 0x8000
+#: pyxenstored's own bits: the commit fires a watch event for this node,
+#: matching watches on the exact path only / on the path and its ancestors.
+ACCESS_EVENT_EXACT = 0x1000
+ACCESS_EVENT_SUBTREE = 0x2000
+ACCESS_EXTENSIONS = ACCESS_CHANGED | ACCESS_EVENT_EXACT | ACCESS_EVENT_SUBTREE
 
 _LETTERS = {0: "n", PERM_READ: "r", PERM_WRITE: "w", PERM_RW: "b"}
 
@@ -155,6 +160,8 @@ def dump_state(
                     )
                     if p.changed:
                         access |= ACCESS_CHANGED
+                    if p.event is not None:
+                        access |= ACCESS_EVENT_SUBTREE if p.event else ACCESS_EVENT_EXACT
                     if p.node is None:
                         yield NodeData(cd.conn_id, tx.tx_id, access, (), p.path, b"")
                     else:

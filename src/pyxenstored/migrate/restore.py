@@ -39,6 +39,7 @@ from ..store.state import (
     import_watch,
     rebuild_counters,
 )
+from ..store.watch import MATCH_EXACT, MATCH_SUBTREE
 from ..stream.reader import StreamError, StreamReader
 from ..stream.records import (
     ACCESS_READ,
@@ -61,7 +62,7 @@ from ..stream.records import (
     record_type,
     type_name,
 )
-from .dump import ACCESS_CHANGED, Preserved
+from .dump import ACCESS_CHANGED, ACCESS_EVENT_EXACT, ACCESS_EVENT_SUBTREE, Preserved
 
 _BITS = {"n": PERM_NONE, "r": PERM_READ, "w": PERM_WRITE, "b": PERM_RW}
 
@@ -267,7 +268,14 @@ def restore_state(
                         node,
                         read=bool(access & ACCESS_READ),
                         written=written,
-                        changed=bool(record.access & ACCESS_CHANGED),
+                        changed=bool(access & ACCESS_CHANGED),
+                        event=(
+                            MATCH_SUBTREE
+                            if access & ACCESS_EVENT_SUBTREE
+                            else MATCH_EXACT
+                            if access & ACCESS_EVENT_EXACT
+                            else None
+                        ),
                     )
                 )
             elif cls is ConnectionData:
@@ -324,7 +332,12 @@ def restore_state(
             raise StateError("the stream ends without an END record")
         ensure_base_tree(store)
         for (conn_id, tx_id), nodes_of_tx in pending.items():
-            import_transaction(store, conn_id, tx_id, nodes_of_tx)
+            # Streams from pyxenstored say which nodes fire at commit; a
+            # transaction that wrote something always fires for something.
+            known = any(p.event is not None for p in nodes_of_tx) or not any(
+                p.written for p in nodes_of_tx
+            )
+            import_transaction(store, conn_id, tx_id, nodes_of_tx, events_known=known)
             out.transactions += 1
         rebuild_counters(store)
     except (StateError, ValueError, OSError) as exc:

@@ -42,6 +42,8 @@ class PendingNode:
     deleted in it, or read while absent).  ``written`` is True for nodes the
     transaction changed (created, modified, deleted); ``changed`` is True
     when the committed node is no longer the one the transaction first saw.
+    ``event`` is the watch event the commit fires for this node: None,
+    ``MATCH_EXACT`` or ``MATCH_SUBTREE``.
     """
 
     path: str
@@ -49,6 +51,7 @@ class PendingNode:
     read: bool
     written: bool
     changed: bool
+    event: int | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -128,7 +131,12 @@ def pending_nodes(store: Store, tx: Transaction) -> list[PendingNode]:
         written = path in tx.modified
         out.append(
             PendingNode(
-                path, node, read=not written or node is not None, written=written, changed=changed
+                path,
+                node,
+                read=not written or node is not None,
+                written=written,
+                changed=changed,
+                event=tx.events.get(path),
             )
         )
     return out
@@ -204,7 +212,12 @@ def import_watch(store: Store, conn_id: int, wpath: str, token: bytes, depth: in
 
 
 def import_transaction(
-    store: Store, conn_id: int, tx_id: int, pending: Sequence[PendingNode]
+    store: Store,
+    conn_id: int,
+    tx_id: int,
+    pending: Sequence[PendingNode],
+    *,
+    events_known: bool = True,
 ) -> None:
     """Re-open a transaction of a restored connection over the restored tree.
 
@@ -212,9 +225,11 @@ def import_transaction(
     generation); ``changed`` ones get a generation that can never match, so
     the commit fails with EAGAIN exactly as it would have.  A written node's
     children are the committed ones adjusted by the transaction's own
-    creations and deletions.  Queued events are rebuilt: a node whose value
-    or permissions the transaction changed, or that it created or deleted,
-    fires at commit (subtree match for the top of a deleted subtree).
+    creations and deletions.  Queued events are those recorded (``event``);
+    when ``events_known`` is False (a stream from elsewhere) they are
+    rebuilt: a node whose value or permissions the transaction changed, or
+    that it created or deleted, fires at commit (subtree match for the top of
+    a deleted subtree).
     """
     conn = store.conns.get(conn_id)
     if conn is None:
@@ -254,7 +269,9 @@ def import_transaction(
                 else:
                     parent.add_child(name)
         now = committed.get(p.path)
-        if p.node is None:
+        if events_known:
+            pass
+        elif p.node is None:
             if now is not None or p.changed:
                 mode = MATCH_EXACT if parent_of(p.path) in deleted else MATCH_SUBTREE
                 tx.queue_event(p.path, mode)
@@ -267,6 +284,10 @@ def import_transaction(
                 tx.node_delta[before] = tx.node_delta.get(before, 0) - 1
             if after is not None:
                 tx.node_delta[after] = tx.node_delta.get(after, 0) + 1
+    if events_known:
+        for p in pending:
+            if p.event is not None:
+                tx.queue_event(p.path, p.event)
     conn.transactions[tx_id] = tx
     conn.next_tx_id = max(conn.next_tx_id, (tx_id + 1) & 0xFFFFFFFF)
 
