@@ -261,6 +261,17 @@ def test_connection_field_rules() -> None:
     assert rules(v2(frame(LE, 2, bytes(pad)))) == ["nonzero-pad-field"]
 
 
+def test_pending_data_messages() -> None:
+    msg = struct.pack("<IIII", 15, 0, 0, 3) + b"ab\0"
+    ok = body_connection(LE, 1, 1, 0, socket_spec(LE, 7), msg + msg[:10], b"xy" + msg, 2, None)
+    assert rules(v2(frame(LE, 2, ok))) == []
+    cut = body_connection(LE, 1, 1, 0, socket_spec(LE, 7), b"", msg[:-1], 0, None)
+    assert rules(v2(frame(LE, 2, cut))) == ["out-data-not-messages"]
+    huge = struct.pack("<IIII", 2, 0, 0, 5000)
+    big = body_connection(LE, 1, 1, 0, socket_spec(LE, 7), huge, b"", 0, None)
+    assert rules(v2(frame(LE, 2, big))) == ["pending-message-too-long"]
+
+
 def test_watch_and_transaction_need_an_earlier_connection() -> None:
     w = frame(LE, 3, body_watch(LE, 4, b"/a", b"t"))
     t = frame(LE, 4, body_transaction(LE, 4, 1))

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from pyxenstored.wire import DOMID_ANY, DOMID_FIRST_RESERVED, DOMID_INVALID
+from pyxenstored.wire import DOMID_ANY, DOMID_FIRST_RESERVED, DOMID_INVALID, PAYLOAD_MAX
 
 IDENT = b"xenstore"
 PREAMBLE_SIZE = 16
@@ -106,6 +106,14 @@ RULES: dict[str, tuple[Severity, str]] = {
     "reserved-conn-fields": (E, "CONNECTION_DATA fields has bits other than 0x0001"),
     "unique-id-on-socket": (W, "a socket connection carries a unique-id"),
     "out-resp-len-too-big": (E, "out-resp-len is larger than out-data-len"),
+    "pending-message-too-long": (
+        W,
+        "a message in the pending data announces more than 4096 payload bytes",
+    ),
+    "out-data-not-messages": (
+        W,
+        "out data after out-resp-len does not split into whole messages (C parses it so)",
+    ),
     "reserved-domid": (
         W,
         "a domid in the reserved range (0x7FF0 and up) where a real domain is meant",
@@ -423,6 +431,7 @@ class _Checker:
         self.s_conn = struct.Struct(endian + "IHHHHIHHI")
         self.s_sock = struct.Struct(endian + "iI")
         self.s_u64 = struct.Struct(endian + "Q")
+        self.s_msg_len = struct.Struct(endian + "I")
         self.s_watch = struct.Struct(endian + "IHH")
         self.s_watch_ext = struct.Struct(endian + "IHHHH")
         self.s_tx = struct.Struct(endian + "II")
@@ -631,6 +640,8 @@ class _Checker:
             self.conns[conn_id] = ctype
         if not self.sized(length, need, "pending data and unique-id"):
             return length
+        if in_len or out_len:
+            self.pending_messages(buf, start + 24, in_len, out_len, min(resp_len, out_len))
         if fields & 1:
             # padding between the data and the 8-aligned unique-id
             data_end = 24 + in_len + out_len
@@ -642,6 +653,49 @@ class _Checker:
                     self.offset + 8 + data_end,
                 )
         return need
+
+    def pending_messages(self, buf: bytes, at: int, in_len: int, out_len: int, resp: int) -> None:
+        """Pending data holds wire messages (16-byte header, payload; digest 10.3.2)."""
+        msg_len = self.s_msg_len
+        # input: complete messages, then possibly a partial one
+        pos = 0
+        while pos + 16 <= in_len:
+            n = msg_len.unpack_from(buf, at + pos + 12)[0]
+            if n > PAYLOAD_MAX:
+                self.report(
+                    "pending-message-too-long",
+                    f"input message of {n} payload bytes",
+                    self.offset + 8 + 24 + pos,
+                )
+                break
+            pos += 16 + n
+        # output: a partial response (out-resp-len bytes), then whole messages
+        base = at + in_len
+        pos = resp
+        while pos < out_len:
+            if pos + 16 > out_len:
+                self.report(
+                    "out-data-not-messages",
+                    f"{out_len - pos} bytes left where a message header should be",
+                    self.offset + 8 + 24 + in_len + pos,
+                )
+                break
+            n = msg_len.unpack_from(buf, base + pos + 12)[0]
+            if n > PAYLOAD_MAX:
+                self.report(
+                    "pending-message-too-long",
+                    f"output message of {n} payload bytes",
+                    self.offset + 8 + 24 + in_len + pos,
+                )
+                break
+            if pos + 16 + n > out_len:
+                self.report(
+                    "out-data-not-messages",
+                    f"output message of {n} payload bytes runs past out-data-len",
+                    self.offset + 8 + 24 + in_len + pos,
+                )
+                break
+            pos += 16 + n
 
     def _watch(self, conn_id: int, wpath: bytes | None) -> None:
         if conn_id not in self.conns:

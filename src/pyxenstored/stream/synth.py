@@ -19,12 +19,14 @@ records.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from pyxenstored.wire import DOMID_FIRST_RESERVED, DOMID_INVALID, HEADER, MsgType
+from pyxenstored.wire import DOMID_FIRST_RESERVED, DOMID_INVALID, MsgType
 
 from .records import (
     ConnectionData,
@@ -73,6 +75,9 @@ class SynthConfig:
     vifs: int = 1
     vbds: int = 1
     transactions: bool = True
+    #: byte order of the wire messages inside pending connection data (they
+    #: are in the writer's native order, like the rest of the stream)
+    big_endian: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.domains <= MAX_DOMAINS:
@@ -299,13 +304,17 @@ def _vm(g: _Guest) -> Iterator[NodeData]:
     yield _node(f"{p}/image/cmdline", "root=/dev/xvda1 ro console=hvc0 quiet", perms)
 
 
-def _msg(mtype: MsgType, req_id: int, payload: bytes, tx_id: int = 0) -> bytes:
-    return HEADER.pack(int(mtype), req_id, tx_id, len(payload)) + payload
+_MSG = {False: struct.Struct("<IIII"), True: struct.Struct(">IIII")}
+
+
+def _msg(mtype: MsgType, req_id: int, payload: bytes, big: bool) -> bytes:
+    return _MSG[big].pack(int(mtype), req_id, 0, len(payload)) + payload
 
 
 def synth_records(cfg: SynthConfig) -> Iterator[Record]:
     """All records of the synthetic stream, END included, in C HEAD order (digest §10.5)."""
     v2 = cfg.version >= 2
+    big = cfg.big_endian
     guests = range(1, cfg.domains + 1)
     yield GlobalData(socket_fd=5, evtchn_fd=6)
     yield GlobalQuotaData(tuple(QuotaValue(n, v) for n, v in DEFAULT_QUOTA), ())
@@ -340,10 +349,10 @@ def synth_records(cfg: SynthConfig) -> Iterator[Record]:
         out_data = b""
         if d % 97 == 1:
             # a request that arrived while the update was pending, and half of the next one
-            in_data = _msg(MsgType.READ, 7, f"/local/domain/{d}/name\0".encode())
-            in_data += _msg(MsgType.WRITE, 8, b"data/progress\x0050%")[:21]
+            in_data = _msg(MsgType.READ, 7, f"/local/domain/{d}/name\0".encode(), big)
+            in_data += _msg(MsgType.WRITE, 8, b"data/progress\x0050%", big)[:21]
         if d % 89 == 2:
-            out_data = _msg(MsgType.WATCH_EVENT, 0, b"control/shutdown\0control/shutdown\0")
+            out_data = _msg(MsgType.WATCH_EVENT, 0, b"control/shutdown\0control/shutdown\0", big)
         yield ConnectionData(
             conn_id,
             0,
@@ -364,7 +373,9 @@ def synth_records(cfg: SynthConfig) -> Iterator[Record]:
 
     # The live-update requester: its pending reply comes last (digest §10.3.2).
     lu_conn = 4 + cfg.domains
-    yield ConnectionData(lu_conn, 1, 0, SocketSpec(22), out_data=_msg(MsgType.CONTROL, 1, b"OK\0"))
+    yield ConnectionData(
+        lu_conn, 1, 0, SocketSpec(22), out_data=_msg(MsgType.CONTROL, 1, b"OK\0", big)
+    )
 
     # The tree, depth-first, children in creation order.
     yield _node("/", "", P_DOM0)
@@ -431,6 +442,7 @@ def write_synth(dest: str | BinaryIO, cfg: SynthConfig, *, big_endian: bool = Fa
     """Write the synthetic stream to a path or binary file; returns the number of records."""
     from .writer import StreamWriter  # the writer is only needed here
 
+    cfg = dataclasses.replace(cfg, big_endian=big_endian)
     writer = StreamWriter(dest, version=cfg.version, big_endian=big_endian)
     count = 0
     try:
