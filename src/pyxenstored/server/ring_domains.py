@@ -195,6 +195,7 @@ class RingDomains:
             on_interest=self._interest,
         )
         conn = self.server.add_connection(transport, ring.domid, conn_id)
+        transport.allowance = conn.allowance
         ring.conn = conn
         return conn
 

@@ -129,6 +129,7 @@ class RingTransport:
         "doomed",
         "report_errors",
         "on_interest",
+        "allowance",
     )
 
     def __init__(
@@ -149,6 +150,10 @@ class RingTransport:
         # Called with the selector mask the connection waits for (see
         # Server._update_mask): the owner schedules the ring when it can act.
         self.on_interest = on_interest
+        # How many requests the connection may take now (Connection.allowance):
+        # requests beyond it stay in the ring, as in C, so that the outstanding
+        # quota holds the guest back on its own page.
+        self.allowance: Callable[[], int] | None = None
         self._words = page.words
         self._mem = page.mem
         # Request framing: header bytes seen of the current message, and
@@ -200,7 +205,10 @@ class RingTransport:
         data = mem[REQ_OFFSET + start : REQ_OFFSET + start + first]
         if used > first:  # wrapped round to the queue's start
             data += mem[REQ_OFFSET : REQ_OFFSET + used - first]
-        keep = self._check_framing(data)
+        budget = self.allowance() if self.allowance is not None else -1
+        if budget == 0:
+            return None
+        keep = self._check_framing(data, budget)
         if keep < len(data):
             # Stop at the bad header: the messages before it are served.
             data = data[:keep]
@@ -209,8 +217,12 @@ class RingTransport:
         self._notify()
         return data if data else (b"" if self.doomed else None)
 
-    def _check_framing(self, data: bytes) -> int:
-        """Follow message boundaries; returns how many bytes are acceptable."""
+    def _check_framing(self, data: bytes, budget: int = -1) -> int:
+        """Follow message boundaries; returns how many bytes to take.
+
+        Stops before a header announcing too much (dooming the ring) and
+        after ``budget`` complete messages (-1: no limit).
+        """
         pos = 0
         size = len(data)
         hdr = self._hdr
@@ -219,6 +231,10 @@ class RingTransport:
                 step = min(self._body_left, size - pos)
                 self._body_left -= step
                 pos += step
+                if not self._body_left:
+                    budget -= 1
+                    if budget == 0:
+                        return pos
                 continue
             need = HEADER_SIZE - len(hdr)
             step = min(need, size - pos)
@@ -231,6 +247,10 @@ class RingTransport:
                     return pos - HEADER_SIZE if pos >= HEADER_SIZE else 0
                 hdr.clear()
                 self._body_left = length
+                if not length:
+                    budget -= 1
+                    if budget == 0:
+                        return pos
         return size
 
     def write(self, buffers: Sequence[bytes | memoryview]) -> int:

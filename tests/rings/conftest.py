@@ -1,0 +1,188 @@
+"""Fixtures for guests on rings: both daemons, the project's client and ring_guest.py.
+
+The daemons come from ``tests/client/daemons.py`` (run dir = ring dir; domains
+0, 5 and 6 exist).  A guest is driven either by the project's client
+(:class:`pyxenstored.client.Client` over a ring) or by
+``../shared/peers/ring_guest.py`` (the harness the peers provide for the C
+reference), wrapped here in the same small interface so that one scenario
+runs with both drivers against both daemons.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import struct
+import time
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Protocol
+
+import pytest
+from tests.client.daemons import REQUEST_TIMEOUT, Daemon, introduce_guest, run_daemon
+from tests.util import PEERS, require
+
+from pyxenstored.client import Client, XsClientError
+from pyxenstored.wire import HEADER, MsgType
+
+DAEMONS = ["reference", "pyxenstored"]
+DRIVERS = ["client", "ring_guest"]
+EVENT_WAIT = 10.0
+_U32 = struct.Struct("=I")
+
+
+class Guest(Protocol):
+    """One guest domain on its ring, whatever drives it."""
+
+    domid: int
+    ring_dir: str
+
+    def call(self, type_: int, payload: bytes = b"") -> tuple[int, bytes]:
+        """Send a request, wait for its reply: (reply type, payload)."""
+        ...
+
+    def next_event(self, timeout: float) -> bytes | None:
+        """The next watch event's payload (``path NUL token NUL``), or None."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ClientGuest:
+    """The project's client on a ring."""
+
+    def __init__(self, ring_dir: str, domid: int, port: int) -> None:
+        self.domid = domid
+        self.ring_dir = ring_dir
+        self.client = Client.connect_ring(ring_dir, domid, port, timeout=REQUEST_TIMEOUT)
+
+    def call(self, type_: int, payload: bytes = b"") -> tuple[int, bytes]:
+        rid = self.client.submit(type_, payload)
+        return self.client.collect_message(rid, REQUEST_TIMEOUT)
+
+    def next_event(self, timeout: float) -> bytes | None:
+        event = self.client.next_event(timeout)
+        if event is None:
+            return None
+        return event.path.encode() + b"\0" + event.token.encode() + b"\0"
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def ring_guest_module() -> ModuleType:
+    path = PEERS / "ring_guest.py"
+    require(path.exists(), f"{path} (the peers' ring guest) is missing")
+    spec = importlib.util.spec_from_file_location("peers_ring_guest", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class RawGuest:
+    """``../shared/peers/ring_guest.py``'s RingClient (it polls; it never waits on a FIFO)."""
+
+    def __init__(self, ring_dir: str, domid: int, port: int) -> None:
+        self.domid = domid
+        self.ring_dir = ring_dir
+        self.rc = ring_guest_module().RingClient(ring_dir, domid, port)
+
+    def call(self, type_: int, payload: bytes = b"") -> tuple[int, bytes]:
+        rt, data = self.rc.call(type_, payload)
+        return int(rt), bytes(data)
+
+    def next_event(self, timeout: float) -> bytes | None:
+        if self.rc.events:
+            return bytes(self.rc.events.pop(0))
+        try:
+            head = self.rc.recv_raw(16, timeout)
+        except TimeoutError:
+            return None
+        rt, _rid, _tx, length = HEADER.unpack(head)
+        data = self.rc.recv_raw(length) if length else b""
+        assert rt == MsgType.WATCH_EVENT, f"unexpected message type {rt} outside a call"
+        return bytes(data)
+
+    def close(self) -> None:
+        self.rc.m.close()
+        os.close(self.rc.fd)
+        os.close(self.rc.evt)
+
+
+def make_guest(driver: str, ring_dir: str, domid: int, port: int) -> Guest:
+    if driver == "client":
+        return ClientGuest(ring_dir, domid, port)
+    return RawGuest(ring_dir, domid, port)
+
+
+def ok(guest: Guest, type_: int, payload: bytes = b"") -> bytes:
+    rt, data = guest.call(type_, payload)
+    assert rt == type_, f"{MsgType(type_).name} failed: {data!r}"
+    return data
+
+
+def err(guest: Guest, type_: int, payload: bytes = b"") -> str:
+    rt, data = guest.call(type_, payload)
+    assert rt == MsgType.ERROR, f"{MsgType(type_).name} did not fail: {data!r}"
+    return data.rstrip(b"\0").decode()
+
+
+def kick(ring_dir: str, port: int) -> None:
+    """Write a port number to the daemon's event channel FIFO."""
+    fd = os.open(os.path.join(ring_dir, "evtchn"), os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, _U32.pack(port))
+    finally:
+        os.close(fd)
+
+
+def wait_for(predicate: object, timeout: float = EVENT_WAIT) -> bool:
+    """Poll ``predicate()`` until true; False after ``timeout`` (a liveness bound only)."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def client_error(fn: object, *args: object) -> str:
+    assert callable(fn)
+    with pytest.raises(XsClientError) as info:
+        fn(*args)
+    return info.value.name
+
+
+@pytest.fixture(params=DAEMONS)
+def ring_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """A daemon serving rings in its run dir (domains 0, 5, 6 exist)."""
+    yield from run_daemon(request.param, ring=True)
+
+
+@pytest.fixture
+def py_daemon() -> Iterator[Daemon]:
+    """pyxenstored alone, for what the C reference's shim cannot simulate (death...)."""
+    yield from run_daemon("pyxenstored", ring=True)
+
+
+@pytest.fixture
+def dom0(ring_daemon: Daemon) -> Iterator[Client]:
+    with ring_daemon.connect() as client:
+        yield client
+
+
+@pytest.fixture(params=DRIVERS)
+def driver(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def guest(ring_daemon: Daemon, dom0: Client, driver: str) -> Iterator[Guest]:
+    """Domain 5 on its ring, port 7, home /local/domain/5 owned by it."""
+    assert ring_daemon.ring_dir is not None
+    introduce_guest(dom0, ring_daemon.ring_dir, 5, 7)
+    g = make_guest(driver, ring_daemon.ring_dir, 5, 7)
+    yield g
+    g.close()
