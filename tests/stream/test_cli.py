@@ -24,6 +24,7 @@ from pyxenstored.cli.stream_tool import (
     record_from_json,
     record_to_json,
     sanitise,
+    swap_messages,
     tree_lines,
 )
 from pyxenstored.stream import read_records
@@ -244,6 +245,27 @@ def test_diff_against_byte_swapped_conversion_is_empty(
     assert swapped.read_bytes() != synth_file.read_bytes()
     code, out, _ = run(capsys, "diff", str(synth_file), str(swapped))
     assert (code, out) == (0, "")
+    # the pending wire messages were swapped too: the result checks clean
+    code, out, _ = run(capsys, "check", str(swapped))
+    assert code == 0 and "0 warnings" in out
+    back = tmp_path / "le.xs"
+    assert run(capsys, "convert", str(swapped), str(back), "--endian", "little")[0] == 0
+    assert back.read_bytes() == synth_file.read_bytes()
+
+
+def test_swap_messages() -> None:
+    le = struct.pack("<IIII", 2, 7, 0, 3) + b"ab\0" + struct.pack("<II", 11, 8)[:6]
+    be = swap_messages(le, 0, src_big=False)
+    assert (
+        be
+        == struct.pack(">IIII", 2, 7, 0, 3)
+        + b"ab\0"
+        + struct.pack(">I", 11)
+        + struct.pack("<I", 8)[:2]
+    )
+    assert swap_messages(be, 0, src_big=True) == le
+    # a partly sent response is left alone
+    assert swap_messages(b"xyz" + le[:19], 3, src_big=False)[:3] == b"xyz"
 
 
 def test_diff_ignores_record_order(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import IO, Any, TextIO
+from typing import IO, Any, Literal, TextIO
 
 from pyxenstored.stream import check as checker
 from pyxenstored.stream.reader import StreamError, StreamReader, decode_record
@@ -488,6 +488,40 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def swap_messages(data: bytes, skip: int, src_big: bool) -> bytes:
+    """Byte-swap the header fields of the wire messages in ``data[skip:]``.
+
+    Pending connection data holds xsd_sockmsg messages (four u32: type,
+    req_id, tx_id, len; then the payload) in the writer's byte order, so a
+    byte-order conversion must swap them too.  Whole fields of a partial
+    header at the end are swapped; payloads and the first ``skip`` bytes (a
+    partly sent response) are left as they are.
+    """
+    out = bytearray(data)
+    order: Literal["big", "little"] = "big" if src_big else "little"
+    pos, end = skip, len(data)
+    while pos < end:
+        for field in range(pos, min(pos + 16, end - 3), 4):
+            out[field : field + 4] = data[field : field + 4][::-1]
+        if pos + 16 > end:
+            break
+        pos += 16 + int.from_bytes(data[pos + 12 : pos + 16], order)
+    return bytes(out)
+
+
+def swap_pending(record: Record, src_big: bool) -> Record:
+    """A CONNECTION_DATA with its pending messages in the other byte order."""
+    if not isinstance(record, ConnectionData) or not (record.in_data or record.out_data):
+        return record
+    return dataclasses.replace(
+        record,
+        in_data=swap_messages(record.in_data, 0, src_big),
+        out_data=swap_messages(
+            record.out_data, min(record.out_resp_len, len(record.out_data)), src_big
+        ),
+    )
+
+
 def cmd_convert(args: argparse.Namespace, out: TextIO) -> int:
     with _reader(args.input) as reader:
         header = reader.header
@@ -496,6 +530,8 @@ def cmd_convert(args: argparse.Namespace, out: TextIO) -> int:
     if version is None:
         version = 1 if args.target == "c-4.17" else header.version
     big = header.big_endian if args.endian == "same" else args.endian == "big"
+    if big != header.big_endian:
+        records = [swap_pending(r, header.big_endian) for r in records]
     converted, dropped = adapt_for_target(records, version, args.target, args.lossy)
     for what in dropped:
         print(f"{PROG}: dropped: {what}", file=sys.stderr)
@@ -542,7 +578,11 @@ def load_state(path: str) -> _State:
     st = _State()
     progress = Progress(f"read {path}", _size_of(path))
     with _reader(path) as reader:
+        big = reader.header.big_endian
         for r in _iter_with_progress(reader, progress):
+            if big:
+                # compare pending wire messages in one byte order
+                r = swap_pending(r, True)
             if isinstance(r, NodeData):
                 if r.conn_id:
                     st.pending[(r.conn_id, r.tx_id, r.path)] = (
