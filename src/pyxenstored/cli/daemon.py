@@ -210,6 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     updater.install(hooks)
     rings: RingDomains | None = None
     try:
+        if args.ring_dir:
+            # Before a restore: live update maps the dumped rings through it.
+            try:
+                rings = RingDomains(server, store, SimulatedHypervisor(args.ring_dir))
+            except OSError as exc:
+                return _fail(f"cannot serve rings in {args.ring_dir}: {exc}")
+            updater.ring_restorer = rings.restore_transport
         if args.live_update:
             try:
                 updater.restore()
@@ -220,11 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server.listen(sock_path)
             except OSError as exc:
                 return _fail(f"cannot listen on {sock_path}: {exc}")
-        if args.ring_dir:
-            try:
-                rings = RingDomains(server, store, SimulatedHypervisor(args.ring_dir))
-            except OSError as exc:
-                return _fail(f"cannot serve rings in {args.ring_dir}: {exc}")
+        if rings is not None:
+            rings.adopt_inherited_evtchn(updater.evtchn_fd)
+            updater.evtchn_fd = rings.evtchn_fd
             rings.start()
         server.install_signal_handlers()
         server.run(on_ready=lambda: _announce(sock_path))
