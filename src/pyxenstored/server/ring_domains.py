@@ -23,8 +23,10 @@ and the owner of every ring connection of a :class:`~.loop.Server`.  It
   last: vanished domains and domains whose unique id changed are dead, the
   store cleans up after them and fires ``@releaseDomain``; shut-down domains
   fire ``@releaseDomain/<domid>``;
-* gives live update what it needs to carry rings over an exec
-  (:meth:`RingDomains.states`, :meth:`RingDomains.restore`).
+* gives live update what it needs to carry rings over an exec: each ring
+  transport describes itself (``migration_spec``: domid, target, port,
+  unique id; the connection holds the pending bytes), and
+  :meth:`RingDomains.restore_transport` maps a dumped ring again.
 
 Beyond C HEAD, the page advertises ring reconnection (feature bit 0).
 """
@@ -35,15 +37,17 @@ import contextlib
 import logging
 import mmap
 import os
-from dataclasses import dataclass
 
 from pyxenstored.server.connection import Connection
 from pyxenstored.server.hypervisor import DomainInfo, Hypervisor
 from pyxenstored.server.loop import EVENT_READ, EVENT_WRITE, Server
 from pyxenstored.server.ring_transport import CONNECTION, ERROR, RingPage, RingTransport
+from pyxenstored.server.transport import Transport
 from pyxenstored.store import Store
 from pyxenstored.store.features import SUPPORTED_FEATURES
+from pyxenstored.stream.records import ConnectionData, RingSpec
 from pyxenstored.wire import (
+    DOMID_INVALID,
     FEATURE_ERROR,
     FEATURE_RECONNECTION,
     RING_CONNECTED,
@@ -58,24 +62,19 @@ log = logging.getLogger("pyxenstored.rings")
 RING_FEATURES = FEATURE_RECONNECTION
 
 
-@dataclass(slots=True, frozen=True)
-class RingState:
-    """A ring connection as live update dumps it (CONNECTION_DATA of a domain)."""
-
-    conn_id: int
-    domid: int
-    target: int | None
-    local_port: int
-    remote_port: int
-    unique_id: int
-    pending_in: bytes  # taken from the ring, not yet processed
-    pending_out: bytes  # queued, not yet in the ring (from the first unsent byte)
-
-
 class Ring:
     """One introduced domain's ring: page, channel, current connection."""
 
-    __slots__ = ("domid", "remote_port", "local_port", "unique_id", "mem", "page", "conn")
+    __slots__ = (
+        "domid",
+        "remote_port",
+        "local_port",
+        "unique_id",
+        "mem",
+        "page",
+        "conn",
+        "adopting",
+    )
 
     def __init__(
         self, domid: int, remote_port: int, local_port: int, unique_id: int, mem: mmap.mmap
@@ -87,11 +86,14 @@ class Ring:
         self.mem = mem
         self.page = RingPage(mem)
         self.conn: Connection | None = None
+        # Restored by live update: (conn_id, transport) whose connection the
+        # live-update code creates right after; adopted on first sight.
+        self.adopting: tuple[int, RingTransport] | None = None
 
     @property
     def transport(self) -> RingTransport | None:
         if self.conn is None:
-            return None
+            return self.adopting[1] if self.adopting is not None else None
         transport = self.conn.transport
         return transport if isinstance(transport, RingTransport) else None
 
@@ -116,11 +118,28 @@ class RingDomains:
     def start(self) -> None:
         """Hook into the store and the server's loop; learn which domains exist."""
         self.store.domain_hooks = self
-        self._seen = self.hv.domains()
-        self.store.config.existing_domids = frozenset(self._seen)
         self.server.watch_fd(self.hv.fileno(), self._kicked)
         self.server.watch_fd(self._doorbell, self._rung)
         self._started = True
+        # Rings restored by a live update: their domains may have died or
+        # been replaced meanwhile (C re-checks every domain after an update).
+        self._seen = {r.domid: DomainInfo(r.domid, r.unique_id) for r in self._rings.values()}
+        self.check_domains()
+
+    def adopt_inherited_evtchn(self, fd: int) -> None:
+        """The event channel descriptor a live update handed over (GLOBAL_DATA).
+
+        The FIFO is one pipe: our own descriptor of it reads the same kicks,
+        so the inherited one is closed once ours is open.
+        """
+        if fd >= 0 and fd != self.hv.fileno():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    @property
+    def evtchn_fd(self) -> int:
+        """The descriptor to hand over to a live update's successor (inheritable)."""
+        return self.hv.inheritable_fds().get("evtchn", -1)
 
     def close(self) -> None:
         """Drop every ring connection (daemon stopping); pages are unmapped."""
@@ -178,7 +197,7 @@ class RingDomains:
 
     # --- connections ---------------------------------------------------------------
 
-    def _new_connection(self, ring: Ring, conn_id: int | None = None) -> Connection:
+    def _new_transport(self, ring: Ring) -> RingTransport:
         record = self.store.domains.get(ring.domid)
         features = record.features if record is not None else SUPPORTED_FEATURES
         port = ring.local_port
@@ -187,6 +206,14 @@ class RingDomains:
         def kick_guest() -> None:
             notify(port)
 
+        def describe() -> tuple[RingSpec, int | None]:
+            dom = self.store.domains.get(ring.domid)
+            target = dom.target if dom is not None and dom.target is not None else None
+            spec = RingSpec(
+                ring.domid, DOMID_INVALID if target is None else target, ring.remote_port
+            )
+            return spec, ring.unique_id or None
+
         transport = RingTransport(
             ring.page,
             ring.domid,
@@ -194,10 +221,27 @@ class RingDomains:
             report_errors=bool(features & FEATURE_ERROR),
             on_interest=self._interest,
         )
+        transport.describe = describe
+        return transport
+
+    def _new_connection(self, ring: Ring, conn_id: int | None = None) -> Connection:
+        transport = self._new_transport(ring)
         conn = self.server.add_connection(transport, ring.domid, conn_id)
         transport.allowance = conn.allowance
         ring.conn = conn
         return conn
+
+    def _adopt(self, ring: Ring) -> None:
+        """Take over a connection live update made on a restored transport."""
+        if ring.adopting is None:
+            return
+        conn_id, transport = ring.adopting
+        conn = self.server.connection(conn_id)
+        if conn is None or conn.transport is not transport:
+            return
+        ring.adopting = None
+        ring.conn = conn
+        transport.allowance = conn.allowance
 
     def _close_connection(self, ring: Ring, reason: str) -> None:
         conn = ring.conn
@@ -299,6 +343,8 @@ class RingDomains:
         ring = self._rings.get(transport.domid)
         if ring is None or ring.transport is not transport:
             return
+        if ring.conn is None:
+            self._adopt(ring)
         if (
             (want & EVENT_READ and transport.has_input())
             or (want & EVENT_WRITE and transport.has_output_space())
@@ -313,6 +359,8 @@ class RingDomains:
             log.debug("domain %d asks for a ring reconnection", ring.domid)
             self._reset(ring, "ring reconnection")
             return
+        if ring.conn is None:
+            self._adopt(ring)
         conn = ring.conn
         if conn is None or conn.closed:
             return  # cut off: ignored until a reconnection or INTRODUCE
@@ -372,49 +420,31 @@ class RingDomains:
 
     # --- live update ----------------------------------------------------------------------
 
-    def states(self) -> list[RingState]:
-        """Every ring connection with its pending bytes, for a live-update dump."""
-        result = []
-        for ring in self._rings.values():
-            conn = ring.conn
-            if conn is None or conn.closed:
-                continue
-            record = self.store.domains.get(ring.domid)
-            result.append(
-                RingState(
-                    conn.conn_id,
-                    ring.domid,
-                    record.target if record is not None else None,
-                    ring.local_port,
-                    ring.remote_port,
-                    ring.unique_id,
-                    conn.pending_input(),
-                    conn.pending_output(),
-                )
-            )
-        return result
-
-    def restore(self, state: RingState, gfn: int = 1) -> Connection:
-        """Map a dumped ring again after a live update and carry its connection on.
+    def restore_transport(self, record: ConnectionData) -> Transport | None:
+        """Live update's ring restorer: map the ring of a dumped connection again.
 
         The page is not reset and its feature word is left alone (C does not
-        write it on restore); bytes the guest produced meanwhile are still in
-        the request queue.  The connection gets ``state.conn_id`` and the
-        dumped input and output; the store must not already hold that id.
+        write it on restore); bytes the guest produced meanwhile are still
+        in the request queue.  The caller creates the connection with the
+        record's conn id and pending data right after; it is adopted then.
+        Returns None when the ring cannot be mapped (the record stays dormant).
         """
-        mem = self.hv.map_ring(state.domid, gfn)
-        local = self.hv.bind_interdomain(state.domid, state.remote_port)
-        ring = Ring(state.domid, state.remote_port, local, state.unique_id, mem)
-        self._rings[state.domid] = ring
+        spec = record.spec
+        if not isinstance(spec, RingSpec):
+            return None
+        try:
+            mem = self.hv.map_ring(spec.domid, 1)
+        except OSError as exc:
+            log.error("live update: cannot map the ring of domain %d: %s", spec.domid, exc)
+            return None
+        local = self.hv.bind_interdomain(spec.domid, spec.evtchn)
+        ring = Ring(spec.domid, spec.evtchn, local, record.unique_id or 0, mem)
+        self._rings[spec.domid] = ring
         self._by_port.setdefault(local, []).append(ring)
-        conn = self._new_connection(ring, state.conn_id)
-        transport = ring.transport
-        assert transport is not None
-        if state.pending_in:
-            # The framing check continues where the dumped input stops.
-            transport.sync_framing(state.pending_in)
-            conn.reader.feed(state.pending_in)
-        conn.restore_output(state.pending_out)
-        self._ready[state.domid] = ring
+        transport = self._new_transport(ring)
+        # The framing check continues where the dumped input stops.
+        transport.sync_framing(record.in_data)
+        ring.adopting = (record.conn_id, transport)
+        self._ready[spec.domid] = ring
         self._ring_doorbell()
-        return conn
+        return transport

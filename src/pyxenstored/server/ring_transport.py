@@ -30,6 +30,7 @@ import mmap
 import sys
 from collections.abc import Callable, Sequence
 
+from pyxenstored.stream.records import RingSpec
 from pyxenstored.wire import (
     HEADER_SIZE,
     PAYLOAD_MAX,
@@ -130,6 +131,7 @@ class RingTransport:
         "report_errors",
         "on_interest",
         "allowance",
+        "describe",
     )
 
     def __init__(
@@ -154,6 +156,8 @@ class RingTransport:
         # requests beyond it stay in the ring, as in C, so that the outstanding
         # quota holds the guest back on its own page.
         self.allowance: Callable[[], int] | None = None
+        # For live update: (conn-spec, unique id) of this ring's connection.
+        self.describe: Callable[[], tuple[RingSpec, int | None]] | None = None
         self._words = page.words
         self._mem = page.mem
         # Request framing: header bytes seen of the current message, and
@@ -171,6 +175,12 @@ class RingTransport:
 
     def fileno(self) -> int:
         return -1
+
+    def migration_spec(self) -> tuple[RingSpec, int | None]:
+        """CONNECTION_DATA's ring ``conn-spec`` and unique id (live update dumps)."""
+        if self.describe is None:
+            raise OSError(f"the ring of domain {self.domid} has no owner to describe it")
+        return self.describe()
 
     def interest(self, want: int) -> None:
         if self.on_interest is not None:
