@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -115,9 +116,15 @@ def test_small_tree_clean_both_orders_and_versions(big: bool, version: int) -> N
     assert rules(data) == []
 
 
-def test_real_c_dump_is_clean() -> None:
-    path = DATA_DIR / "basic.state"
-    assert path.exists(), "the C 4.17 dump is part of the repository"
+C_DUMPS = sorted(DATA_DIR.glob("*.state"))
+
+
+def test_real_c_dumps_are_present() -> None:
+    assert any(p.name == "basic.state" for p in C_DUMPS), "the C 4.17 dumps are in the repository"
+
+
+@pytest.mark.parametrize("path", C_DUMPS, ids=[p.name for p in C_DUMPS])
+def test_real_c_dump_is_clean(path: Path) -> None:
     diags, summary = check_all(str(path))
     assert [str(d) for d in diags] == []
     assert summary.ended
@@ -304,6 +311,13 @@ def test_c_head_writer_defect_is_reported_and_resynchronised() -> None:
     data = v2(sock(1))[:-8] + bad + node(b"/a") + end_record(LE)
     got = rules(data)
     assert got == ["c-head-watch-ext-defect"]
+
+
+def test_ambiguous_watch_ext_layout() -> None:
+    # spec layout, depth 0x2f ("/" as bytes), path "/", empty token: the bytes
+    # also read as the C HEAD writer's layout (path "/" at offset 8)
+    body = struct.pack("<IHHHH", 1, 2, 1, 0x2F, 0) + b"/\0" + b"\0"
+    assert rules(v2(sock(1), frame(LE, 8, body))) == ["watch-ext-ambiguous"]
 
 
 def test_c_reader_layout_is_a_warning() -> None:

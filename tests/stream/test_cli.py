@@ -78,9 +78,18 @@ def test_sanitise_like_xenstore_ls() -> None:
     assert sanitise(b"\x00\x07\x08\x7f\xff") == "\\000\\007\\x08\\x7f\\xff"
 
 
-def test_dump_tree_matches_xenstore_ls_of_real_c_dump(capsys: pytest.CaptureFixture[str]) -> None:
-    state = DATA_DIR / "basic.state"
-    expected = (DATA_DIR / "basic.ls").read_text()
+C_DUMPS = sorted(p for p in DATA_DIR.glob("*.state") if p.with_suffix(".ls").exists())
+
+
+def test_c_dumps_with_listings_are_present() -> None:
+    assert any(p.name == "basic.state" for p in C_DUMPS)
+
+
+@pytest.mark.parametrize("state", C_DUMPS, ids=[p.name for p in C_DUMPS])
+def test_dump_tree_matches_xenstore_ls_of_real_c_dump(
+    capsys: pytest.CaptureFixture[str], state: Path
+) -> None:
+    expected = state.with_suffix(".ls").read_text()
     code, out, _ = run(capsys, "dump", "--tree", str(state))
     assert code == 0
     assert out == expected
