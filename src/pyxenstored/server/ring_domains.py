@@ -121,8 +121,18 @@ class RingDomains:
         self.server.watch_fd(self.hv.fileno(), self._kicked)
         self.server.watch_fd(self._doorbell, self._rung)
         self._started = True
-        # Rings restored by a live update: their domains may have died or
-        # been replaced meanwhile (C re-checks every domain after an update).
+        # Rings restored by a live update belong to introduced domains (C
+        # re-introduces them as it reads their connections), with the
+        # unique id the dump carried.
+        for ring in self._rings.values():
+            self._adopt(ring)
+            record = self.store.domains.get(ring.domid)
+            if record is not None:
+                record.introduced = True
+                if ring.unique_id:
+                    record.unique_id = ring.unique_id
+        # Their domains may have died or been replaced meanwhile (C
+        # re-checks every domain after an update).
         self._seen = {r.domid: DomainInfo(r.domid, r.unique_id) for r in self._rings.values()}
         self.check_domains()
 
