@@ -277,6 +277,26 @@ def test_swap_messages() -> None:
     assert swap_messages(b"xyz" + le[:19], 3, src_big=False)[:3] == b"xyz"
 
 
+def test_convert_for_c_head(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, synth_file: Path
+) -> None:
+    out_path = tmp_path / "head.xs"
+    code, _, err = run(capsys, "convert", str(synth_file), str(out_path), "--target", "c-head")
+    assert code == 2 and "transaction" in err
+    code, _, err = run(
+        capsys, "convert", str(synth_file), str(out_path), "--target", "c-head", "--lossy"
+    )
+    assert code == 0 and "dropped: transaction 17" in err
+    code, out, _ = run(capsys, "check", str(out_path))
+    assert code == 0 and "[watch-ext-c-reader-layout]" in out  # a warning only
+    code, out, _ = run(capsys, "diff", str(synth_file), str(out_path))
+    assert code == 1
+    assert "- transaction 17 of conn 4" in out
+    assert "- pending node /local/domain/1/attr/os (conn 4 tx 17): deleted" in out
+    assert 'data/progress (conn 4 tx 17): "50%" (n1,r0) access=rw' in out
+    assert "node /" not in out.replace("pending node /", "")  # the committed tree is the same
+
+
 def test_diff_ignores_record_order(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     a = stream(
         2,

@@ -624,6 +624,14 @@ def _node_text(value: bytes, perms: tuple[tuple[str, int, int], ...]) -> str:
     return f"{_q(value)} ({','.join(f'{p}{d}' + ('!' if f & 1 else '') for p, f, d in perms)})"
 
 
+def _pending_text(p: tuple[int, bytes, tuple[tuple[str, int, int], ...]]) -> str:
+    access, value, perms = p
+    if not perms:
+        return "deleted"
+    rights = "".join(c for bit, c in ((1, "r"), (2, "w")) if access & bit) or "-"
+    return f"{_node_text(value, perms)} access={rights}"
+
+
 def _conn_text(c: tuple[object, ...]) -> str:
     ctype, spec, unique_id, in_data, out_data, resp = c
     text = f"type {ctype} {spec}"
@@ -656,11 +664,12 @@ def diff_states(a: _State, b: _State) -> Iterator[str]:
         pa, pb = a.pending.get(key), b.pending.get(key)
         if pa != pb:
             label = f"pending node {key[2]} (conn {key[0]} tx {key[1]})"
-            yield (
-                f"~ {label}: {pa} -> {pb}"
-                if pa and pb
-                else f"{'+' if pb else '-'} {label}: {pb or pa}"
-            )
+            if pa and pb:
+                yield f"~ {label}: {_pending_text(pa)} -> {_pending_text(pb)}"
+            else:
+                got = pb or pa
+                assert got is not None
+                yield f"{'+' if pb else '-'} {label}: {_pending_text(got)}"
     for w in sorted((a.watches | b.watches).keys(), key=repr):
         if a.watches[w] != b.watches[w]:
             depth = "" if w[3] is None else f" depth {w[3]}"
@@ -689,9 +698,9 @@ def diff_states(a: _State, b: _State) -> Iterator[str]:
         if da == db:
             continue
         if da is None or db is None:
-            got = da or db
-            assert got is not None
-            yield f"{'+' if db else '-'} domain {d}: features {got[0]:#x} quota {got[1]}"
+            dom = da or db
+            assert dom is not None
+            yield f"{'+' if db else '-'} domain {d}: features {dom[0]:#x} quota {dom[1]}"
             continue
         if da[0] != db[0]:
             yield f"~ domain {d} features {da[0]:#x} -> {db[0]:#x}"
