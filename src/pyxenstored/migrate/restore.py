@@ -340,6 +340,12 @@ def restore_state(
             import_transaction(store, conn_id, tx_id, nodes_of_tx, events_known=known)
             out.transactions += 1
         rebuild_counters(store)
+    except RestoreError as exc:
+        if exc.index is not None or index is None:
+            raise
+        # A sink's error: say which record it came from.
+        rtype = record_type(record) if record is not None else None
+        raise RestoreError(exc.message, index, rtype, offset) from None
     except (StateError, ValueError, OSError) as exc:
         rtype = record_type(record) if record is not None else None
         raise RestoreError(str(exc), index, rtype, offset) from None
