@@ -386,7 +386,8 @@ class _Source:
         parts = [buf[idx:]]
         want = max(CHUNK, n) - have
         while want > 0:
-            more = self.f.read(want)
+            # bounded reads: a lying len must not make us ask for gigabytes at once
+            more = self.f.read(min(want, 16 * CHUNK))
             if not more:
                 self.eof = True
                 break
