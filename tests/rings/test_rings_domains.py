@@ -1,0 +1,203 @@
+"""Domains on the simulated hypervisor (pyxenstored only).
+
+The C reference's shim fixes the existing domains at start
+(``XS_SHIM_DOMAINS``) and has no unique ids, so death, shutdown and domid
+reuse can only be played against pyxenstored: a line leaves (or changes in)
+``DIR/domains`` and the test kicks the ``VIRQ_DOM_EXC`` port (1).  Expected
+behaviour is the digest's (3.4, 4.3, 6.3-6.5, 7.2, 8.2).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.client.daemons import Daemon, introduce_guest
+from tests.rings.conftest import (
+    EVENT_WAIT,
+    RawGuest,
+    client_error,
+    err,
+    kick,
+    ok,
+)
+from tests.rings.test_rings_scenarios import page_word
+
+from pyxenstored.client import Client, Perm, WatchEvent
+from pyxenstored.server.hypervisor import VIRQ_DOM_EXC_PORT
+from pyxenstored.wire import MsgType
+
+M = MsgType
+
+
+@pytest.fixture
+def pdom0(py_daemon: Daemon) -> Iterator[Client]:
+    with py_daemon.connect() as client:
+        yield client
+
+
+def ring_dir_of(daemon: Daemon) -> str:
+    assert daemon.ring_dir is not None
+    return daemon.ring_dir
+
+
+def set_domains(daemon: Daemon, text: str) -> None:
+    path = Path(ring_dir_of(daemon)) / "domains"
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def guest_on(daemon: Daemon, dom0: Client, domid: int, port: int) -> Client:
+    introduce_guest(dom0, ring_dir_of(daemon), domid, port)
+    return Client.connect_ring(ring_dir_of(daemon), domid, port, timeout=EVENT_WAIT)
+
+
+def test_death_fires_release_and_cleans_the_tree(py_daemon: Daemon, pdom0: Client) -> None:
+    five = guest_on(py_daemon, pdom0, 5, 7)
+    six = guest_on(py_daemon, pdom0, 6, 8)
+    six.write("mine", b"x")
+    pdom0.write("/shared", b"")
+    pdom0.set_perms("/shared", [Perm("n", 0), Perm("r", 6), Perm("w", 5)])
+    pdom0.watch("@releaseDomain", "plain")
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain", "plain")
+    five.watch("@releaseDomain", "deep", depth=1)
+    assert five.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain", "deep")
+    set_domains(py_daemon, "0\n5\n")
+    kick(ring_dir_of(py_daemon), VIRQ_DOM_EXC_PORT)
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain", "plain")
+    assert five.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain/6", "deep")
+    assert not pdom0.is_domain_introduced(6)
+    assert not pdom0.exists("/local/domain/6")  # owned by 6: deleted (no -K)
+    assert pdom0.get_perms("/shared") == [Perm("n", 0), Perm("w", 5)]  # HEAD drops entries
+    assert client_error(pdom0.get_feature, 6) == "ENOENT"  # no such domain any more
+    six.close()
+    five.write("alive", b"yes")  # the survivors go on
+    assert pdom0.read("/local/domain/5/alive") == b"yes"
+    five.close()
+
+
+def test_shutdown_fires_once_until_resume(py_daemon: Daemon, pdom0: Client) -> None:
+    six = guest_on(py_daemon, pdom0, 6, 8)
+    pdom0.watch("@releaseDomain/6", "six")
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain/6", "six")
+    set_domains(py_daemon, "0\n5\n6 shutdown\n")
+    kick(ring_dir_of(py_daemon), VIRQ_DOM_EXC_PORT)
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain/6", "six")
+    pdom0.watch("/local/domain/6/marker", "m")
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("/local/domain/6/marker", "m")
+    kick(ring_dir_of(py_daemon), VIRQ_DOM_EXC_PORT)
+    # The guest's kick follows the VIRQ kick in the event channel, so its
+    # write's event comes after anything the second scan would fire.
+    six.write("marker", b"")
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("/local/domain/6/marker", "m")
+    assert pdom0.is_domain_introduced(6)  # shut down is not dead
+    pdom0.resume(6)
+    kick(ring_dir_of(py_daemon), VIRQ_DOM_EXC_PORT)
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain/6", "six")
+    six.close()
+
+
+def test_a_reused_domid_inherits_nothing(py_daemon: Daemon, pdom0: Client) -> None:
+    set_domains(py_daemon, "0\n5\n6 100\n")
+    kick(ring_dir_of(py_daemon), VIRQ_DOM_EXC_PORT)
+    pdom0.set_quota("watches", 3, 6)
+    six = guest_on(py_daemon, pdom0, 6, 8)
+    pdom0.write("/granted", b"")
+    pdom0.set_perms("/granted", [Perm("n", 0), Perm("r", 6)])
+    pdom0.watch("@releaseDomain", "r")
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain", "r")
+    # Domain 6 died and a new domain got domid 6 before we looked.
+    set_domains(py_daemon, "0\n5\n6 101\n")
+    kick(ring_dir_of(py_daemon), VIRQ_DOM_EXC_PORT)
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain", "r")
+    assert not pdom0.is_domain_introduced(6)
+    assert pdom0.get_quota("watches", 6) == 128  # the old per-domain quota is gone
+    assert pdom0.get_perms("/granted") == [Perm("n", 0)]
+    six.close()
+
+
+def test_features_and_quota_set_before_introduce_are_kept(py_daemon: Daemon, pdom0: Client) -> None:
+    pdom0.set_feature(6, 2)  # ERROR only: no watch depth, no DOMID_ANY
+    pdom0.set_quota("watches", 3, 6)
+    six = guest_on(py_daemon, pdom0, 6, 8)
+    assert page_word(ring_dir_of(py_daemon), 6, 2064) == 2 | 1  # + ring reconnection
+    assert six.get_feature() == 2
+    assert client_error(pdom0.set_feature, 6, 14) == "EBUSY"  # introduced now
+    assert client_error(six.watch, "a", "t", 1) == "EINVAL"  # no WATCHDEPTH
+    six.watch("a", "t")
+    six.watch("b", "t")
+    assert client_error(six.watch, "c", "t") == "ENOSPC"  # quota 3: 2 usable (HEAD)
+    six.close()
+
+
+def test_release_then_introduce_again(py_daemon: Daemon, pdom0: Client) -> None:
+    six = guest_on(py_daemon, pdom0, 6, 8)
+    six.write("first", b"1")
+    six.close()
+    pdom0.release(6)
+    assert not pdom0.exists("/local/domain/6")
+    six = guest_on(py_daemon, pdom0, 6, 9)  # new page state, another port
+    six.write("second", b"2")
+    assert pdom0.read("/local/domain/6/second") == b"2"
+    six.close()
+
+
+def test_a_cut_off_guest_comes_back_by_reconnecting(py_daemon: Daemon, pdom0: Client) -> None:
+    five = guest_on(py_daemon, pdom0, 5, 7)
+    five.send_raw(b"\x02\0\0\0" + b"\0" * 8 + (5000).to_bytes(4, "little"))
+    with pytest.raises(Exception, match="error indicator 3"):
+        five.read("x")
+    five.close()
+    again = Client.connect_ring(ring_dir_of(py_daemon), 5, 7, timeout=EVENT_WAIT)
+    again.reconnect()  # offered on the page; clears the error
+    again.write("back", b"1")
+    assert pdom0.read("/local/domain/5/back") == b"1"
+    again.close()
+
+
+def test_kicks_on_an_unknown_port_still_serve(py_daemon: Daemon, pdom0: Client) -> None:
+    introduce_guest(pdom0, ring_dir_of(py_daemon), 5, 7)
+    raw = RawGuest(ring_dir_of(py_daemon), 5, 0)  # ring_guest.py's default port 0
+    ok(raw, M.WRITE, b"k\0v")
+    assert ok(raw, M.READ, b"k\0") == b"v"
+    assert err(raw, M.READ, b"/tool\0") == "EACCES"
+    raw.close()
+
+
+def test_a_flooding_guest_does_not_starve_others(py_daemon: Daemon, pdom0: Client) -> None:
+    flooder = guest_on(py_daemon, pdom0, 5, 7)
+    other = guest_on(py_daemon, pdom0, 6, 8)
+    flooder.write("f", b"x" * 500)
+    stop = threading.Event()
+    done = [0]
+    failure: list[BaseException] = []
+
+    def flood() -> None:
+        try:
+            while not stop.is_set():
+                ids = [flooder.submit(M.READ, b"f\0") for _ in range(30)]
+                for rid in ids:
+                    flooder.collect(rid, EVENT_WAIT)
+                done[0] += 30
+        except BaseException as exc:  # reported below
+            failure.append(exc)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        for i in range(100):
+            other.write(f"n{i % 5}", b"%d" % i)
+            pdom0.write("/local/domain/6/s", b"%d" % i)
+        assert other.read("n4") == b"99"
+        assert pdom0.read("/local/domain/6/s") == b"99"
+    finally:
+        stop.set()
+        thread.join(EVENT_WAIT * 3)
+    assert not failure, failure
+    assert done[0] > 0  # the flooder was served too
+    flooder.close()
+    other.close()
