@@ -1,0 +1,109 @@
+"""Live update across implementations: C 4.17 -> pyxenstored -> C -> pyxenstored.
+
+The C reference daemon (Debian's Xen 4.17 build under the LD_PRELOAD shim,
+``../shared/peers/reference-xenstored``) is started by its runner; every
+update is driven by Debian's ``xenstore-control``.  C execs pyxenstored with
+its own arguments plus ``-U`` (``-N -F <pidfile> -U``) and the environment
+the runner gave it (``XENSTORED_RUNDIR``, ``LD_PRELOAD``); pyxenstored execs
+C back with the same arguments and writes the version-1 stream C 4.17 reads.
+Clients stay connected all along, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.liveupdate.conftest import LineReader, write_successor
+from tests.util import REFERENCE_RUNNER, XEN_BIN, require, require_module, require_tool
+
+from pyxenstored.client import Client
+
+
+def _env(run: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("XENSTORED_RUNDIR", None)
+    env.pop("LD_PRELOAD", None)
+    env["XENSTORED_PATH"] = str(run / "socket")
+    return env
+
+
+def _which_daemon(pid: int) -> str:
+    exe = os.readlink(f"/proc/{pid}/exe")
+    return "c" if exe.endswith("xenstored") else "py"
+
+
+@pytest.mark.reference
+def test_c_to_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
+    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
+    require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
+    require_module("pyxs")
+    import pyxs
+
+    watch_tool = require_tool("xenstore-watch")
+    run = tmp_path / "ref"
+    env = _env(run)
+    started = subprocess.run(
+        [str(REFERENCE_RUNNER), "start", str(run)], env=env, capture_output=True, text=True
+    )
+    require(started.returncode == 0, f"reference xenstored did not start: {started.stderr}")
+    pid = int(started.stdout.split()[-1])
+    successor = write_successor(tmp_path / "pyxenstored-successor", run, tmp_path / "dumps")
+    watcher = None
+    try:
+        assert _which_daemon(pid) == "c"
+        own = Client.connect_socket(str(run / "socket"), timeout=30)
+        own.write("/ci/start", "from-c")
+        own.watch("/ci", "own")
+        assert own.next_event(5) is not None
+        watcher = subprocess.Popen(
+            [watch_tool, "/ci"], env=env, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        lines = LineReader(watcher)
+        lines.wait_for("/ci")
+        pyxs_client = pyxs.Client(unix_socket_path=str(run / "socket"))
+        pyxs_client.connect()
+        pyxs_client.write(b"/ci/pyxs", b"pyxs")
+        acked = {"/ci/start": b"from-c", "/ci/pyxs": b"pyxs"}
+
+        stages = [("py", str(successor)), ("c", str(XEN_BIN / "xenstored")), ("py", str(successor))]
+        for n, (expect, program) in enumerate(stages):
+            done = subprocess.run(
+                [str(XEN_BIN / "xenstore-control"), "live-update", "-t", "10", program],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            log = (run / "xenstored.out").read_text(errors="replace")
+            assert done.returncode == 0, (done.stdout, done.stderr, log)
+            assert os.path.exists(f"/proc/{pid}"), log
+            assert _which_daemon(pid) == expect, log
+            # Everything acknowledged so far is there, for every client.
+            for path, value in acked.items():
+                assert own.read(path) == value
+                assert pyxs_client.read(path.encode()) == value
+            own.write(f"/ci/stage{n}", expect)
+            pyxs_client.write(f"/ci/pyxs{n}".encode(), b"x")
+            acked[f"/ci/stage{n}"] = expect.encode()
+            acked[f"/ci/pyxs{n}"] = b"x"
+            lines.wait_for(f"/ci/stage{n}")
+            lines.wait_for(f"/ci/pyxs{n}")
+            seen = set()
+            while (ev := own.next_event(5)) is not None:
+                seen.add(ev.path)
+                if f"/ci/pyxs{n}" in seen:
+                    break
+            assert {f"/ci/stage{n}", f"/ci/pyxs{n}"} <= seen
+        assert own.control("check") in ("OK", "")
+        # C's dump of the second step was read by pyxenstored, and ours by C.
+        assert len(list((tmp_path / "dumps").iterdir())) == 2
+        pyxs_client.close()
+        own.close()
+    finally:
+        if watcher is not None:
+            watcher.kill()
+            watcher.wait()
+        subprocess.run([str(REFERENCE_RUNNER), "stop", str(run)], env=env, check=False)
