@@ -243,6 +243,28 @@ class Connection:
         """
         out = self._out
         write = self.transport.write
+        if len(out) == 1 and not self._out_offset:
+            # The common case of one reply: no batching, no partial state.
+            entry = out[0]
+            data = entry[0]
+            sent = write((data,))
+            if sent == len(data):
+                out.popleft()
+                was_full = self.out_bytes >= self.out_limit
+                self.out_bytes -= sent
+                if (
+                    entry[1] is not None
+                    or entry[2] is not None
+                    or entry[3]
+                    or self.charge is not None
+                ):
+                    self._retire(entry)
+                if was_full and self.out_bytes < self.out_limit and not self.closed:
+                    self.wake(self)
+                return True
+            if sent <= 0:
+                return False
+            self._consume(sent)
         while out:
             offset = self._out_offset
             bufs: list[bytes | memoryview]
