@@ -410,11 +410,14 @@ class LiveUpdate:
                 return
         argv = self.new_argv(session)
         log.info(
-            "live update: %d bytes of state (%s, v%d) dumped in %.3f s; exec %s",
+            "live update: %d bytes of state (%s, v%d) dumped in %.3f s, checked in %.3f s;"
+            " exec at monotonic %.6f: %s",
             size,
             target,
             version,
             self.last_switch.dump_seconds,
+            self.last_switch.check_seconds,
+            time.monotonic(),
             shlex.join(argv),
         )
         self.server.inherit_fds()
@@ -522,6 +525,7 @@ class LiveUpdate:
 
         Raises :class:`RestoreError`; the caller exits non-zero with its text.
         """
+        started = time.monotonic()
         path = path or self.state_path()
         if not os.path.exists(path):
             raise RestoreError(f"no state file {path}")
@@ -540,11 +544,14 @@ class LiveUpdate:
             self.evtchn_fd = gd.evtchn_fd
         _remove(path)
         log.info(
-            "live update: restored %d records (%d connections, %d nodes, %d transactions)",
+            "live update: restored %d records (%d connections, %d nodes, %d transactions)"
+            " in %.3f s, from monotonic %.6f",
             restored.records,
             restored.connections,
             restored.nodes,
             restored.transactions,
+            time.monotonic() - started,
+            started,
         )
         self.server.refresh_limits()
         for conn in list(self.server.connections):
