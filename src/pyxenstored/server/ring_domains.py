@@ -379,6 +379,7 @@ class RingDomains:
         mask = (EVENT_READ if conn.can_process() else 0) | (EVENT_WRITE if conn.has_output else 0)
         if mask:
             self.server.service(conn, mask)
+        transport.flush_notify()
         if transport.doomed:
             self._cut_off(ring, transport)
 

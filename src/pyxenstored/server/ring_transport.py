@@ -9,8 +9,9 @@ read and written as whole aligned u32 through a typed view.
 
 :class:`RingTransport` is a :class:`~pyxenstored.server.transport.Transport`:
 ``read`` takes what the guest produced, ``write`` fills the response queue;
-every change of the offsets is followed by a notification of the guest, as
-the spec asks.  It has no file descriptor of its own (``fileno()`` is -1): the
+every change of the offsets is signalled to the guest, as the spec asks
+(consumed requests by the next write or at the end of the turn,
+:meth:`RingTransport.flush_notify`, so that one notification covers both).  It has no file descriptor of its own (``fileno()`` is -1): the
 guests' kicks arrive on the hypervisor's event channel and
 :mod:`.ring_domains` drives the transport from there.
 
@@ -132,6 +133,7 @@ class RingTransport:
         "on_interest",
         "allowance",
         "describe",
+        "_consumed",
     )
 
     def __init__(
@@ -158,6 +160,9 @@ class RingTransport:
         self.allowance: Callable[[], int] | None = None
         # For live update: (conn-spec, unique id) of this ring's connection.
         self.describe: Callable[[], tuple[RingSpec, int | None]] | None = None
+        # Requests consumed since the guest was last notified: one
+        # notification per turn covers them and the replies written.
+        self._consumed = False
         self._words = page.words
         self._mem = page.mem
         # Request framing: header bytes seen of the current message, and
@@ -224,7 +229,7 @@ class RingTransport:
             data = data[:keep]
             used = keep
         words[_W_REQ_CONS] = (cons + used) & MASK
-        self._notify()
+        self._consumed = True  # signalled by flush_notify() or the next write
         return data if data else (b"" if self.doomed else None)
 
     def _check_framing(self, data: bytes, budget: int = -1) -> int:
@@ -297,8 +302,15 @@ class RingTransport:
         if written:
             # Data first, then the producer offset that publishes it.
             words[_W_RSP_PROD] = (prod + written) & MASK
+            self._consumed = False
             self._notify()
         return written
+
+    def flush_notify(self) -> None:
+        """Signal request bytes consumed and not yet signalled (end of a turn)."""
+        if self._consumed:
+            self._consumed = False
+            self._notify()
 
     def sync_framing(self, data: bytes) -> None:
         """Account for request bytes taken from the ring by someone else (live update)."""
