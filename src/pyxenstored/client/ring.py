@@ -214,12 +214,15 @@ class RingTransport:
         except BlockingIOError:
             pass  # drained
 
-    def _wait(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+    def _wait(
+        self, ready: Callable[[], bool], deadline: float | None, check_error: bool = True
+    ) -> bool:
         """Wait until ``ready()``; False when ``deadline`` (monotonic) passes first."""
         spins = 0
         delay = 0.0
         while not ready():
-            self.check_error()
+            if check_error:
+                self.check_error()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
@@ -271,7 +274,9 @@ class RingTransport:
         self.page.set(CONNECTION, RING_RECONNECT)
         self.kick()
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._wait(self._connected, deadline):
+        # Meanwhile only the connection state counts (xenstore-ring.txt):
+        # a ring cut off with an error may be revived this way.
+        if not self._wait(self._connected, deadline, check_error=False):
             raise TimeoutError("xenstored did not finish the ring reconnection")
         self._rx.clear()
 
