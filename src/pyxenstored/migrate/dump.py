@@ -17,8 +17,9 @@ from typing import Any
 
 from ..store import Store
 from ..store import quota as q
+from ..store.node import Node
 from ..store.perms import PERM_IGNORE, PERM_READ, PERM_RW, PERM_WRITE, Perms
-from ..store.state import committed_nodes, pending_nodes, transactions_of, watches_of
+from ..store.state import SPECIAL_NODES, pending_nodes, transactions_of, watches_of
 from ..stream.records import (
     ACCESS_READ,
     ACCESS_WRITTEN,
@@ -90,6 +91,49 @@ def stream_perms(perms: Perms) -> tuple[NodePerm, ...]:
     return out
 
 
+def _committed_records(store: Store) -> Iterator[NodeData]:
+    """NODE_DATA of the committed tree in C's order (see ``store.state.committed_nodes``).
+
+    The walk is inlined here, and records are built without the frozen
+    dataclass ``__init__``: this loop is most of a dump.  Permission tuples
+    are shared between nodes, so their stream form is memoised by identity.
+    """
+    nodes = store.nodes
+    new = object.__new__
+    set_conn, set_tx, set_access, set_perms, set_path, set_value = _NODE_SETTERS
+    by_id: dict[int, tuple[Perms, tuple[NodePerm, ...]]] = {}
+    get = nodes.get
+    root = get("/")
+    stack: list[tuple[str, Node]] = [("/", root)] if root is not None else []
+    specials = [(p, n) for p in SPECIAL_NODES if (n := get(p)) is not None]
+    pop = stack.pop
+    while stack or specials:
+        path, node = pop() if stack else specials.pop(0)
+        perms = node.perms
+        hit = by_id.get(id(perms))
+        if hit is None or hit[0] is not perms:
+            hit = by_id[id(perms)] = (perms, stream_perms(perms))
+        rec = new(NodeData)
+        set_conn(rec, 0)
+        set_tx(rec, 0)
+        set_access(rec, 0)
+        set_perms(rec, hit[1])
+        set_path(rec, path)
+        set_value(rec, node.value)
+        yield rec
+        children = node.children
+        if children and path[0] != "@":
+            prefix = "" if path == "/" else path
+            kids = []
+            for name in children:
+                cp = prefix + "/" + name
+                child = get(cp)
+                if child is not None:
+                    kids.append((cp, child))
+            kids.reverse()
+            stack.extend(kids)
+
+
 def quota_values(table: q.QuotaTable) -> tuple[QuotaValue, ...]:
     """Every existing quota of ``table`` by name, hard then ``soft-``, in table order."""
     out = []
@@ -138,18 +182,7 @@ def dump_state(
                 yield WatchDataExtended(
                     cd.conn_id, w.wpath, token, min(w.depth, DEPTH_UNLIMITED - 1)
                 )
-    new = object.__new__
-    set_conn, set_tx, set_access, set_perms, set_path, set_value = _NODE_SETTERS
-    for path, node in committed_nodes(store):
-        # Built without the frozen dataclass __init__: this loop is most of a dump.
-        rec = new(NodeData)
-        set_conn(rec, 0)
-        set_tx(rec, 0)
-        set_access(rec, 0)
-        set_perms(rec, stream_perms(node.perms))
-        set_path(rec, path)
-        set_value(rec, node.value)
-        yield rec
+    yield from _committed_records(store)
     if transactions:
         for cd in conns:
             for tx in transactions_of(store, cd.conn_id):

@@ -19,7 +19,7 @@ reader recognises.  Unknown quota names and unknown record types are kept in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -158,45 +158,45 @@ def _set_quota(table: q.QuotaTable, values: Iterable[QuotaValue]) -> tuple[Quota
     return tuple(unknown)
 
 
-def iter_with_offsets(reader: StreamReader) -> Iterator[tuple[int, int, Record]]:
-    """(index, byte offset, record) for each record of ``reader``, END included."""
-    offset = reader.offset
-    for index, record in enumerate(reader):
-        yield index, offset, record
-        offset = reader.offset
+def _record_offset(source: str | bytes, index: int) -> int | None:
+    """Byte offset of record ``index`` of a stream (located again after an error)."""
+    try:
+        with StreamReader(source) as reader:
+            for raw in reader.iter_raw():
+                if raw.index == index:
+                    return raw.offset
+    except StreamError:
+        return None
+    return None
 
 
 def restore_stream(
     source: str | bytes, store: Store, sink: ConnectionSink, *, verify: bool = True
 ) -> Restored:
-    """Restore from a stream file (path) or buffer; see :func:`restore_state`."""
+    """Restore from a stream file (path) or buffer; see :func:`restore_state`.
+
+    Errors name the record and its byte offset.
+    """
     try:
         reader = StreamReader(source)
     except StreamError as exc:
         raise RestoreError(f"not a readable stream: {exc}", offset=exc.offset) from None
     with reader:
         version = reader.header.version
-        restored = restore_state(_guard(reader), store, sink, version, verify=verify)
+        try:
+            restored = restore_state(reader, store, sink, version, verify=verify)
+        except RestoreError as exc:
+            if exc.offset is None and exc.index is not None:
+                exc = RestoreError(
+                    exc.message, exc.index, exc.rtype, _record_offset(source, exc.index)
+                )
+            raise exc from None
         restored.version = version
         return restored
 
 
-def _guard(reader: StreamReader) -> Iterator[tuple[int, int, Record]]:
-    it = iter_with_offsets(reader)
-    while True:
-        try:
-            item = next(it)
-        except StopIteration:
-            return
-        except StreamError as exc:
-            raise RestoreError(
-                exc.expected, exc.record_index, exc.record_type, exc.offset
-            ) from None
-        yield item
-
-
 def restore_state(
-    records: Iterable[tuple[int, int, Record]] | Iterable[Record],
+    records: Iterable[Record],
     store: Store,
     sink: ConnectionSink,
     version: int = 2,
@@ -205,48 +205,85 @@ def restore_state(
 ) -> Restored:
     """Put the state of ``records`` into ``store`` (fresh, as the daemon built it).
 
-    ``records`` are plain records or (index, offset, record) triples (for
-    error messages).  The store's start-up tree is replaced by the stream's.
-    With ``verify`` the store runs its consistency check afterwards (the
-    whole tree once more); a problem is a :class:`RestoreError`.
+    The store's start-up tree is replaced by the stream's.  Errors name the
+    record by number (:func:`restore_stream` adds its offset).  With
+    ``verify`` the store runs its consistency check afterwards (the whole
+    tree once more); a problem is a :class:`RestoreError`.
     """
     out = Restored()
     kept = out.preserved
     clear_tree(store)
     pending: dict[tuple[int, int], list[PendingNode]] = {}
     conn_ids: set[int] = set()
-    index: int | None = None
-    offset: int | None = None
+    index = -1
     record: Record | None = None
     saw_end = False
     nodes = store.nodes
+    # Quota usage of the committed tree, counted while importing:
+    # owner -> [nodes, memory].  C's node memory: 16 + 8 per permission +
+    # value + path + the child-name list (charged to the parent's owner).
+    usage: dict[int, list[int]] = {}
+    exact_usage = True
+    gen = store.generation
+    perms_by_id: dict[int, tuple[tuple[NodePerm, ...], Perms]] = {}
+    new_node = Node.__new__
+    node_count = 0
     try:
-        for item in records:
-            if isinstance(item, tuple):
-                index, offset, record = item
-            else:
-                record = item
-                index = 0 if index is None else index + 1
-            out.records += 1
+        for record in records:
+            index += 1
             cls = record.__class__
             if cls is NodeData:
                 assert isinstance(record, NodeData)
                 if record.conn_id == 0:
                     # Inline for the bulk of the stream; see store.state.import_node.
                     path = record.path
-                    if path in nodes or path.startswith("@") or path == "/" or not record.perms:
-                        import_node(store, path, record.value, store_perms(record.perms))
+                    raw_perms = record.perms
+                    hit = perms_by_id.get(id(raw_perms))
+                    if hit is not None and hit[0] is raw_perms:
+                        perms = hit[1]
+                    else:
+                        perms = store_perms(raw_perms)
+                        perms_by_id[id(raw_perms)] = (raw_perms, perms)
+                    if path in nodes or not perms:
+                        store.generation = gen
+                        import_node(store, path, record.value, perms)
+                        gen = store.generation
+                        exact_usage = False
+                        node_count += 1
+                        continue
+                    value = record.value
+                    if path[0] == "@" or path == "/":
+                        grow = 0
                     else:
                         cut = path.rfind("/")
                         parent = nodes.get(path[:cut] or "/")
                         if parent is None:
-                            raise StateError(f"node {path!r}: parent missing")
-                        parent.add_child(path[cut + 1 :])
-                        store.generation += 1
-                        nodes[path] = Node(
-                            record.value, store_perms(record.perms), store.generation
-                        )
-                    out.nodes += 1
+                            raise StateError(f"node {path!r}: parent {path[:cut] or '/'!r} missing")
+                        name = path[cut + 1 :]
+                        children = parent.children
+                        if name in children:
+                            raise StateError(f"node {path!r} twice")
+                        children[name] = None
+                        grow = len(name) + 1
+                        parent.clen += grow
+                        u = usage.get(parent.perms[0][0])
+                        if u is None:
+                            u = usage[parent.perms[0][0]] = [0, 0]
+                        u[1] += grow
+                    gen += 1
+                    node = new_node(Node)
+                    node.value = value
+                    node.perms = perms
+                    node.gen = gen
+                    node.children = {}
+                    node.clen = 0
+                    nodes[path] = node
+                    u = usage.get(perms[0][0])
+                    if u is None:
+                        u = usage[perms[0][0]] = [0, 0]
+                    u[0] += 1
+                    u[1] += 16 + 8 * len(perms) + len(value) + len(path)
+                    node_count += 1
                     continue
                 key = (record.conn_id, record.tx_id)
                 if key not in pending:
@@ -256,16 +293,16 @@ def restore_state(
                     )
                 access = record.access
                 if record.perms:
-                    node: Node | None = Node(record.value, store_perms(record.perms), 0)
+                    pnode: Node | None = Node(record.value, store_perms(record.perms), 0)
                     written = bool(access & ACCESS_WRITTEN)
                 else:
                     # Deleted in the transaction (access 0), or read while absent.
-                    node = None
+                    pnode = None
                     written = not access & (ACCESS_READ | ACCESS_WRITTEN)
                 pending[key].append(
                     PendingNode(
                         record.path,
-                        node,
+                        pnode,
                         read=bool(access & ACCESS_READ),
                         written=written,
                         changed=bool(access & ACCESS_CHANGED),
@@ -326,11 +363,14 @@ def restore_state(
             elif cls is End:
                 saw_end = True
                 break
-        index = offset = None
+        store.generation = gen
+        out.records = index + 1
+        out.nodes = node_count
         record = None
         if not saw_end:
             raise StateError("the stream ends without an END record")
-        ensure_base_tree(store)
+        if ensure_base_tree(store):
+            exact_usage = False
         for (conn_id, tx_id), nodes_of_tx in pending.items():
             # Streams from pyxenstored say which nodes fire at commit; a
             # transaction that wrote something always fires for something.
@@ -339,16 +379,17 @@ def restore_state(
             )
             import_transaction(store, conn_id, tx_id, nodes_of_tx, events_known=known)
             out.transactions += 1
-        rebuild_counters(store)
+        rebuild_counters(store, usage if exact_usage else None)
+    except StreamError as exc:
+        raise RestoreError(exc.expected, exc.record_index, exc.record_type, exc.offset) from None
     except RestoreError as exc:
-        if exc.index is not None or index is None:
+        if exc.index is not None or record is None:
             raise
         # A sink's error: say which record it came from.
-        rtype = record_type(record) if record is not None else None
-        raise RestoreError(exc.message, index, rtype, offset) from None
+        raise RestoreError(exc.message, index, record_type(record)) from None
     except (StateError, ValueError, OSError) as exc:
         rtype = record_type(record) if record is not None else None
-        raise RestoreError(str(exc), index, rtype, offset) from None
+        raise RestoreError(str(exc), index if record is not None else None, rtype) from None
     out.problems = store.check() if verify else []
     if out.problems:
         shown = "; ".join(out.problems[:5])

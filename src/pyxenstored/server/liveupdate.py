@@ -41,17 +41,21 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from pyxenstored.migrate import (
     DumpError,
     Preserved,
+    Restored,
     RestoreError,
     StoreOnlySink,
     dump_state,
     quota_values,
+    restore_state,
     restore_stream,
 )
 from pyxenstored.server.connection import Connection
@@ -72,6 +76,8 @@ from pyxenstored.stream import (
     Record,
     RingSpec,
     SocketSpec,
+    StreamError,
+    StreamReader,
     StreamWriteError,
     StreamWriter,
     TransactionData,
@@ -126,6 +132,8 @@ class Session:
     timeout: int = 0
     version: int | None = None
     started_at: float = 0.0
+    # The successor's check run, started with the session (pyxenstored only).
+    checker: Checker | None = None
 
 
 @dataclass(slots=True)
@@ -256,6 +264,13 @@ class LiveUpdate:
         if not st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
             return TXT_NOT_EXECUTABLE
         self.session = Session(conn, path)
+        if is_pyxenstored(path):
+            # Started now, so that its start-up is not part of the blackout;
+            # it reads the dump from a pipe while it is being written.
+            try:
+                self.session.checker = Checker(path)
+            except OSError as exc:
+                log.warning("live update: cannot start %s --check-state: %s", path, exc)
         log.info("live update: session opened by connection %d for %s", conn.conn_id, path)
         return _OK
 
@@ -303,6 +318,8 @@ class LiveUpdate:
 
     def _end_session(self) -> None:
         """Forget the session; connections held back for it go on."""
+        if self.session is not None and self.session.checker is not None:
+            self.session.checker.cancel()
         self.session = None
         for conn in list(self.server.stalled):
             self.server.release(conn)
@@ -388,20 +405,26 @@ class LiveUpdate:
                 return
             for item in lost:
                 log.warning("live update (forced): %s is lost", item)
+        checker = session.checker if is_py else None
+        session.checker = None
         try:
-            size = write_state(path, records, version, target)
+            size = write_state(path, records, version, target, checker)
         except StreamWriteError as exc:
             _remove(path)
+            if checker is not None:
+                checker.cancel()
             self._answer(session, f"{TXT_DUMP_WRITE}: {exc}")
             return
         except OSError as exc:
             _remove(path)
+            if checker is not None:
+                checker.cancel()
             self._answer(session, f"{TXT_DUMP_OPEN}: {exc.strerror}")
             return
         dumped = time.monotonic()
         self.last_switch = Switch(dumped - started, 0.0, size, target, lost)
         if is_py:
-            problem = run_check(session.file, path)
+            problem = checker.result() if checker is not None else run_check(session.file, path)
             self.last_switch.check_seconds = time.monotonic() - dumped
             if problem is not None:
                 _remove(path)
@@ -650,20 +673,123 @@ def is_pyxenstored(path: str) -> bool:
     return head.startswith(b"#!") and b"pyxenstored" in head
 
 
-def write_state(path: str, records: Sequence[Record], version: int, target: str) -> int:
-    """Write the stream to ``path`` (created 0600, replaced); returns its size."""
+class _Tee:
+    """A binary file that also feeds everything written to a checker's pipe."""
+
+    def __init__(self, f: BinaryIO, checker: Checker | None) -> None:
+        self.f = f
+        self.checker = checker
+        self.size = 0
+        self._chunks: list[bytes] = []
+        self._pending = 0
+
+    def write(self, data: bytes) -> int:
+        self._chunks.append(data)
+        self._pending += len(data)
+        if self._pending >= 1 << 16:
+            self._push()
+        return len(data)
+
+    def _push(self) -> None:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._pending = 0
+        self.size += len(data)
+        self.f.write(data)
+        if self.checker is not None:
+            self.checker.feed(data)
+
+    def flush(self) -> None:
+        self._push()
+        self.f.flush()
+
+
+def write_state(
+    path: str,
+    records: Sequence[Record],
+    version: int,
+    target: str,
+    checker: Checker | None = None,
+) -> int:
+    """Write the stream to ``path`` (created 0600, replaced); returns its size.
+
+    With ``checker`` the same bytes go to the successor's check run as they
+    are written, so that writing and checking overlap.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+        with os.fdopen(fd, "wb") as f:
             fd = -1
-            writer = StreamWriter(f, version=version, target=target)
+            tee = _Tee(f, checker)
+            writer = StreamWriter(tee, version=version, target=target)  # type: ignore[arg-type]
             writer.write_all(records)
             writer.close()
-            return f.tell()
+            if checker is not None:
+                checker.done()
+            return tee.size
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+class Checker:
+    """``<program> --check-state -``: the successor restores the dump read from a pipe.
+
+    Started when the session opens; :meth:`feed` gives it the stream as it is
+    written, :meth:`result` waits for its verdict.
+    """
+
+    def __init__(self, program: str) -> None:
+        self.program = program
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by result()/cancel()
+        self.proc = subprocess.Popen(
+            [program, "--check-state", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+        )
+        self.broken = False
+
+    def feed(self, data: bytes) -> None:
+        stdin = self.proc.stdin
+        if self.broken or stdin is None:
+            return
+        try:
+            stdin.write(data)
+        except (BrokenPipeError, ValueError):
+            self.broken = True  # it stopped reading: its verdict says why
+
+    def done(self) -> None:
+        stdin = self.proc.stdin
+        if stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stdin.close()
+
+    def result(self, timeout: float = CHECK_TIMEOUT) -> str | None:
+        """None when the successor restored the state cleanly, else why not."""
+        self.done()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            return f"{self.program} --check-state did not finish within {timeout:.0f} s"
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read().decode("utf-8", "replace")
+        self.proc.stdout.close()
+        self._err.seek(0)
+        err = self._err.read().decode("utf-8", "replace")
+        self._err.close()
+        return _verdict(self.program, self.proc.returncode, out, err)
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.done()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._err.close()
 
 
 def run_check(program: str, path: str) -> str | None:
@@ -680,23 +806,40 @@ def run_check(program: str, path: str) -> str | None:
         return f"{program} --check-state did not finish within {CHECK_TIMEOUT:.0f} s"
     except OSError as exc:
         return f"{program} cannot start: {exc.strerror}"
-    out = done.stdout.decode("utf-8", "replace")
-    if done.returncode == 0 and out.startswith(CHECK_OK):
+    return _verdict(
+        program,
+        done.returncode,
+        done.stdout.decode("utf-8", "replace"),
+        done.stderr.decode("utf-8", "replace"),
+    )
+
+
+def _verdict(program: str, status: int, out: str, err: str) -> str | None:
+    if status == 0 and out.startswith(CHECK_OK):
         return None
     for line in out.splitlines():
         if line.startswith(CHECK_FAILED):
             return line[len(CHECK_FAILED) :].lstrip(": ")
-    err = done.stderr.decode("utf-8", "replace").strip().splitlines()
-    detail = err[-1] if err else "no answer"
-    return f"{program} --check-state exited with status {done.returncode}: {detail}"
+    lines = err.strip().splitlines()
+    detail = lines[-1] if lines else "no answer"
+    return f"{program} --check-state exited with status {status}: {detail}"
 
 
 def check_state_main(path: str, config: StoreConfig | None = None) -> int:
-    """``pyxenstored --check-state FILE``: restore into a scratch store and check it."""
+    """``pyxenstored --check-state FILE``: restore into a scratch store and say so.
+
+    ``-`` reads the stream from standard input (the old daemon feeds it
+    while writing the dump).  Only a restore error fails the check; the
+    store's full consistency check would add its own walk of the tree to
+    every live update's blackout.
+    """
     store = Store(config or StoreConfig())
     started = time.monotonic()
     try:
-        restored = restore_stream(path, store, StoreOnlySink(store), verify=True)
+        if path == "-":
+            restored = restore_file(sys.stdin.buffer, store)
+        else:
+            restored = restore_stream(path, store, StoreOnlySink(store), verify=False)
     except RestoreError as exc:
         print(f"{CHECK_FAILED}: {exc}", flush=True)
         return 1
@@ -707,6 +850,19 @@ def check_state_main(path: str, config: StoreConfig | None = None) -> int:
         flush=True,
     )
     return 0
+
+
+def restore_file(f: BinaryIO, store: Store) -> Restored:
+    """Restore a stream read from an open binary file (e.g. a pipe) into ``store``."""
+    try:
+        reader = StreamReader(f)
+    except StreamError as exc:
+        raise RestoreError(f"not a readable stream: {exc}", offset=exc.offset) from None
+    with reader:
+        version = reader.header.version
+        restored = restore_state(reader, store, StoreOnlySink(store), version, verify=False)
+        restored.version = version
+        return restored
 
 
 def c_target_losses(records: Sequence[Record], target: str, baseline: q.QuotaTable) -> list[str]:

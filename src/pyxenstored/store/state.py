@@ -172,11 +172,12 @@ def import_node(store: Store, path: str, value: bytes, perms: Perms) -> None:
     store.nodes[path] = Node(value, perms, store.generation)
 
 
-def ensure_base_tree(store: Store) -> None:
-    """Create ``/`` and the special nodes if the imported state lacked them."""
+def ensure_base_tree(store: Store) -> bool:
+    """Create ``/`` and the special nodes if the imported state lacked them (True if any)."""
     priv = store.config.priv_domid
     from .perms import PERM_NONE, PERM_READ  # local: keeps the import list short
 
+    missing = not all(p in store.nodes for p in ("/", *SPECIAL_NODES))
     if "/" not in store.nodes:
         import_node(store, "/", b"", ((priv, PERM_NONE),))
     if RELEASE_DOMAIN not in store.nodes:
@@ -185,6 +186,7 @@ def ensure_base_tree(store: Store) -> None:
         import_node(store, RELEASE_DOMAIN, b"", ((priv, PERM_NONE), (DOMID_ANY, PERM_READ)))
     if INTRODUCE_DOMAIN not in store.nodes:
         import_node(store, INTRODUCE_DOMAIN, b"", ((priv, PERM_NONE),))
+    return missing
 
 
 def domain_record(store: Store, domid: int) -> Domain:
@@ -296,22 +298,37 @@ def _copy(node: Node | None) -> Node | None:
     return node.copy() if node is not None else None
 
 
-def rebuild_counters(store: Store) -> None:
+def rebuild_counters(store: Store, tree_usage: dict[int, list[int]] | None = None) -> None:
     """Quota usage from the imported tree, watches and transactions.
 
-    Node owners and targets get domain records (as C allocates them while
-    restoring); the maxima are at least the usage.  The server charges its
-    own part (queued output) when it restores connections.
+    ``tree_usage`` (owner -> [nodes, memory] of the committed tree) may be
+    given when the importer counted it already; else the tree is walked.
+    Node owners get domain records (as C allocates them while restoring);
+    the maxima are at least the usage.  The server's own part (queued
+    output) stays as it charged it.
     """
-    for node in store.nodes.values():
-        store._domain(node.perms[0][0])
-    counts = store.recount()
+    if tree_usage is None:
+        tree_usage = {}
+        for path, node in store.nodes.items():
+            u = tree_usage.setdefault(node.perms[0][0], [0, 0])
+            u[0] += 1
+            u[1] += node.memory(path)
+    for owner in tree_usage:
+        store._domain(owner)
+    conn_usage: dict[int, list[int]] = {}
+    for conn in store.conns.values():
+        if conn.domain is None:
+            continue
+        c = conn_usage.setdefault(conn.domid, [0, 0, 0])
+        c[0] += len(conn.watches)
+        c[1] += sum(len(w.path) + len(w.token) for w in conn.watches.values())
+        c[2] += len(conn.transactions)
     for domid, dom in store.domains.items():
-        nodes_n, watches_n, mem, txs = counts.get(domid, [0, 0, 0, 0])
-        mem -= dom.io_usage[q.MEMORY]
+        nodes_n, mem = tree_usage.get(domid, (0, 0))
+        watches_n, watch_mem, txs = conn_usage.get(domid, (0, 0, 0))
         dom.usage[q.NODES] = nodes_n
         dom.usage[q.WATCHES] = watches_n
-        dom.usage[q.MEMORY] = mem + dom.io_usage[q.MEMORY]
+        dom.usage[q.MEMORY] = mem + watch_mem + dom.io_usage[q.MEMORY]
         dom.usage[q.TRANSACTIONS] = txs
         for i, value in enumerate(dom.usage):
             if value > dom.maxima[i]:
