@@ -12,7 +12,9 @@ guest on ``ring-dom5``.  Measured, each as the median of ``--repeat`` runs of
 * ``pipe read dN`` -- N requests in flight, replies matched by id (N above
   the outstanding quota of 20 exercises the daemon's back-pressure).
 
-The daemon is pinned to ``--daemon-cpu``, the guest to ``--guest-cpu``.  The C
+Both daemons run at once and their runs alternate, so that the machine's
+other load falls on both alike.  The daemons are pinned to ``--daemon-cpu``,
+the guest to ``--guest-cpu``.  The C
 reference never notifies guests (its shim drops notifications), so the guest
 polls its page for it; pyxenstored writes to ``notify-dom5`` and the guest
 sleeps on that FIFO.  Run::
@@ -46,6 +48,8 @@ VALUE = b"v" * 32
 def reference(cpu: str) -> Iterator[str]:
     """The C reference serving rings in a fresh dir; yields the dir."""
     runner = PEERS / "reference-xenstored"
+    if not runner.exists():
+        raise SystemExit(f"{runner} not found (the C reference runner of ../shared/peers)")
     ring_dir = tempfile.mkdtemp(prefix="rb-c-", dir="/tmp")
     env = dict(os.environ, XS_SHIM_RINGDIR=ring_dir, XS_SHIM_DOMAINS=f"0,{GUEST}")
     env.pop("XENSTORED_PATH", None)
@@ -137,23 +141,22 @@ def pipe_read(depth: int) -> Callable[[Client, float], int]:
 
 
 def measure(
-    ring_dir: str, tests: list[tuple[str, Callable[[Client, float], int]]], args: argparse.Namespace
-) -> dict[str, float]:
-    guest = introduce(ring_dir)
-    guest.write("bench/value", VALUE)
-    results: dict[str, float] = {}
-    try:
-        for name, fn in tests:
+    guests: dict[str, Client],
+    tests: list[tuple[str, Callable[[Client, float], int]]],
+    args: argparse.Namespace,
+) -> dict[str, dict[str, float]]:
+    """Median ops/s per daemon and test; the daemons' runs are interleaved."""
+    runs: dict[str, dict[str, list[float]]] = {n: {t: [] for t, _ in tests} for n in guests}
+    for test, fn in tests:
+        for guest in guests.values():
             fn(guest, time.monotonic() + 0.2)  # warm-up
-            runs = []
-            for _ in range(args.repeat):
+        for _ in range(args.repeat):
+            # Alternating daemons spreads the machine's other load over both.
+            for name, guest in guests.items():
                 start = time.monotonic()
                 done = fn(guest, start + args.duration)
-                runs.append(done / (time.monotonic() - start))
-            results[name] = statistics.median(runs)
-    finally:
-        guest.close()
-    return results
+                runs[name][test].append(done / (time.monotonic() - start))
+    return {n: {t: statistics.median(v) for t, v in per.items()} for n, per in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,12 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     starters = {"reference": reference, "pyxenstored": pyxenstored}
     names = [n.strip() for n in args.daemons.split(",") if n.strip()]
-    table: dict[str, dict[str, float]] = {}
     for name in names:
         if name not in starters:
             parser.error(f"unknown daemon {name!r}")
-        with starters[name](args.daemon_cpu) as ring_dir:
-            table[name] = measure(ring_dir, tests, args)
+    with contextlib.ExitStack() as stack:
+        guests: dict[str, Client] = {}
+        for name in names:
+            ring_dir = stack.enter_context(starters[name](args.daemon_cpu))
+            guest = introduce(ring_dir)
+            stack.callback(guest.close)
+            guest.write("bench/value", VALUE)
+            guests[name] = guest
+        table = measure(guests, tests, args)
     print(f"guest ops/s over a ring (median of {args.repeat} x {args.duration:g} s)")
     print(
         f"{'test':<16}"

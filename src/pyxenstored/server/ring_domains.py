@@ -376,7 +376,12 @@ class RingDomains:
             return  # cut off: ignored until a reconnection or INTRODUCE
         transport = conn.transport
         assert isinstance(transport, RingTransport)
-        mask = (EVENT_READ if conn.can_process() else 0) | (EVENT_WRITE if conn.has_output else 0)
+        # Guests kick after taking replies too: most such kicks find nothing
+        # to do, and cost no more than these looks at the page.
+        readable = transport.has_input() or transport.doomed
+        mask = (EVENT_READ if readable and conn.can_process() else 0) | (
+            EVENT_WRITE if conn.has_output else 0
+        )
         if mask:
             self.server.service(conn, mask)
         transport.flush_notify()
