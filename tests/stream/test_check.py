@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.stream.conftest import (
     DATA_DIR,
+    HEAD_QUOTA_DEFAULTS,
     WORKED_EXAMPLE,
     body_connection,
     body_domain,
@@ -200,6 +201,18 @@ def test_nonzero_padding_inside_and_after_len() -> None:
     rec2 = bytearray(frame(LE, 5, body, padded=False))
     rec2[-1] = 0xAA
     assert rules(v2(bytes(rec2))) == ["unpadded-len", "nonzero-padding"]
+
+
+def test_c_head_quota_records_with_garbage_padding_are_only_warned() -> None:
+    quota = [(name.encode(), value) for name, value in HEAD_QUOTA_DEFAULTS]
+    gq = bytearray(frame(LE, 6, body_global_quota(LE, quota, [])))
+    assert struct.unpack_from("<II", gq)[1] == 160  # digest 10.7: len 160
+    gq[-4:] = b"\xde\xad\xbe\xef"  # C does not clear the padding
+    dom = bytearray(frame(LE, 7, body_domain(LE, 0, 14, [(b"nodes", 5)])))  # 18 + 6 padding
+    dom[-1] = 0x55
+    diags, summary = check_all(v2(ring(1, 0), bytes(gq), bytes(dom)))
+    assert [d.rule for d in diags] == ["nonzero-padding", "nonzero-padding"]
+    assert summary.errors == 0 and diags[0].offset == 16 + 8 + 156
 
 
 def test_unknown_record_type_is_skipped() -> None:
