@@ -10,7 +10,9 @@ is at least as good** (speeds: py/ref; times and memory: ref/py).
 Workloads:
 
 * ops/s of READ, WRITE, DIRECTORY, GET_PERMS and whole transactions,
-  sequential and pipelined, 1 and 8 connections (``bench/ops_bench.py``);
+  sequential and pipelined, 1 and 8 connections (``bench/ops_bench.py``),
+  and the daemon's CPU time per operation in the same runs (less sensitive
+  to other load on the machine than the rates);
 * Debian's ``test-xenstore -i N`` average per test (ns);
 * watch fan-out: one WRITE, 1 000 watches on the written node (100
   connections x 10 tokens), time until every event has arrived;
@@ -117,27 +119,48 @@ class Raw:
 # --- workloads -------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ops_rows(daemons: dict[str, Daemon], args: argparse.Namespace) -> list[Row]:
     rows = []
+    cpu_rows = []
     for op in ops_bench.OPS:
         for mode in ("seq", "pipe"):
             for conns in (1, 8):
                 cell = ops_bench.Cell(op, mode, conns)
                 rates = {}
+                cpu_per_op = {}
                 for kind, daemon in daemons.items():
+                    before = cpu_seconds(daemon.pid)
                     runs = [
                         ops_bench.measure(
                             daemon.socket, cell, args.depth, args.duration, args.client_cpu
                         )[0]
                         for _ in range(args.repeat)
                     ]
+                    spent = cpu_seconds(daemon.pid) - before
                     rates[kind] = statistics.median(runs)
+                    # setup and clean-up requests are included: a slight overestimate
+                    cpu_per_op[kind] = spent / max(1.0, sum(runs) * args.duration) * 1e6
                 name = f"ops {op} {mode} {conns}c"
                 rows.append(Row(name, "ops/s", rates[REFERENCE], rates[PYXENSTORED]))
+                cpu_rows.append(
+                    Row(
+                        f"cpu {op} {mode} {conns}c",
+                        "us CPU/op",
+                        cpu_per_op[REFERENCE],
+                        cpu_per_op[PYXENSTORED],
+                        higher_is_better=False,
+                    )
+                )
                 print(
                     f"  {name}: ref {rates[REFERENCE]:.0f}, py {rates[PYXENSTORED]:.0f}", flush=True
                 )
-    return rows
+    return rows + cpu_rows
 
 
 _TX_LINE = re.compile(r"^(.{10}): avg: (\d+) ns")
