@@ -212,7 +212,7 @@ def test_c_head_quota_records_with_garbage_padding_are_only_warned() -> None:
     dom[-1] = 0x55
     diags, summary = check_all(v2(ring(1, 0), bytes(gq), bytes(dom)))
     assert [d.rule for d in diags] == ["nonzero-padding", "nonzero-padding"]
-    assert summary.errors == 0 and diags[0].offset == 16 + 8 + 156
+    assert summary.errors == 0 and diags[0].offset == 16 + 40 + 8 + 156  # after the ring record
 
 
 def test_unknown_record_type_is_skipped() -> None:
