@@ -314,3 +314,51 @@ def test_restore_errors_name_record_and_offset() -> None:
     store = Store()
     with pytest.raises(RestoreError, match="unknown connection 9"):
         restore_state(rs, store, StoreOnlySink(store))
+
+
+def test_restore_c_head_layout() -> None:
+    """A version-2 stream as C HEAD writes it: quota first, a depth watch in its writer's
+    (buggy) layout, unique-id on a ring connection, DOMAIN_DATA with features."""
+    import struct
+
+    from pyxenstored.stream import encode_record
+    from pyxenstored.stream.writer import encode_preamble
+
+    head_defaults = (
+        ("nodes", 1000), ("watches", 128), ("outstanding", 20), ("memory", 2621440),
+        ("soft-memory", 2097152), ("transactions", 10), ("transaction-nodes", 1024),
+        ("node-permissions", 5), ("path-max", 2048), ("node-size", 2048),
+    )  # fmt: skip
+    quota = GlobalQuotaData(
+        tuple(QuotaValue(n, 7 if n == "watches" else v) for n, v in head_defaults)
+    )
+    parts = [
+        encode_preamble(2, False),
+        encode_record(GlobalData(-1, -1)),
+        encode_record(quota),
+        encode_record(ConnectionData(1, 1, 0, SocketSpec(4))),
+        # digest 10.3.4: WATCH_DATA_EXTENDED as the C HEAD writer emits it (no depth,
+        # len overstated by 8): path "/a", token "t", conn 1.
+        struct.pack("<II", 8, 24) + bytes.fromhex("0100000003000200 2f61007400000000"),
+        encode_record(ConnectionData(2, 0, 1, RingSpec(3, 0x7FF4, 9), unique_id=0x1122)),
+    ]
+    for path in ("/", "/a", "@releaseDomain", "@introduceDomain"):
+        parts.append(encode_record(NodeData(0, 0, 0, (NodePerm("n", 0, 0),), path, b"")))
+    parts.append(encode_record(NodeData(0, 0, 0, (NodePerm("b", 0, 3),), "/a/guest", b"g")))
+    parts.append(encode_record(DomainData(0, 14, quota.domain_quota)))
+    parts.append(encode_record(DomainData(3, 2, (QuotaValue("nodes", 5),))))
+    parts.append(encode_record(End()))
+    store = Store()
+    sink = StoreOnlySink(store)
+    restored = restore_stream(b"".join(parts), store, sink)
+    assert restored.version == 2 and restored.connections == 2
+    assert store.check() == []
+    assert store.config.quota.hard(q.WATCHES) == 7
+    assert store.domains[3].features == 2 and store.domains[3].quota.hard(q.NODES) == 5
+    assert store.domains[3].usage[q.NODES] == 1
+    # The watch is there, depth unknown (unlimited), and fires.
+    r = store.handle(1, MsgType.WRITE, 0, b"/a/x/y\0v")
+    assert [(e.conn_id, e.path, e.token) for e in r.events] == [(1, b"/a/x/y", b"t")]
+    # The ring connection keeps its record (unique-id included) for the next dump.
+    again = list(dump_state(store, sink.records))
+    assert ConnectionData(2, 0, 1, RingSpec(3, 0x7FF4, 9), unique_id=0x1122) in again
