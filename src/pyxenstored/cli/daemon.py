@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ring-dir",
         metavar="DIR",
         help="serve guest domains on shared rings in DIR (simulated hypervisor: "
-        "DIR/ring-dom<N>, DIR/evtchn, DIR/domains; see server/hypervisor.py)",
+        "DIR/ring-dom<N>, DIR/evtchn, DIR/domains; see server/hypervisor.py); "
+        "default $XS_SHIM_RINGDIR",
     )
     logs = parser.add_argument_group("logging")
     logs.add_argument(
@@ -210,12 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     updater.install(hooks)
     rings: RingDomains | None = None
     try:
-        if args.ring_dir:
+        # The C reference's shim variable counts too: a live update from it
+        # execs us with its environment and its own arguments.
+        ring_dir = args.ring_dir or os.environ.get("XS_SHIM_RINGDIR")
+        if ring_dir:
             # Before a restore: live update maps the dumped rings through it.
             try:
-                rings = RingDomains(server, store, SimulatedHypervisor(args.ring_dir))
+                rings = RingDomains(server, store, SimulatedHypervisor(ring_dir))
             except OSError as exc:
-                return _fail(f"cannot serve rings in {args.ring_dir}: {exc}")
+                return _fail(f"cannot serve rings in {ring_dir}: {exc}")
             updater.ring_restorer = rings.restore_transport
         if args.live_update:
             try:
