@@ -90,10 +90,13 @@ def test_notify_writes_the_port_when_the_guest_holds_its_fifo(tmp_path: Path) ->
         hv.close()
 
 
-def test_domains_file(tmp_path: Path) -> None:
+def test_domains_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XS_SHIM_DOMAINS", raising=False)
     hv = SimulatedHypervisor(str(tmp_path))
     try:
         assert hv.domains() == {0: DomainInfo(0)}  # no file: only dom0, like the shim
+        monkeypatch.setenv("XS_SHIM_DOMAINS", "0,5")
+        assert hv.domains() == {0: DomainInfo(0), 5: DomainInfo(5)}  # the shim's variable
         (tmp_path / "domains").write_text("0\n5 77\n")
         assert hv.domains() == {0: DomainInfo(0), 5: DomainInfo(5, 77)}
     finally:

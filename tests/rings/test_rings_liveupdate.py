@@ -1,4 +1,4 @@
-"""Live update keeps guests on rings: pyxenstored -> pyxenstored, mid-request.
+"""Live update keeps guests on rings: pyxenstored -> pyxenstored, C -> pyxenstored -> C.
 
 A guest on its ring leaves half a request in the request queue and has an
 unread watch event waiting; after ``xenstore-control live-update`` the new
@@ -9,13 +9,15 @@ started through the live-update tests' successor script.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from tests.client.daemons import introduce_guest
-from tests.liveupdate.conftest import LuDaemon, start_pyxenstored
+from tests.liveupdate.conftest import LuDaemon, start_pyxenstored, write_successor
 from tests.rings.conftest import kick
-from tests.util import XEN_BIN, require
+from tests.util import REFERENCE_RUNNER, XEN_BIN, require
 
 from pyxenstored.client import Client, WatchEvent
 from pyxenstored.wire import HEADER, MsgType
@@ -69,3 +71,57 @@ def test_guests_carry_on_across_live_updates(ring_lu: tuple[LuDaemon, Path]) -> 
             guest.close()
     finally:
         d.stop()
+
+
+@pytest.mark.reference
+def test_guest_on_a_ring_goes_from_c_to_pyxenstored_and_back(tmp_path: Path) -> None:
+    """C 4.17 execs pyxenstored (its arguments, its shim environment): the ring carries on."""
+    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
+    require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
+    run = tmp_path / "ref"
+    env = dict(os.environ, XS_SHIM_RINGDIR=str(run), XS_SHIM_DOMAINS="0,5")
+    env.pop("XENSTORED_RUNDIR", None)
+    env.pop("XENSTORED_PATH", None)
+    run.mkdir(mode=0o700)
+    started = subprocess.run(
+        [str(REFERENCE_RUNNER), "start", str(run)], env=env, capture_output=True, text=True
+    )
+    require(started.returncode == 0, f"reference xenstored did not start: {started.stderr}")
+    pid = int(started.stdout.split()[-1])
+    successor = write_successor(tmp_path / "pyxenstored-successor", run, tmp_path / "dumps")
+    control_env = dict(env, XENSTORED_PATH=str(run / "socket"))
+    try:
+        with Client.connect_socket(str(run / "socket"), timeout=30) as dom0:
+            introduce_guest(dom0, str(run), 5, 7)
+            guest = Client.connect_ring(str(run), 5, 7, timeout=30)
+            guest.write("data/a", b"from-c")
+            guest.watch("data", "w")
+            assert guest.next_event(10) == WatchEvent("data", "w")
+            dom0.write(f"{HOME}/data/b", b"unread")
+            payload = b"data/a\0"
+            request = HEADER.pack(MsgType.READ, 77, 0, len(payload)) + payload
+            guest.send_raw(request[:5])
+            stages = [("py", str(successor)), ("c", str(XEN_BIN / "xenstored"))]
+            for n, (expect, program) in enumerate(stages):
+                done = subprocess.run(
+                    [str(XEN_BIN / "xenstore-control"), "live-update", "-t", "10", program],
+                    env=control_env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                log = (run / "xenstored.out").read_text(errors="replace")
+                assert done.returncode == 0, (done.stdout, done.stderr, log)
+                exe = os.readlink(f"/proc/{pid}/exe")
+                assert exe.endswith("xenstored") == (expect == "c"), log
+                if n == 0:
+                    guest.send_raw(request[5:])
+                    assert guest.collect(77, 20) == b"from-c"
+                    assert guest.next_event(10) == WatchEvent("data/b", "w")
+                dom0.write(f"{HOME}/data/s{n}", b"x")
+                assert guest.next_event(10) == WatchEvent(f"data/s{n}", "w")
+                guest.write(f"stage{n}", expect)
+                assert dom0.read(f"{HOME}/stage{n}") == expect.encode()
+            guest.close()
+    finally:
+        subprocess.run([str(REFERENCE_RUNNER), "stop", str(run)], env=env, check=False)

@@ -18,7 +18,8 @@ harness drives both daemons:
   it open), the daemon notifies the guest by writing the port to it, without
   blocking; a guest that polls its page works without it;
 * ``DIR/domains``: the domains that exist, one per line: ``<domid>
-  [<unique-id>] [shutdown]``.  Removing a line and kicking
+  [<unique-id>] [shutdown]`` (without the file, ``$XS_SHIM_DOMAINS`` as
+  for the shim, default ``0``).  Removing a line and kicking
   :data:`VIRQ_DOM_EXC_PORT` is the domain's death; adding ``shutdown`` and
   kicking is its shutdown; a line with a different unique id is a new domain
   that reuses the domid.
@@ -286,7 +287,8 @@ class SimulatedHypervisor:
             with open(path, encoding="utf-8", errors="replace") as f:
                 return parse_domains(f.read())
         except FileNotFoundError:
-            return {0: DomainInfo(0)}
+            # As the C reference's shim: $XS_SHIM_DOMAINS, default dom0 only.
+            return parse_domains(os.environ.get("XS_SHIM_DOMAINS", "0")) or {0: DomainInfo(0)}
         except OSError as exc:
             log.warning("cannot read %s: %s", path, exc)
             return {0: DomainInfo(0)}
