@@ -20,10 +20,12 @@ from tests.stream.conftest import (
 from pyxenstored.cli.stream_tool import (
     Progress,
     build_tree,
+    in_tree_order,
     main,
     record_from_json,
     record_to_json,
     sanitise,
+    streamed_tree_lines,
     swap_messages,
     tree_lines,
 )
@@ -108,6 +110,33 @@ def test_tree_long_names_and_values_are_cut_like_xenstore_ls() -> None:
     assert lines[1] == 'b = "' + "w" * 71 + '\\..."  (n0)'
     # names are cut to 72 columns; the value no longer fits
     assert lines[2] == "z" * 72 + ' = "\\..."  (r3,w4)'
+
+
+def test_streamed_tree_equals_in_memory_tree(synth_file: Path) -> None:
+    _, records = read_records(str(synth_file))
+    assert in_tree_order(records)
+    assert list(streamed_tree_lines(records)) == list(tree_lines(build_tree(records)))
+
+
+def test_tree_of_a_stream_not_in_tree_order(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    n0 = [(b"n", 0, 0)]
+    data = stream(
+        2,
+        False,
+        *(
+            frame(False, 5, body_node(False, 0, 0, 0, n0, path, b""))
+            for path in (b"/a", b"/b", b"/a/c", b"/b/d", b"/a/c/e")
+        ),
+    )
+    _, records = read_records(data)
+    assert not in_tree_order(records)
+    src = tmp_path / "o.xs"
+    src.write_bytes(data)
+    code, out, _ = run(capsys, "dump", "--tree", str(src))
+    names = [line.split(" = ")[0] for line in out.splitlines()]
+    assert code == 0 and names == ["a", " c", "  e", "b", " d"]
 
 
 def test_dump_json_then_build_is_byte_identical(

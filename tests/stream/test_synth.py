@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from pyxenstored.cli.stream_tool import in_tree_order
 from pyxenstored.stream import read_records
 from pyxenstored.stream.check import check_all
 from pyxenstored.stream.records import (
@@ -70,6 +71,7 @@ def test_host_layout() -> None:
 
 def test_record_order_is_c_like() -> None:
     records = list(synth_records(SynthConfig(domains=3)))
+    assert in_tree_order(records)  # nodes depth-first, as C writes them
     kinds = [type(r) for r in records]
     assert kinds[0] is GlobalData and kinds[1] is GlobalQuotaData and kinds[-1] is End
     first_node = kinds.index(NodeData)

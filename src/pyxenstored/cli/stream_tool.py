@@ -383,34 +383,71 @@ def build_tree(records: Iterable[Record]) -> dict[str, _TreeNode]:
     return nodes
 
 
-def tree_lines(nodes: dict[str, _TreeNode], max_width: int = 80) -> Iterator[str]:
-    """The lines ``xenstore-ls -p /`` prints (stdout not a terminal: 80 columns)."""
-    tag_len = len(' = "..."')
-    desired = 60
+LS_WIDTH = 80  # xenstore-ls when stdout is not a terminal
+_TAG_LEN = len(' = "..."')
+_DESIRED = 60
+
+
+def ls_line(name: str, depth: int, value: bytes, perms: Iterable[NodePerm]) -> str:
+    """One line of ``xenstore-ls -p``: indent, name, quoted value, dotted fill, permissions."""
+    max_width = LS_WIDTH
+    line = " " * depth + name[: max(0, max_width - _TAG_LEN - depth)]
+    width = len(line)
+    shown = sanitise(value)
+    # C compares the raw length but cuts the escaped text
+    if max_width < width + len(value) + _TAG_LEN:
+        line += ' = "' + shown[: max(0, max_width - _TAG_LEN - width)] + '\\..."'
+    else:
+        line += ' = "' + shown + '" '
+        width = len(line)
+        line += "".join("." if w & 1 else " " for w in range(width, min(_DESIRED, max_width)))
+    return line + "  (" + ",".join(f"{p.perm}{p.domid}" for p in perms) + ")"
+
+
+def tree_lines(nodes: dict[str, _TreeNode]) -> Iterator[str]:
+    """The lines ``xenstore-ls -p /`` prints for an in-memory tree."""
     stack: list[tuple[str, int]] = [("/" + name, 0) for name in reversed(nodes["/"].children)]
     while stack:
         path, depth = stack.pop()
         node = nodes[path]
-        name = path[path.rfind("/") + 1 :]
-        line = " " * depth + name[: max(0, max_width - tag_len - depth)]
-        width = len(line)
-        shown = sanitise(node.value)
-        if max_width < width + len(node.value) + tag_len:
-            line += ' = "' + shown[: max(0, max_width - tag_len - width)] + '\\..."'
-        else:
-            line += ' = "' + shown + '"'
-            width = len(line)
-            line += " "
-            width += 1
-            pad = []
-            while width < min(desired, max_width):
-                pad.append("." if width & 1 else " ")
-                width += 1
-            line += "".join(pad)
-        line += "  (" + ",".join(f"{p.perm}{p.domid}" for p in node.perms) + ")"
-        yield line
+        yield ls_line(path[path.rfind("/") + 1 :], depth, node.value, node.perms)
         for child in reversed(node.children):
             stack.append((path + "/" + child, depth + 1))
+
+
+def _listed(r: Record) -> bool:
+    """Whether ``xenstore-ls /`` would show this record's node."""
+    return isinstance(r, NodeData) and not r.conn_id and r.path[:1] == "/" and r.path != "/"
+
+
+def in_tree_order(records: Iterable[Record]) -> bool:
+    """Whether the listed nodes come depth-first, each new, each right after its
+    parent's subtree started: then stream order is the listing order."""
+    stack: list[tuple[str, set[str]]] = [("/", set())]
+    for r in records:
+        if not _listed(r):
+            continue
+        assert isinstance(r, NodeData)
+        path = r.path
+        while stack[-1][0] != "/" and not path.startswith(stack[-1][0] + "/"):
+            stack.pop()
+        cut = path.rfind("/")
+        parent, name = path[:cut] or "/", path[cut + 1 :]
+        top, kids = stack[-1]
+        if top != parent or name in kids:
+            return False
+        kids.add(name)
+        stack.append((path, set()))
+    return True
+
+
+def streamed_tree_lines(records: Iterable[Record]) -> Iterator[str]:
+    """``xenstore-ls -p`` lines for a stream that is :func:`in_tree_order`, in constant memory."""
+    for r in records:
+        if _listed(r):
+            assert isinstance(r, NodeData)
+            path = r.path
+            yield ls_line(path[path.rfind("/") + 1 :], path.count("/") - 1, r.value, r.perms)
 
 
 # --- sub-commands ---------------------------------------------------------------
@@ -429,7 +466,19 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
     with _reader(args.file) as reader:
         header = reader.header
         if args.tree:
-            nodes = build_tree(_iter_with_progress(reader, progress))
+            if args.file != "-" and in_tree_order(_iter_with_progress(reader, progress)):
+                # C writes the tree depth-first: print while reading, a second pass
+                with _reader(args.file) as again:
+                    second = _iter_with_progress(again, Progress("dump", _size_of(args.file)))
+                    for line in streamed_tree_lines(second):
+                        out.write(line + "\n")
+                return EXIT_OK
+            if args.file != "-":
+                reader = _reader(args.file)  # read again, keep the whole tree this time
+            with reader:
+                nodes = build_tree(
+                    _iter_with_progress(reader, Progress("dump", _size_of(args.file)))
+                )
             for line in tree_lines(nodes):
                 out.write(line + "\n")
             return EXIT_OK

@@ -273,8 +273,11 @@ def _guest_home(g: _Guest, vifs: int, vbds: int) -> Iterator[NodeData]:
     yield _node(f"{home}/control/platform-feature-xs_reset_watches", "1", ro)
     for area in ("data", "drivers", "feature", "attr", "error"):
         yield _node(f"{home}/{area}", "", own)
-    yield _node(f"{home}/drivers/0", f"Linux 6.1.0-{d % 30}-amd64", own)
-    yield _node(f"{home}/attr/os", "linux", own)
+        # depth-first like C: a node's children right after it
+        if area == "drivers":
+            yield _node(f"{home}/drivers/0", f"Linux 6.1.0-{d % 30}-amd64", own)
+        elif area == "attr":
+            yield _node(f"{home}/attr/os", "linux", own)
     yield _node(f"{home}/console", "", ro)
     for key, value in (
         ("backend-id", "0"),
