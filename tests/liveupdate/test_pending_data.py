@@ -10,6 +10,7 @@ request, and keeps the half request waiting for its end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -48,10 +49,8 @@ def pump(server: Server, sock: socket.socket, size: int) -> bytes:
     out = b""
     for _ in range(1000):
         server.run_once(0.005)
-        try:
+        with contextlib.suppress(BlockingIOError):
             out += sock.recv(size - len(out))
-        except BlockingIOError:
-            pass
         if len(out) >= size:
             return out
     raise AssertionError(f"got {len(out)} of {size} bytes")
