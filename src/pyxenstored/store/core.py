@@ -79,6 +79,7 @@ PRIVILEGED_TYPES = frozenset(
 )
 _TX_IGNORED = frozenset({MsgType.WATCH, MsgType.UNWATCH})
 PATH_CACHE_SIZE = 8192
+ANY_GENERATION = -2  # permission check without the domain-generation test
 
 
 @dataclass(slots=True, frozen=True)
@@ -421,6 +422,8 @@ class Store:
 
     def _stale(self, domid: int, gen: int) -> bool:
         """An entry for a domain unknown, or younger than the node (digest 3.3)."""
+        if gen == ANY_GENERATION:
+            return False
         dom = self.domains.get(domid)
         return dom is None or dom.generation > gen
 
@@ -697,14 +700,12 @@ class Store:
         by the time of firing (removed in a committed transaction) reaches
         nobody, as in C.
         """
-        if conn.privileged and (node is not None or path in self.nodes):
+        if conn.privileged and (node is not None or old_perms is not None or path in self.nodes):
             return True
-        if (
-            old_perms is not None
-            and node is not None
-            and self._perm(conn, old_perms, node.gen) & PERM_READ
-        ):
-            return True
+        if old_perms is not None:
+            gen = node.gen if node is not None else ANY_GENERATION
+            if self._perm(conn, old_perms, gen) & PERM_READ:
+                return True
         if node is None:
             node = self.nodes.get(path)
             if node is None:
@@ -1056,7 +1057,9 @@ class Store:
             for path in tx.nodes:
                 mode = tx.events.get(path)
                 if mode is not None:
-                    self._fire(path, mode, None, None, events)
+                    # C checks the watcher against the permissions the node had
+                    # when the transaction first saw it, or re-reads the node.
+                    self._fire(path, mode, None, tx.first_perms.get(path), events)
         return events
 
     # --- domains ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ replace the committed nodes.  Nothing is copied up front.
 from __future__ import annotations
 
 from .node import NO_GENERATION, Node
+from .perms import Perms
 
 
 class Transaction:
@@ -25,6 +26,7 @@ class Transaction:
         "events",
         "failed",
         "node_delta",
+        "first_perms",
     )
 
     def __init__(self, tx_id: int, conn_id: int, gen: int) -> None:
@@ -39,11 +41,19 @@ class Transaction:
         self.events: dict[str, int] = {}  # path -> watch match mode (subtree wins)
         self.failed = False
         self.node_delta: dict[int, int] = {}  # domid -> net nodes created here
+        # Permissions of nodes that existed at first access: at commit they
+        # decide, besides the committed node, who is told about the change.
+        self.first_perms: dict[str, Perms] = {}
 
     def first_access(self, path: str, committed: Node | None) -> Node | None:
         """Record the first access of ``path`` and return the private copy."""
-        self.gens[path] = committed.gen if committed is not None else NO_GENERATION
-        copy = committed.copy() if committed is not None else None
+        if committed is None:
+            self.gens[path] = NO_GENERATION
+            self.nodes[path] = None
+            return None
+        self.gens[path] = committed.gen
+        self.first_perms[path] = committed.perms
+        copy = committed.copy()
         self.nodes[path] = copy
         return copy
 
