@@ -245,6 +245,9 @@ def import_transaction(
         now = committed.get(p.path)
         gen = now.gen if now is not None else NO_GENERATION
         tx.gens[p.path] = -2 if p.changed else gen  # -2: matches nothing
+        if now is not None and not p.changed:
+            # Unchanged since first access: the committed node is what it saw.
+            tx.first_perms[p.path] = now.perms
         if not p.written:
             tx.nodes[p.path] = now.copy() if now is not None and not p.changed else _copy(p.node)
             continue
