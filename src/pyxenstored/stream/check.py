@@ -437,6 +437,7 @@ class _Checker:
         self.s_watch_ext = struct.Struct(endian + "IHHHH")
         self.s_tx = struct.Struct(endian + "II")
         self.s_node = struct.Struct(endian + "IIHHHH")
+        self.s_node_perm = struct.Struct(endian + "IIHHHHBBH")
         self.s_perm = struct.Struct(endian + "BBH")
         self.s_gquota = struct.Struct(endian + "HH")
         self.s_domain = struct.Struct(endian + "HHI")
@@ -820,7 +821,13 @@ class _Checker:
         vlen: int
         access: int
         nperm: int
-        conn_id, tx_id, plen, vlen, access, nperm = self.s_node.unpack_from(buf, start)
+        if length >= 20:
+            # the fixed part and the first permission in one go
+            conn_id, tx_id, plen, vlen, access, nperm, letter, flag, first_domid = (
+                self.s_node_perm.unpack_from(buf, start)
+            )
+        else:
+            conn_id, tx_id, plen, vlen, access, nperm = self.s_node.unpack_from(buf, start)
         path_at = 16 + 4 * nperm
         need = path_at + plen + vlen
         if (
@@ -831,8 +838,8 @@ class _Checker:
         ):
             # Fast path for the common case (C's own streams): a committed node with
             # one or two permissions, arriving as a new child of the innermost open node.
-            # Anything unusual falls through to the full rules below.
-            letter, flag, first_domid = self.s_perm.unpack_from(buf, start + 16)
+            # Anything unusual falls through to the full rules below.  (need <= length
+            # and nperm > 0 imply length >= 20: the first permission was unpacked.)
             if nperm == 2:
                 # fold the second entry's checks into the first one's
                 letter2, flag2, _ = self.s_perm.unpack_from(buf, start + 20)
