@@ -19,6 +19,7 @@ reader recognises.  Unknown quota names and unknown record types are kept in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -64,6 +65,9 @@ from ..stream.records import (
 )
 from .dump import ACCESS_CHANGED, ACCESS_EVENT_EXACT, ACCESS_EVENT_SUBTREE, Preserved
 
+# Node paths the protocol can name (xenstore.txt): "/", absolute paths without
+# empty components, or special "@" paths.
+_NODE_PATH = re.compile(r"/|(?:/[A-Za-z0-9_@\-]+)+|@[A-Za-z0-9_@/\-]+").fullmatch
 _BITS = {"n": PERM_NONE, "r": PERM_READ, "w": PERM_WRITE, "b": PERM_RW}
 
 
@@ -237,6 +241,8 @@ def restore_state(
                 if record.conn_id == 0:
                     # Inline for the bulk of the stream; see store.state.import_node.
                     path = record.path
+                    if _NODE_PATH(path) is None:
+                        raise StateError(f"node path {path!r} is not valid")
                     raw_perms = record.perms
                     hit = perms_by_id.get(id(raw_perms))
                     if hit is not None and hit[0] is raw_perms:
@@ -286,6 +292,8 @@ def restore_state(
                     node_count += 1
                     continue
                 key = (record.conn_id, record.tx_id)
+                if _NODE_PATH(record.path) is None:
+                    raise StateError(f"node path {record.path!r} is not valid")
                 if key not in pending:
                     raise StateError(
                         f"node {record.path!r} of transaction {record.tx_id} of connection "
