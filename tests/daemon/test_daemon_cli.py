@@ -172,7 +172,7 @@ def test_quota_options_reach_the_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-U"], "not yet supported"),
+        (["-U"], "state_dump"),  # a restore without a state dump
         (["-Q", "bogus=1"], "bogus"),
         (["-w", "nonsense"], "watch-event"),
         (["--log-level", "chatty"], "chatty"),

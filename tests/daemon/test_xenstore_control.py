@@ -63,9 +63,3 @@ def test_log_switches_and_logfile(daemon: Daemon) -> None:
     assert "io: IN " in text and "WRITE (/traced yes)" in text
     assert control(daemon, "memreport").returncode == 0
     assert "connection" in trace.read_text()
-
-
-def test_live_update_not_yet_supported(daemon: Daemon, tmp_path: object) -> None:
-    out = control(daemon, "live-update", "/bin/true")
-    assert out.returncode != 0
-    assert "not yet supported" in out.stdout + out.stderr
