@@ -279,3 +279,15 @@ def test_parent_copied_after_outside_creation_of_child(
     assert dom0.end(tx).payload == b"EAGAIN\0"
     assert dom0.read("/n/x") == b"o"
     assert_consistent(dom0.store)
+
+
+def test_rm_of_child_unknown_to_the_parent_copy_is_eio(
+    dom0: Client, connect: ClientFactory
+) -> None:
+    other = connect()
+    tx = dom0.start()
+    dom0.write("/a", b"", tx=tx)  # copies /
+    other.write("/c", b"")
+    assert dom0.err(M.RM, b"/c\0", tx=tx) == "EIO"
+    assert dom0.end(tx).payload == b"EAGAIN\0"
+    assert_consistent(dom0.store)

@@ -679,6 +679,10 @@ class Store:
                 self._fire(p, mode, n, None, events)
         name = basename(path)
         if tx is not None:
+            if name not in parent.children:
+                # The transaction's copy of the parent predates the child (created
+                # outside since): C's delete_child fails so.  The commit is doomed.
+                raise XsError("EIO", "child missing from the transaction's parent copy")
             parent.remove_child(name)
             self._tx_written(tx, parent_path, parent)
             return
