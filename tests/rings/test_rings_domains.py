@@ -140,7 +140,10 @@ def test_release_then_introduce_again(py_daemon: Daemon, pdom0: Client) -> None:
     six.close()
     pdom0.release(6)
     assert not pdom0.exists("/local/domain/6")
+    # The next domain 6 gets its own feature word, not the old one's.
+    pdom0.set_feature(6, 4)
     six = guest_on(py_daemon, pdom0, 6, 9)  # new page state, another port
+    assert page_word(ring_dir_of(py_daemon), 6, 2064) == 4 | 1
     six.write("second", b"2")
     assert pdom0.read("/local/domain/6/second") == b"2"
     six.close()

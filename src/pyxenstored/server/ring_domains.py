@@ -41,7 +41,13 @@ import os
 from pyxenstored.server.connection import Connection
 from pyxenstored.server.hypervisor import DomainInfo, Hypervisor
 from pyxenstored.server.loop import EVENT_READ, EVENT_WRITE, Server
-from pyxenstored.server.ring_transport import CONNECTION, ERROR, RingPage, RingTransport
+from pyxenstored.server.ring_transport import (
+    CONNECTION,
+    ERROR,
+    SERVER_FEATURES,
+    RingPage,
+    RingTransport,
+)
 from pyxenstored.server.transport import Transport
 from pyxenstored.store import Store
 from pyxenstored.store.features import SUPPORTED_FEATURES
@@ -192,7 +198,9 @@ class RingDomains:
         if first:
             record = self.store.domains.get(domid)
             features = record.features if record is not None else SUPPORTED_FEATURES
-            ring.page.advertise(features | RING_FEATURES)
+            # The domain's mask, as C assigns it (a previous user of the
+            # page may have left other bits).
+            ring.page.set_word(SERVER_FEATURES, features | RING_FEATURES)
         # Both cases reset the connection: no watches, transactions or
         # queued output, all four offsets zero, a pending reconnection done.
         self._reset(ring, "introduced")
