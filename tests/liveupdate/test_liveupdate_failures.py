@@ -234,3 +234,15 @@ def test_successor_script_helper(tmp_path: Path) -> None:
     assert is_pyxenstored(str(prog))
     assert not is_pyxenstored(str(XEN_BIN / "xenstored"))
     assert not is_pyxenstored(str(tmp_path / "missing"))
+
+
+def test_version_1_to_pyxenstored_refuses_losses(lu_daemon: LuDaemon) -> None:
+    """``-s -v 1`` (sent by our client: 4.17's xenstore-control never sends -v)."""
+    d = lu_daemon
+    c = Client.connect_socket(d.socket, timeout=10)
+    c.watch("/v1", "deep", depth=1)
+    assert c.control("live-update", "-f", str(d.program)) == "OK"
+    reply = c.control("live-update", "-s", "-t", "5", "-v", "1")
+    assert "would lose" in reply and "depth 1 of connection" in reply
+    assert c.control("live-update", "-a") == "OK"
+    assert_serves_on(d, d.proc.pid)

@@ -531,6 +531,10 @@ class LiveUpdate:
             records = list(
                 dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
             )
+            if version == 1:
+                # Asked for explicitly: what version 1 cannot carry is a loss.
+                adapted, lost = adapt_for_target(records, 1, "spec", lossy=True)
+                return adapted, "spec", 1, lost
             return records, "spec", version or 2, []
         version = version or 1
         target = "c-4.17" if version == 1 else "c-head"
