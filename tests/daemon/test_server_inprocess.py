@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.daemon.conftest import InProcessServer
 from tests.daemon.wireclient import (
     DIRECTORY,
@@ -213,3 +215,22 @@ def test_store_exception_becomes_eio_and_server_goes_on(fake_server: InProcessSe
     sock = connect(fake_server.socket)
     assert call(sock, READ, b"/boom\0") == (ERROR, b"EIO\0")
     assert call(sock, WRITE, b"/fine\0x") == (WRITE, b"OK\0")
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(garbage=st.lists(st.binary(min_size=1, max_size=200), min_size=1, max_size=8))
+def test_random_bytes_never_hurt_other_clients(
+    fake_server: InProcessServer, garbage: list[bytes]
+) -> None:
+    hostile = connect(fake_server.socket, timeout=2)
+    for chunk in garbage:
+        try:
+            hostile.sendall(chunk)
+        except OSError:
+            break  # the daemon may already have closed it (oversized header)
+    hostile.close()
+    good = connect(fake_server.socket)
+    assert call(good, WRITE, b"/alive\0yes") == (WRITE, b"OK\0")
+    good.close()
