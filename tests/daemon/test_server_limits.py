@@ -54,3 +54,20 @@ def test_many_watches_and_transactions_from_one_client(tmp_path: Path) -> None:
         assert call(connect(d.socket), READ, b"/many\0")[0] in (READ, 16)
     finally:
         assert d.stop() == 0
+
+
+def test_deep_and_long_paths_are_answered(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path / "run")
+    try:
+        sock = connect(d.socket)
+        deep = b"/d" * 1500  # 1500 levels, 3000 bytes
+        kind, body = call(sock, WRITE, deep + b"\0v")
+        assert (kind, body) in ((WRITE, b"OK\0"), (16, b"EINVAL\0"), (16, b"ENOSPC\0"))
+        long_name = b"/" + b"n" * 4000
+        assert call(sock, WRITE, long_name + b"\0v")[0] in (WRITE, 16)
+        # A payload of exactly 4096 bytes is a valid message.
+        assert call(sock, WRITE, b"/max\0" + b"v" * 4091)[0] in (WRITE, 16)
+        assert call(sock, READ, b"/\0")[0] == READ
+        assert call(connect(d.socket), WRITE, b"/after\0ok") == (WRITE, b"OK\0")
+    finally:
+        assert d.stop() == 0
