@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def pyxenstored(cpu: str) -> Iterator[str]:
     )
     try:
         deadline = time.monotonic() + 20
-        while not Path(ring_dir, "socket").exists():
+        while not accepts(os.path.join(ring_dir, "socket")):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("pyxenstored did not start")
             time.sleep(0.02)
@@ -91,6 +92,16 @@ def pyxenstored(cpu: str) -> Iterator[str]:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(ring_dir, ignore_errors=True)
+
+
+def accepts(path: str) -> bool:
+    """The socket file appears at bind(), before listen(): try a connection."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def introduce(ring_dir: str) -> Client:

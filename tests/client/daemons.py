@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,13 +46,23 @@ class Daemon:
         return Client.connect_socket(self.socket, timeout=REQUEST_TIMEOUT)
 
 
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def _wait_for_socket(path: str, alive: Callable[[], bool], what: str, log: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    while not os.path.exists(path):
+    # The file appears at bind(), before listen(): wait until it accepts.
+    while not (os.path.exists(path) and _accepts(path)):
         if not alive():
             pytest.fail(f"{what} exited at start; log {log}:\n{_tail(log)}")
         if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not create {path}; log {log}:\n{_tail(log)}")
+            pytest.fail(f"{what} did not listen on {path}; log {log}:\n{_tail(log)}")
         time.sleep(0.02)
 
 
