@@ -28,6 +28,7 @@ header, the transport follows message boundaries in the request stream
 from __future__ import annotations
 
 import mmap
+import struct
 import sys
 from collections.abc import Callable, Sequence
 
@@ -64,6 +65,7 @@ _W_FEATURES = SERVER_FEATURES // 4
 _W_CONNECTION = CONNECTION // 4
 _W_ERROR = ERROR // 4
 _LEN_OFFSET = 12  # of the header's ``len`` word
+_LEN = struct.Struct("=I")
 
 
 class RingPage:
@@ -242,6 +244,21 @@ class RingTransport:
         size = len(data)
         hdr = self._hdr
         while pos < size:
+            if not self._body_left and not hdr and size - pos >= HEADER_SIZE:
+                # A whole header at hand (the common case): no copying.
+                length: int = _LEN.unpack_from(data, pos + _LEN_OFFSET)[0]
+                if length > PAYLOAD_MAX:
+                    self.doomed = RING_ERROR_PROTO
+                    return pos
+                end = pos + HEADER_SIZE + length
+                if end > size:
+                    self._body_left = end - size
+                    return size
+                pos = end
+                budget -= 1
+                if budget == 0:
+                    return pos
+                continue
             if self._body_left:
                 step = min(self._body_left, size - pos)
                 self._body_left -= step
