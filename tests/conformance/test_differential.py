@@ -206,6 +206,25 @@ class DifferentialMachine(RuleBasedStateMachine):
         tx = self.tx_ref(conn, data.draw(tx_choice))
         self.do(self.step(conn, op, escape(payload), tx))
 
+    def reconnect(self, data: st.DataObject) -> None:
+        # closing drops the connection's watches and transactions; the next
+        # operation on that name opens a new connection
+        conn = data.draw(conns)
+        self.do({"c": conn, "close": True})
+        self.open_tx[conn].clear()
+
+    def control(self, data: st.DataObject) -> None:
+        conn = data.draw(conns)
+        payload = data.draw(st.sampled_from(["check|", "print|fuzz|", "bogus|", "check|x|"]))
+        self.do(self.step(conn, "CONTROL", payload, self.tx_ref(conn, data.draw(tx_choice))))
+
+    def split_write(self, data: st.DataObject) -> None:
+        # a message cut into small pieces: framing across reads
+        conn, path, value = data.draw(st.tuples(conns, paths, values))
+        step = self.step(conn, "WRITE", _text(path) + "|" + escape(value))
+        step["split"] = data.draw(st.sampled_from([1, 3, 7, 16]))
+        self.do(step)
+
     def no_such_type(self, data: st.DataObject) -> None:
         conn, op = data.draw(st.tuples(conns, st.sampled_from([15, 16, 20, 27, 1000])))
         self.do(self.step(conn, op, "/a|"))  # type: ignore[arg-type]
@@ -225,6 +244,9 @@ OPERATIONS = st.sampled_from(
     + ["domain_query"]
     + ["raw_payload"]
     + ["no_such_type"]
+    + ["reconnect"]
+    + ["control"]
+    + ["split_write"]
 )
 
 
