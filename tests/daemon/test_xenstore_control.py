@@ -31,6 +31,8 @@ def test_help_lists_every_command(daemon: Daemon) -> None:
         "print",
         "quota",
         "quota-soft",
+        "domain-state-save",
+        "domain-state-restore",
         "help",
     ]
 

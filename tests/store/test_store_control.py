@@ -20,6 +20,8 @@ HELP = (
     "print           <string>\n"
     "quota           [set <name> <val>|<domid>|max [-r]]\n"
     "quota-soft      [set <name> <val>]\n"
+    "domain-state-save <domid> <file>\n"
+    "domain-state-restore <file> <domid>\n"
     "help            \n"
 )
 

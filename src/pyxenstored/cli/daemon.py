@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from pyxenstored.migrate import RestoreError
 from pyxenstored.server.control_hooks import ServerControlHooks
+from pyxenstored.server.domain_state import DomainState
 from pyxenstored.server.hypervisor import SimulatedHypervisor
 from pyxenstored.server.liveupdate import LiveUpdate, check_state_main
 from pyxenstored.server.log import Tracer, level_from_options, setup_logging
@@ -145,6 +146,12 @@ def parse_timeouts(values: list[str]) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = list(argv) if argv is not None else sys.argv[1:]
+    if given[:1] == ["migrate"]:
+        # ``pyxenstored migrate``: move a domain between two daemons (cli/migrate_cmd.py).
+        from pyxenstored.cli.migrate_cmd import main as migrate_main
+
+        return migrate_main(given[1:])
     args = build_parser().parse_args(argv)
     try:
         setup_logging(level_from_options(args.verbose, args.log_level))
@@ -235,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rings.adopt_inherited_evtchn(updater.evtchn_fd)
             updater.evtchn_fd = rings.evtchn_fd
             rings.start()
+        DomainState(server, store, rundir, rings).install(hooks)
         server.install_signal_handlers()
         server.run(on_ready=lambda: _announce(sock_path))
         log.info("stopping on signal %s", server.stop_signal)

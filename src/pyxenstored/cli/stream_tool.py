@@ -2,7 +2,8 @@
 
 Sub-commands: ``dump`` (text, ``--tree`` like ``xenstore-ls -p``, ``--json``
 NDJSON), ``check``, ``convert``, ``diff``, ``stats``, ``build`` (NDJSON back
-to a stream) and ``synth`` (a realistic synthetic stream).  Errors are one
+to a stream), ``extract`` (one domain's migration stream) and ``synth`` (a
+realistic synthetic stream).  Errors are one
 line on stderr, never a traceback.  Exit codes: 0 success (``check``: clean,
 ``diff``: same), 1 problems found (``check``: errors, ``diff``: different),
 2 the input could not be read or the request could not be done.
@@ -898,6 +899,28 @@ def _next_json(lines: Iterator[str], lineno: int) -> object:
     raise CliError("empty NDJSON input")
 
 
+def cmd_extract(args: argparse.Namespace, out: TextIO) -> int:
+    """One domain's migration stream cut out of a full stream (``migrate.domain``)."""
+    from pyxenstored.migrate.domain import DomainMigrationError, extract_domain
+
+    with _reader(args.file) as reader:
+        big = reader.header.big_endian
+        try:
+            records = extract_domain(reader, args.domain)
+        except DomainMigrationError as exc:
+            raise CliError(f"{args.file}: {exc}") from None
+    tmp = args.output + ".tmp"
+    try:
+        with StreamWriter(tmp, version=2, big_endian=big) as writer:
+            writer.write_all(records)
+        os.replace(tmp, args.output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(f"{args.output}: domain {args.domain}, {len(records)} records", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_synth(args: argparse.Namespace, out: TextIO) -> int:
     cfg = SynthConfig(
         domains=args.domains,
@@ -958,6 +981,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("ndjson", help="NDJSON file ('-' for stdin)")
     b.add_argument("output")
     b.set_defaults(func=cmd_build)
+
+    e = sub.add_parser("extract", help="cut one domain's migration stream out of a dump")
+    e.add_argument("file", help="stream file ('-' for stdin)")
+    e.add_argument("--domain", type=int, required=True, metavar="N", help="the domain's domid")
+    e.add_argument("output")
+    e.set_defaults(func=cmd_extract)
 
     y = sub.add_parser("synth", help="write a realistic synthetic stream")
     y.add_argument("output")

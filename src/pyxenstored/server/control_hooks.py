@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from pyxenstored.server.connection import Connection
 from pyxenstored.server.log import Tracer
-from pyxenstored.store.control import LIVE_UPDATE_UNSUPPORTED
+from pyxenstored.store.control import DOMAIN_STATE_UNSUPPORTED, LIVE_UPDATE_UNSUPPORTED
 from pyxenstored.wire import XsError
 
 
@@ -31,6 +31,8 @@ class ServerControlHooks:
         self.connections: Callable[[], Iterable[Connection]] = connections or (lambda: ())
         # CONTROL live-update: set by server/liveupdate.py when it is installed.
         self.live_updater: Callable[[list[bytes]], bytes] | None = None
+        # CONTROL domain-state-save/-restore: set by server/domain_state.py.
+        self.domain_stater: Callable[[str, list[bytes]], bytes] | None = None
 
     def log(self, args: list[bytes]) -> bytes:
         if not args:
@@ -93,3 +95,8 @@ class ServerControlHooks:
         if self.live_updater is None:
             return LIVE_UPDATE_UNSUPPORTED
         return self.live_updater(args)
+
+    def domain_state(self, command: str, args: list[bytes]) -> bytes:
+        if self.domain_stater is None:
+            return DOMAIN_STATE_UNSUPPORTED
+        return self.domain_stater(command, args)

@@ -31,8 +31,13 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("print", "<string>"),
     ("quota", "[set <name> <val>|<domid>|max [-r]]"),
     ("quota-soft", "[set <name> <val>]"),
+    ("domain-state-save", "<domid> <file>"),
+    ("domain-state-restore", "<file> <domid>"),
     ("help", ""),
 )
+# Domain migration (pyxenstored only, no C counterpart): see docs/migration.md.
+DOMAIN_STATE_COMMANDS = frozenset({"domain-state-save", "domain-state-restore"})
+DOMAIN_STATE_UNSUPPORTED = b"domain migration needs a running daemon\0"
 COMMAND_NAMES = frozenset(name for name, _ in COMMANDS)
 # live-update splits out only the command and 6 arguments: a binary chunk may hold NULs.
 LIVE_UPDATE_MAX_PARS = 7
@@ -96,6 +101,10 @@ class ControlHooks(Protocol):
         """Returns the reply text (+ NUL): ``OK`` or an error message."""
         ...
 
+    def domain_state(self, command: str, args: list[bytes]) -> bytes:
+        """``domain-state-save``/``-restore``: the reply text (+ NUL), ``OK`` or why not."""
+        ...
+
 
 class DefaultControlHooks:
     """Hooks for a store without a server: switches in memory, no files."""
@@ -134,3 +143,6 @@ class DefaultControlHooks:
 
     def live_update(self, args: list[bytes]) -> bytes:
         return LIVE_UPDATE_UNSUPPORTED
+
+    def domain_state(self, command: str, args: list[bytes]) -> bytes:
+        return DOMAIN_STATE_UNSUPPORTED

@@ -1289,6 +1289,8 @@ class Store:
             return OK
         if command == "live-update":
             return self.hooks.live_update(args)
+        if command in ctl.DOMAIN_STATE_COMMANDS:
+            return self.hooks.domain_state(command, args)
         if command == "quota":
             return self._control_quota(args, q.HARD)
         return self._control_quota(args, q.SOFT)  # quota-soft

@@ -234,6 +234,8 @@ _PERM_LETTERS = frozenset(b"nrwb")
 _NAME = re.compile(rb"[A-Za-z0-9_@\-]+")
 _NODE_PATH = re.compile(rb"/|(?:/[A-Za-z0-9_@\-]+)+")
 _SPECIAL_PATH = re.compile(rb"@[A-Za-z0-9_@\-/]*")
+# A domain's home, the top of a domain-migration stream's nodes.
+_HOME_PATH = re.compile(rb"/local/domain/[0-9]+")
 # Watch paths may also be relative (resolved against the connection's home).
 _WATCH_PATH = re.compile(rb"/|(?:/?[A-Za-z0-9_@\-]+)(?:/[A-Za-z0-9_@\-]+)*")
 
@@ -589,6 +591,21 @@ class _Checker:
     def check_domid(self, domid: int, what: str) -> None:
         if domid >= DOMID_FIRST_RESERVED and domid != DOMID_ANY:
             self.report("reserved-domid", f"{what} {domid:#x} is a reserved domid")
+
+    def migration_top(self, tracker: _PathTracker, path: bytes) -> bool:
+        """A domain's home as the first node of a migration stream (no GLOBAL_DATA, no ``/``).
+
+        Its parent is in the target's database, which the spec allows
+        (NODE_DATA: "in the node database before the stream was started").
+        """
+        exact = tracker.exact
+        return (
+            not self.seen_global
+            and not tracker.root_seen
+            and exact is not None
+            and len(exact) == 1
+            and _HOME_PATH.fullmatch(path) is not None
+        )
 
     # -- record handlers: each returns the bytes it used (the record's true extent) --
 
@@ -952,7 +969,7 @@ class _Checker:
                 else:
                     tracker = self.paths
                     parent_ok, dup = tracker.add(path)
-                    if not parent_ok:
+                    if not parent_ok and not self.migration_top(tracker, path):
                         self.report(
                             "node-parent-missing", f"parent of {_show(path)} is not an earlier node"
                         )
