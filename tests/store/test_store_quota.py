@@ -98,6 +98,25 @@ def test_nodes_quota_uses_ge_rule(dom0: Client, guest: Client) -> None:
     assert_consistent(dom0.store)
 
 
+def test_nodes_quota_counts_committed_nodes_only(dom0: Client, guest: Client) -> None:
+    # Like C, one request creating several levels is checked against the count
+    # before the request: it may overshoot the quota (digest 8.3).
+    dom0.ok(M.SET_QUOTA, b"5\0nodes\x004\0")
+    guest.write("a")  # owns 2
+    guest.write("x/y/z")  # 2 + 1 < 4 for every new level
+    assert dom0.store.domains[5].usage[0] == 5
+    assert guest.err(M.WRITE, b"b\0") == "ENOSPC"
+    # Inside a transaction the transaction's own creations are not counted
+    # either: the commit checks committed + net new.
+    guest.rm("x")
+    guest.rm("a")  # owns 1
+    tx = guest.start()
+    for name in ("p", "q", "r", "s"):
+        guest.write(name, b"", tx=tx)
+    assert guest.end(tx).payload == b"ENOSPC\0"
+    assert_consistent(dom0.store)
+
+
 def test_watch_quota(dom0: Client, guest: Client) -> None:
     dom0.ok(M.SET_QUOTA, b"5\0watches\x003\0")
     guest.watch("a", "1")

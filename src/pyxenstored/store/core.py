@@ -589,8 +589,9 @@ class Store:
         count = len(missing)
         dom = conn.limited
         if dom is not None:
-            nodes = dom.usage[q.NODES] + (tx.node_delta.get(conn.domid, 0) if tx is not None else 0)
-            if q.exceeds(dom.quota.hard(q.NODES), nodes + count):
+            # C checks each new node against the committed count only (not
+            # what this request or transaction adds): the commit re-checks.
+            if q.exceeds(dom.quota.hard(q.NODES), dom.usage[q.NODES] + 1):
                 raise XsError("ENOSPC", "nodes quota")
             fixed = 16 + 8 * len(perms)
             self._check_node_size(conn, fixed + len(value))
