@@ -80,6 +80,37 @@ def test_node_size_quota(ring_daemon: Daemon, guest: Guest) -> None:
     assert err(guest, M.WRITE, b"n\0" + b"v" * (fits + 1)) == "ENOSPC"
 
 
+def test_permission_entries_and_path_length_quota(ring_daemon: Daemon, guest: Guest) -> None:
+    # node-permissions 5 and path-max 2048 (below the home): HEAD rejects at
+    # the quota (4 entries, 2047 bytes usable), 4.17 only beyond it.
+    c417 = ring_daemon.kind == "reference"
+    entries = 5 if c417 else 4
+    ok(guest, M.WRITE, b"p\0")
+    perms = [b"n5"] + [b"r%d" % i for i in range(entries - 1)]
+    ok(guest, M.SET_PERMS, b"p\0" + b"\0".join(perms) + b"\0")
+    perms.append(b"r9")
+    assert err(guest, M.SET_PERMS, b"p\0" + b"\0".join(perms) + b"\0") == "ENOSPC"
+    longest = 2048 if c417 else 2047
+    assert err(guest, M.READ, b"x" * longest + b"\0") == "ENOENT"  # a valid path
+    assert err(guest, M.READ, b"x" * (longest + 1) + b"\0") == "EINVAL"
+
+
+def test_nodes_quota(ring_daemon: Daemon, guest: Guest) -> None:
+    # 1000 nodes per domain, its home included: HEAD lets it own 999, 4.17 1000.
+    owned = 1000 if ring_daemon.kind == "reference" else 999
+    created = 1  # the home, owned by the guest
+    n = 0
+    while created < owned:
+        parent_is_new = n % 40 == 0
+        if parent_is_new and created + 2 > owned:
+            break
+        ok(guest, M.WRITE, b"n%d/%d\0" % (n // 40, n % 40))
+        created += 2 if parent_is_new else 1
+        n += 1
+    assert created == owned
+    assert err(guest, M.WRITE, b"n%d/%d\0" % (n // 40, 99)) == "ENOSPC"
+
+
 def test_watch_events(guest: Guest, dom0: Client) -> None:
     ok(guest, M.WATCH, b"data\0tok\0")
     assert guest.next_event(10) == b"data\0tok\0"
