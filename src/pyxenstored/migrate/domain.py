@@ -248,12 +248,17 @@ def save_domain(store: Store, domid: int, connection: ConnectionData) -> list[Re
     ``connection`` is the domain's connection as the server describes it
     (ring spec, pending data).  The store is only read.
     """
+    check_saveable(store, domid)
+    return extract_domain(dump_state(store, [connection]), domid)
+
+
+def check_saveable(store: Store, domid: int) -> None:
+    """Refuse the privileged and store domains and domains not introduced."""
     if domid in (store.config.priv_domid, store.config.store_domid):
         raise DomainMigrationError(f"domain {domid} is the privileged or the store domain")
     dom = store.domains.get(domid)
     if dom is None or not dom.introduced:
         raise DomainMigrationError(f"domain {domid} is not introduced")
-    return extract_domain(dump_state(store, [connection]), domid)
 
 
 # --- loading it into another store ----------------------------------------------------
@@ -572,6 +577,7 @@ __all__ = [
     "DomainMigrationError",
     "DomainState",
     "ImportedDomain",
+    "check_saveable",
     "extract_domain",
     "find_connection",
     "group_domain",

@@ -23,6 +23,7 @@ import sys
 
 from pyxenstored.migrate.domain import (
     DomainMigrationError,
+    check_saveable,
     find_connection,
     import_domain,
     save_domain,
@@ -102,6 +103,7 @@ class DomainState:
         )
 
     def save(self, domid: int, path: str) -> bytes:
+        check_saveable(self.store, domid)
         records = save_domain(self.store, domid, self.connection_record(domid))
         _write(records, path)
         log.info("domain-state-save: domain %d to %s (%d records)", domid, path, len(records))
