@@ -9,9 +9,14 @@ alone.  The texts follow C's ``control.c`` formats exactly.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ..wire import XsError, split_strings
+from ..wire import DOMID_ANY, OK, XsError, c_atoi, split_strings
+from . import quota as q
+from .node import child_path
+
+if TYPE_CHECKING:
+    from .core import Store
 
 log = logging.getLogger("pyxenstored.store")
 
@@ -146,3 +151,158 @@ class DefaultControlHooks:
 
     def domain_state(self, command: str, args: list[bytes]) -> bytes:
         return DOMAIN_STATE_UNSUPPORTED
+
+
+def run_control(store: Store, command: str, args: list[bytes]) -> bytes:
+    """Run one CONTROL command; its reply payload (text + NUL) or XsError."""
+    if command == "help":
+        if args:
+            raise XsError("EINVAL", "help takes no argument")
+        return help_text()
+    if command == "check":
+        if args:
+            raise XsError("EINVAL", "check takes no argument")
+        problems = store.check()
+        for problem in problems:
+            log.error("check: %s", problem)
+        return OK
+    if command == "log":
+        return store.hooks.log(args)
+    if command == "logfile":
+        if len(args) != 1:
+            raise XsError("EINVAL", "logfile takes a file name")
+        store.hooks.logfile(args[0])
+        return OK
+    if command == "memreport":
+        if len(args) > 1:
+            raise XsError("EINVAL", "memreport takes at most a file name")
+        store.hooks.memreport(args[0] if args else None)
+        return OK
+    if command == "print":
+        if len(args) != 1:
+            raise XsError("EINVAL", "print takes one string")
+        log.info("control: %s", args[0].decode("utf-8", "replace"))
+        return OK
+    if command == "live-update":
+        return store.hooks.live_update(args)
+    if command in DOMAIN_STATE_COMMANDS:
+        return store.hooks.domain_state(command, args)
+    if command == "quota":
+        return control_quota(store, args, q.HARD)
+    return control_quota(store, args, q.SOFT)  # quota-soft
+
+
+def control_quota(store: Store, args: list[bytes], kind: int) -> bytes:
+    """``quota`` / ``quota-soft`` (digest 8.5)."""
+    table = store.config.quota
+    if not args:
+        return q.format_settings(table, kind).encode("ascii") + b"\0"
+    if args[0] == b"set":
+        if len(args) != 3:
+            raise XsError("EINVAL", "quota set <name> <val>")
+        value = q.parse_control_value(args[2])
+        index, got = q.parse_quota_name(table, args[1].decode("latin-1"))
+        if got != q.HARD:
+            raise XsError("EINVAL", "not a quota name")
+        if table.get(index, kind) == q.DISABLED:
+            raise XsError("EINVAL", "no such soft quota")
+        table.set(index, kind, value)
+        return OK
+    if kind == q.SOFT:
+        raise XsError("EINVAL", "quota-soft takes only set")
+    if args[0] == b"max":
+        if len(args) > 2 or (len(args) == 2 and args[1] != b"-r"):
+            raise XsError("EINVAL", "quota max [-r]")
+        if len(args) == 2:
+            store._reset_maxima()
+        return q.format_max(store.global_maxima()).encode("ascii") + b"\0"
+    if len(args) != 1:
+        raise XsError("EINVAL", "quota <domid>")
+    dom = store.domains.get(c_atoi(args[0]) & 0xFFFFFFFF)
+    if dom is None:
+        raise XsError("ENOENT", "no such domain")
+    return q.format_usage(dom.domid, dom.usage, dom.maxima).encode("ascii") + b"\0"
+
+
+def recount(store: Store) -> dict[int, list[int]]:
+    """Usage counters recomputed from scratch: domid -> [nodes, watches, memory, transactions]."""
+    counts: dict[int, list[int]] = {}
+    for path, node in store.nodes.items():
+        c = counts.setdefault(node.perms[0][0], [0, 0, 0, 0])
+        c[0] += 1
+        c[2] += node.memory(path)
+    for conn in store.conns.values():
+        if conn.domain is None:
+            continue
+        c = counts.setdefault(conn.domid, [0, 0, 0, 0])
+        c[1] += len(conn.watches)
+        c[2] += sum(len(w.path) + len(w.token) for w in conn.watches.values())
+        c[3] += len(conn.transactions)
+    for domid, dom in store.domains.items():
+        c = counts.setdefault(domid, [0, 0, 0, 0])
+        c[2] += dom.io_usage[q.MEMORY]
+    return counts
+
+
+def check_store(store: Store) -> list[str]:
+    """CONTROL ``check``: the tree and the counters; the problems found (empty: fine).
+
+    Reachability of every node from ``/``, child lists and their lengths,
+    each domain's counters against a recount, the watch index against the
+    connections.  Unlike C, problems are reported, not repaired.
+    """
+    problems: list[str] = []
+    nodes = store.nodes
+    if "/" not in nodes:
+        problems.append("no root node")
+    reachable = {"/"}
+    stack = ["/"] if "/" in nodes else []
+    while stack:
+        path = stack.pop()
+        node = nodes[path]
+        if not node.perms:
+            problems.append(f"{path}: no permissions")
+        if node.clen != sum(len(n) + 1 for n in node.children):
+            problems.append(f"{path}: child list length {node.clen} is wrong")
+        for name in node.children:
+            child = child_path(path, name)
+            if child not in nodes:
+                problems.append(f"{path}: child {name} missing")
+            elif child in reachable:
+                problems.append(f"{child}: reachable twice")
+            else:
+                reachable.add(child)
+                stack.append(child)
+    for path in nodes:
+        if path not in reachable and not path.startswith("@"):
+            problems.append(f"{path}: not reachable from /")
+    for special in ("@releaseDomain", "@introduceDomain"):
+        if special not in nodes:
+            problems.append(f"{special}: special node missing")
+    counts = recount(store)
+    for domid, dom in store.domains.items():
+        nodes_n, watches_n, mem, txs = counts.get(domid, [0, 0, 0, 0])
+        expected = (nodes_n, watches_n, mem, txs)
+        actual = (
+            dom.usage[q.NODES],
+            dom.usage[q.WATCHES],
+            dom.usage[q.MEMORY],
+            dom.usage[q.TRANSACTIONS],
+        )
+        if expected != actual:
+            problems.append(f"domain {domid}: counters {actual} != recount {expected}")
+    for domid in counts:
+        if domid not in store.domains and domid != DOMID_ANY:
+            problems.append(f"domain {domid}: owns nodes but has no record")
+    seen = 0
+    for conn in store.conns.values():
+        for key, watch in conn.watches.items():
+            seen += 1
+            if watch not in store.watches.by_path.get(watch.path, ()) or key != (
+                watch.path,
+                watch.token,
+            ):
+                problems.append(f"watch {watch.path} of connection {conn.conn_id} not indexed")
+    if seen != store.watches.count:
+        problems.append(f"watch index holds {store.watches.count} watches, connections {seen}")
+    return problems

@@ -1256,75 +1256,7 @@ class Store:
 
     def op_control(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
         command, args = ctl.split_control(payload)
-        reply = self._control(command, args)
-        return Result(MsgType.CONTROL, reply)
-
-    def _control(self, command: str, args: list[bytes]) -> bytes:
-        if command == "help":
-            if args:
-                raise XsError("EINVAL", "help takes no argument")
-            return ctl.help_text()
-        if command == "check":
-            if args:
-                raise XsError("EINVAL", "check takes no argument")
-            problems = self.check()
-            for problem in problems:
-                log.error("check: %s", problem)
-            return OK
-        if command == "log":
-            return self.hooks.log(args)
-        if command == "logfile":
-            if len(args) != 1:
-                raise XsError("EINVAL", "logfile takes a file name")
-            self.hooks.logfile(args[0])
-            return OK
-        if command == "memreport":
-            if len(args) > 1:
-                raise XsError("EINVAL", "memreport takes at most a file name")
-            self.hooks.memreport(args[0] if args else None)
-            return OK
-        if command == "print":
-            if len(args) != 1:
-                raise XsError("EINVAL", "print takes one string")
-            log.info("control: %s", args[0].decode("utf-8", "replace"))
-            return OK
-        if command == "live-update":
-            return self.hooks.live_update(args)
-        if command in ctl.DOMAIN_STATE_COMMANDS:
-            return self.hooks.domain_state(command, args)
-        if command == "quota":
-            return self._control_quota(args, q.HARD)
-        return self._control_quota(args, q.SOFT)  # quota-soft
-
-    def _control_quota(self, args: list[bytes], kind: int) -> bytes:
-        table = self.config.quota
-        if not args:
-            return q.format_settings(table, kind).encode("ascii") + b"\0"
-        if args[0] == b"set":
-            if len(args) != 3:
-                raise XsError("EINVAL", "quota set <name> <val>")
-            value = q.parse_control_value(args[2])
-            index, got = q.parse_quota_name(table, args[1].decode("latin-1"))
-            if got != q.HARD:
-                raise XsError("EINVAL", "not a quota name")
-            if table.get(index, kind) == q.DISABLED:
-                raise XsError("EINVAL", "no such soft quota")
-            table.set(index, kind, value)
-            return OK
-        if kind == q.SOFT:
-            raise XsError("EINVAL", "quota-soft takes only set")
-        if args[0] == b"max":
-            if len(args) > 2 or (len(args) == 2 and args[1] != b"-r"):
-                raise XsError("EINVAL", "quota max [-r]")
-            if len(args) == 2:
-                self._reset_maxima()
-            return q.format_max(self.global_maxima()).encode("ascii") + b"\0"
-        if len(args) != 1:
-            raise XsError("EINVAL", "quota <domid>")
-        dom = self.domains.get(c_atoi(args[0]) & 0xFFFFFFFF)
-        if dom is None:
-            raise XsError("ENOENT", "no such domain")
-        return q.format_usage(dom.domid, dom.usage, dom.maxima).encode("ascii") + b"\0"
+        return Result(MsgType.CONTROL, ctl.run_control(self, command, args))
 
     def global_maxima(self) -> list[int]:
         """Per-quota maximum seen over unprivileged domains (``quota max``)."""
@@ -1345,75 +1277,9 @@ class Store:
     # --- consistency check -------------------------------------------------------
 
     def recount(self) -> dict[int, list[int]]:
-        """Usage counters recomputed from scratch: domid -> [nodes, watches, memory, transactions]."""
-        counts: dict[int, list[int]] = {}
-        for path, node in self.nodes.items():
-            c = counts.setdefault(node.perms[0][0], [0, 0, 0, 0])
-            c[0] += 1
-            c[2] += node.memory(path)
-        for conn in self.conns.values():
-            if conn.domain is None:
-                continue
-            c = counts.setdefault(conn.domid, [0, 0, 0, 0])
-            c[1] += len(conn.watches)
-            c[2] += sum(len(w.path) + len(w.token) for w in conn.watches.values())
-            c[3] += len(conn.transactions)
-        for domid, dom in self.domains.items():
-            c = counts.setdefault(domid, [0, 0, 0, 0])
-            c[2] += dom.io_usage[q.MEMORY]
-        return counts
+        """Usage counters recomputed from scratch (see ``control.recount``)."""
+        return ctl.recount(self)
 
     def check(self) -> list[str]:
         """Check the tree and the counters; returns the problems found (empty: fine)."""
-        problems: list[str] = []
-        nodes = self.nodes
-        if "/" not in nodes:
-            problems.append("no root node")
-        reachable = {"/"}
-        stack = ["/"] if "/" in nodes else []
-        while stack:
-            path = stack.pop()
-            node = nodes[path]
-            if not node.perms:
-                problems.append(f"{path}: no permissions")
-            if node.clen != sum(len(n) + 1 for n in node.children):
-                problems.append(f"{path}: child list length {node.clen} is wrong")
-            for name in node.children:
-                child = child_path(path, name)
-                if child not in nodes:
-                    problems.append(f"{path}: child {name} missing")
-                elif child in reachable:
-                    problems.append(f"{child}: reachable twice")
-                else:
-                    reachable.add(child)
-                    stack.append(child)
-        for path in nodes:
-            if path not in reachable and not path.startswith("@"):
-                problems.append(f"{path}: not reachable from /")
-        counts = self.recount()
-        for domid, dom in self.domains.items():
-            nodes_n, watches_n, mem, txs = counts.get(domid, [0, 0, 0, 0])
-            expected = (nodes_n, watches_n, mem, txs)
-            actual = (
-                dom.usage[q.NODES],
-                dom.usage[q.WATCHES],
-                dom.usage[q.MEMORY],
-                dom.usage[q.TRANSACTIONS],
-            )
-            if expected != actual:
-                problems.append(f"domain {domid}: counters {actual} != recount {expected}")
-        for domid in counts:
-            if domid not in self.domains and domid != DOMID_ANY:
-                problems.append(f"domain {domid}: owns nodes but has no record")
-        seen = 0
-        for conn in self.conns.values():
-            for key, watch in conn.watches.items():
-                seen += 1
-                if watch not in self.watches.by_path.get(watch.path, ()) or key != (
-                    watch.path,
-                    watch.token,
-                ):
-                    problems.append(f"watch {watch.path} of connection {conn.conn_id} not indexed")
-        if seen != self.watches.count:
-            problems.append(f"watch index holds {self.watches.count} watches, connections {seen}")
-        return problems
+        return ctl.check_store(self)
