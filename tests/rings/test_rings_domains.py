@@ -1,4 +1,4 @@
-"""Domains on the simulated hypervisor (pyxenstored only).
+"""Domains on the simulated hypervisor (mostly pyxenstored only).
 
 The C reference's shim fixes the existing domains at start
 (``XS_SHIM_DOMAINS``) and has no unique ids, so death, shutdown and domid
@@ -10,12 +10,14 @@ behaviour is the digest's (3.4, 4.3, 6.3-6.5, 7.2, 8.2).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.client.daemons import Daemon, introduce_guest
+from tests.client.daemons import Daemon, introduce_guest, start_pyxenstored, start_reference
 from tests.rings.conftest import (
     EVENT_WAIT,
     RawGuest,
@@ -26,7 +28,7 @@ from tests.rings.conftest import (
 )
 from tests.rings.test_rings_scenarios import page_word
 
-from pyxenstored.client import Client, Perm, WatchEvent
+from pyxenstored.client import Client, Perm, WatchEvent, create_ring_page
 from pyxenstored.server.hypervisor import VIRQ_DOM_EXC_PORT
 from pyxenstored.wire import MsgType
 
@@ -204,3 +206,33 @@ def test_a_flooding_guest_does_not_starve_others(py_daemon: Daemon, pdom0: Clien
     assert done[0] > 0  # the flooder was served too
     flooder.close()
     other.close()
+
+
+@pytest.mark.parametrize("kind", ["reference", "pyxenstored"])
+def test_domains_with_a_preset_port_are_served_from_the_start(kind: str) -> None:
+    """HEAD introduces existing domains whose page names their port (2076) at start."""
+    rundir = tempfile.mkdtemp(prefix="xsp-", dir="/tmp")
+    try:
+        create_ring_page(rundir, 5, evtchn_port=7)  # what Xen does for dom0less guests
+        daemon = (
+            start_reference(rundir, True)
+            if kind == "reference"
+            else start_pyxenstored(rundir, True)
+        )
+        try:
+            with daemon.connect() as dom0:
+                if kind == "reference":
+                    assert not dom0.is_domain_introduced(5)  # 4.17 does not
+                    return
+                assert dom0.is_domain_introduced(5)
+                dom0.mkdir("/local/domain/5")
+                dom0.set_perms("/local/domain/5", [Perm("n", 5)])
+                guest = Client.connect_ring(rundir, 5, 7, timeout=EVENT_WAIT)
+                guest.write("early", b"1")
+                assert dom0.read("/local/domain/5/early") == b"1"
+                assert not dom0.is_domain_introduced(6)  # no port on its page
+                guest.close()
+        finally:
+            daemon.stop()
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)

@@ -39,6 +39,19 @@ def test_relative_paths(guest: Guest, dom0: Client) -> None:
     assert ok(guest, M.GET_DOMAIN_PATH, b"5\0") == HOME.encode() + b"\0"
 
 
+def test_the_store_domain_on_its_own_ring(ring_daemon: Daemon, dom0: Client, driver: str) -> None:
+    """Dom0's ring (``ring-dom0``, port 1 as the shim's xsd_port) is served from the start."""
+    assert ring_daemon.ring_dir is not None
+    priv = make_guest(driver, ring_daemon.ring_dir, 0, 1)
+    ok(priv, M.WRITE, b"/tool/from-ring\0yes")  # privileged: /tool is writable
+    assert dom0.read("/tool/from-ring") == b"yes"
+    assert ok(priv, M.GET_DOMAIN_PATH, b"0\0") == b"/local/domain/0\0"
+    dom0.write("/private", b"5's")
+    dom0.set_perms("/private", [Perm("n", 5)])  # owned by 5, nobody else may read
+    assert ok(priv, M.READ, b"/private\0") == b"5's"  # but dom0 may
+    priv.close()
+
+
 def test_permission_errors(guest: Guest, dom0: Client) -> None:
     assert err(guest, M.READ, b"/tool\0") == "EACCES"
     assert err(guest, M.WRITE, b"/local/domain/0/x\0v") == "EACCES"

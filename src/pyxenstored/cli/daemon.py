@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rings is not None:
             rings.adopt_inherited_evtchn(updater.evtchn_fd)
             updater.evtchn_fd = rings.evtchn_fd
-            rings.start()
+            rings.start(auto_introduce=not args.live_update)
         DomainState(server, store, rundir, rings).install(hooks)
         server.install_signal_handlers()
         server.run(on_ready=lambda: _announce(sock_path))

@@ -24,6 +24,11 @@ harness drives both daemons:
   kicking is its shutdown; a line with a different unique id is a new domain
   that reuses the domid.
 
+At start the daemon serves the store domain's own ring (``ring-dom0``, port
+``$XS_SHIM_DOM0_PORT``, default 1, as the shim's ``/proc/xen/xsd_port``) and
+every existing domain whose page file already holds a port at offset 2076
+(dom0less guests), as C HEAD introduces them (digest 6.2).
+
 Ports: in the simulation an interdomain channel's local port is the port the
 guest was introduced with (the guest kicks with the number it knows), and the
 ``VIRQ_DOM_EXC`` channel is port 1, the port the C reference binds first
@@ -57,6 +62,7 @@ log = logging.getLogger("pyxenstored.hypervisor")
 
 PAGE_SIZE = 4096
 VIRQ_DOM_EXC_PORT = 1
+EVTCHN_PORT_OFFSET = 2076  # evtchn_port in the page (HEAD's xs_wire.h header)
 _PORT = struct.Struct("=I")
 # Kicks read from the event channel FIFO in one go (1024 ports).
 _KICK_READ = 4096
@@ -110,6 +116,14 @@ class Hypervisor(Protocol):
 
     def domains(self) -> dict[int, DomainInfo]:
         """The domains that exist now, by domid."""
+        ...
+
+    def store_port(self) -> int:
+        """The store domain's own event channel port (``/proc/xen/xsd_port``; 0: none)."""
+        ...
+
+    def preset_port(self, domid: int) -> int:
+        """The port Xen wrote into a domain's page at 2076 (dom0less guests; 0: none)."""
         ...
 
     def inheritable_fds(self) -> dict[str, int]:
@@ -292,6 +306,23 @@ class SimulatedHypervisor:
         except OSError as exc:
             log.warning("cannot read %s: %s", path, exc)
             return {0: DomainInfo(0)}
+
+    def store_port(self) -> int:
+        # As the shim's /proc/xen/xsd_port.
+        try:
+            return int(os.environ.get("XS_SHIM_DOM0_PORT", "1"), 0)
+        except ValueError:
+            return 1
+
+    def preset_port(self, domid: int) -> int:
+        path = os.path.join(self.ring_dir, f"ring-dom{domid}")
+        try:
+            with open(path, "rb") as f:
+                f.seek(EVTCHN_PORT_OFFSET)
+                word = f.read(_PORT.size)
+        except OSError:
+            return 0
+        return _PORT.unpack(word)[0] if len(word) == _PORT.size else 0
 
     def inheritable_fds(self) -> dict[str, int]:
         os.set_inheritable(self._evtchn, True)

@@ -121,12 +121,19 @@ class RingDomains:
 
     # --- set-up ------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Hook into the store and the server's loop; learn which domains exist."""
+    def start(self, auto_introduce: bool = True) -> None:
+        """Hook into the store and the server's loop; learn which domains exist.
+
+        ``auto_introduce`` (a fresh start, not a live update): serve the
+        store domain's ring and those of domains whose page already names
+        their port, as C HEAD does at start (digest 6.2).
+        """
         self.store.domain_hooks = self
         self.server.watch_fd(self.hv.fileno(), self._kicked)
         self.server.watch_fd(self._doorbell, self._rung)
         self._started = True
+        if auto_introduce:
+            self._introduce_existing()
         # Rings restored by a live update belong to introduced domains (C
         # re-introduces them as it reads their connections), with the
         # unique id the dump carried.
@@ -141,6 +148,27 @@ class RingDomains:
         # re-checks every domain after an update).
         self._seen = {r.domid: DomainInfo(r.domid, r.unique_id) for r in self._rings.values()}
         self.check_domains()
+
+    def _introduce_existing(self) -> None:
+        store_domid = self.store.config.store_domid
+        found: list[tuple[int, int]] = []
+        port = self.hv.store_port()
+        if port:
+            found.append((store_domid, port))
+        for domid in sorted(self.hv.domains()):
+            if domid != store_domid and domid not in self._rings:
+                port = self.hv.preset_port(domid)
+                if port:
+                    found.append((domid, port))
+        for domid, port in found:
+            try:
+                self.introduce(domid, 1, port)
+            except XsError as exc:
+                log.warning("cannot serve the ring of domain %d at start: %s", domid, exc)
+                continue
+            record = self.store.domains.get(domid)
+            if record is not None:
+                record.introduced = True  # nobody watches yet: no event to fire
 
     def adopt_inherited_evtchn(self, fd: int) -> None:
         """The event channel descriptor a live update handed over (GLOBAL_DATA).
