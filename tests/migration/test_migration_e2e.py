@@ -240,3 +240,35 @@ def test_control_commands_answer_with_reasons(daemons: tuple[Daemon, Daemon]) ->
         assert reply.startswith("domain-state-restore: /nonexistent/x.xss:"), reply
         with pytest.raises(Exception, match="EINVAL"):
             a0.control("domain-state-save", "5")
+
+
+def test_events_queued_on_the_source_arrive_on_the_target(
+    daemons: tuple[Daemon, Daemon],
+) -> None:
+    """Events the source could not put into the full ring move with the domain, paths moved."""
+    a, b = daemons
+    assert a.ring_dir is not None and b.ring_dir is not None
+    with a.connect() as a0, b.connect() as b0:
+        introduce(a0, a.ring_dir, 5, A_PORT, features=None)
+        g5 = Client.connect_ring(a.ring_dir, 5, A_PORT, timeout=EVENT_WAIT)
+        g5.watch("/local/domain/5/data", "abs")
+        assert [e.path for e in events(g5, 1)] == ["/local/domain/5/data"]
+        # The guest stops reading: the ring fills, the rest waits in the daemon.
+        # Each event is 64 bytes (16 header + 43 path + NUL + "abs" + NUL), so
+        # the 1024-byte ring takes exactly 16 and no message is cut in two.
+        for i in range(60):
+            a0.write(f"/local/domain/5/data/k{i:02d}{'x' * 19}", "v")
+        introduce(b0, b.ring_dir, 9, B_PORT, features=None)
+        out = run_migrate("--from", a.socket, "--to", b.socket, "--domid", "5", "--new-domid", "9")
+        assert out.returncode == 0, out.stderr
+        g5.close()
+        with Client.connect_ring(b.ring_dir, 9, B_PORT, timeout=EVENT_WAIT) as g9:
+            got = []
+            while (ev := g9.next_event(1.0)) is not None:
+                got.append(ev.path)
+            # What was still in A's page stays there (a real page moves with the
+            # guest's memory); what A held back comes from B, in order, moved.
+            names = [p.rsplit("/", 1)[1][:3] for p in got]
+            assert names == [f"k{i:02d}" for i in range(16, 60)], got
+            assert all(p.startswith("/local/domain/9/data/k") for p in got), got
+            assert b0.control("check") == "OK"
