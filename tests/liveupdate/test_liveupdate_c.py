@@ -12,7 +12,10 @@ Clients stay connected all along, and nothing is lost.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +69,10 @@ def test_c_to_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
         pyxs_client = pyxs.Client(unix_socket_path=str(run / "socket"))
         pyxs_client.connect()
         pyxs_client.write(b"/ci/pyxs", b"pyxs")
+        # A client that sends header and payload in separate writes, with a pause
+        # (pyxs does the former): the daemon must wait for the payload.
+        raw = socket.socket(socket.AF_UNIX)
+        raw.connect(str(run / "socket"))
         acked = {"/ci/start": b"from-c", "/ci/pyxs": b"pyxs"}
 
         stages = [("py", str(successor)), ("c", str(XEN_BIN / "xenstored")), ("py", str(successor))]
@@ -85,6 +92,17 @@ def test_c_to_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
             for path, value in acked.items():
                 assert own.read(path) == value
                 assert pyxs_client.read(path.encode()) == value
+            payload = b"/ci/start\0"
+            raw.sendall(struct.pack("<IIII", 2, 100 + n, 0, len(payload)))
+            time.sleep(0.2)
+            raw.sendall(payload)
+            raw.settimeout(10)
+            reply = b""
+            while len(reply) < 16 + len(b"from-c"):
+                chunk = raw.recv(100)
+                assert chunk, f"stage {n}: the daemon closed the connection"
+                reply += chunk
+            assert reply[16:] == b"from-c" and struct.unpack("<IIII", reply[:16])[1] == 100 + n
             own.write(f"/ci/stage{n}", expect)
             pyxs_client.write(f"/ci/pyxs{n}".encode(), b"x")
             acked[f"/ci/stage{n}"] = expect.encode()
@@ -102,6 +120,7 @@ def test_c_to_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
         assert len(list((tmp_path / "dumps").iterdir())) == 2
         pyxs_client.close()
         own.close()
+        raw.close()
     finally:
         if watcher is not None:
             watcher.kill()

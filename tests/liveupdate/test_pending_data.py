@@ -79,7 +79,8 @@ def test_partial_output_and_input_survive(tmp_path: Path) -> None:
     conn.reader.feed(complete + half)
     server.stall(conn)  # as if held back by a live update
 
-    records, target, version, lost = lu.build_records(None)
+    lazy, target, version, lost = lu.build_records(None)
+    records = list(lazy)
     assert (target, version, lost) == ("spec", 2, [])
     (cd,) = [r for r in records if isinstance(r, ConnectionData)]
     assert cd.in_data == complete + half

@@ -43,8 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 from pyxenstored.migrate import (
@@ -82,6 +82,7 @@ from pyxenstored.stream import (
     StreamWriter,
     TransactionData,
     UnknownRecord,
+    WatchData,
     WatchDataExtended,
     adapt_for_target,
 )
@@ -409,7 +410,7 @@ class LiveUpdate:
         session.checker = None
         try:
             size = write_state(path, records, version, target, checker)
-        except StreamWriteError as exc:
+        except (StreamWriteError, DumpError) as exc:
             _remove(path)
             if checker is not None:
                 checker.cancel()
@@ -444,12 +445,20 @@ class LiveUpdate:
             shlex.join(argv),
         )
         self.server.inherit_fds()
+        # Hand the sockets over in blocking mode, as the C daemon creates them:
+        # O_NONBLOCK belongs to the open file and survives exec, and C 4.17
+        # takes a read that would block for the peer having closed.
+        sockets = _server_sockets(self.server)
+        for sock in sockets:
+            sock.setblocking(True)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         try:
             os.execv(session.file, argv)
         except OSError as exc:
+            for sock in sockets:
+                sock.setblocking(False)
             log.error("live update: exec of %s failed: %s", session.file, exc)
             _remove(path)
             self._answer(session, f"{TXT_EXEC_FAILED} ({exc.strerror})")
@@ -521,21 +530,24 @@ class LiveUpdate:
 
     def build_records(
         self, session: Session | None, *, pyxenstored: bool = True
-    ) -> tuple[list[Record], str, int, list[str]]:
-        """The records to write, their target and version, and what the target loses."""
+    ) -> tuple[Iterable[Record], str, int, list[str]]:
+        """The records to write, their target and version, and what the target loses.
+
+        Towards pyxenstored (version 2) the records are produced while they
+        are written (the successor's check reads them meanwhile); a
+        :class:`DumpError` may then come from the writing.
+        """
         listener = _listener_fd(self.server)
         global_data = GlobalData(listener, self.evtchn_fd)
         conns = self.connection_records(session)
         version = session.version if session is not None and session.version else None
         if pyxenstored:
-            records = list(
-                dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
-            )
-            if version == 1:
-                # Asked for explicitly: what version 1 cannot carry is a loss.
-                adapted, lost = adapt_for_target(records, 1, "spec", lossy=True)
-                return adapted, "spec", 1, lost
-            return records, "spec", version or 2, []
+            lazy = dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
+            if version != 1:
+                return lazy, "spec", version or 2, []
+            # Asked for explicitly: what version 1 cannot carry is a loss.
+            adapted, lost = adapt_for_target(lazy, 1, "spec", lossy=True)
+            return adapted, "spec", 1, lost
         version = version or 1
         target = "c-4.17" if version == 1 else "c-head"
         records = list(
@@ -543,7 +555,7 @@ class LiveUpdate:
         )
         lost = c_target_losses(records, target, self.startup_quota)
         out, _dropped = adapt_for_target(records, version, target, lossy=True)
-        return out, target, version, lost
+        return renumber_connections(out), target, version, lost
 
     # --- the new daemon: restore ----------------------------------------------------------
 
@@ -625,6 +637,15 @@ class LiveUpdate:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _server_sockets(server: Server) -> list[socket.socket]:
+    """The listening sockets and every socket connection of ``server``."""
+    out = [entry[0] for entry in server._listeners]
+    for conn in server.connections:
+        if isinstance(conn.transport, SocketTransport):
+            out.append(conn.transport.socket)
+    return out
 
 
 def _listener_fd(server: Server) -> int:
@@ -716,7 +737,7 @@ class _Tee:
 
 def write_state(
     path: str,
-    records: Sequence[Record],
+    records: Iterable[Record],
     version: int,
     target: str,
     checker: Checker | None = None,
@@ -873,6 +894,27 @@ def restore_file(f: BinaryIO, store: Store) -> Restored:
         restored = restore_state(reader, store, StoreOnlySink(store), version, verify=False)
         restored.version = version
         return restored
+
+
+def renumber_connections(records: Iterable[Record]) -> list[Record]:
+    """Connection ids 1, 2, 3... in stream order, as C numbers them when it dumps.
+
+    The ids only link watches (and transactions) to their connection; C 4.17
+    misbehaves with gaps in them (a restored connection without watches
+    can lose its socket).
+    """
+    ids: dict[int, int] = {}
+    out: list[Record] = []
+    for r in records:
+        if isinstance(r, ConnectionData):
+            ids[r.conn_id] = len(ids) + 1
+            r = replace(r, conn_id=ids[r.conn_id])
+        elif isinstance(r, (WatchData, WatchDataExtended, TransactionData)) or (
+            isinstance(r, NodeData) and r.conn_id
+        ):
+            r = replace(r, conn_id=ids.get(r.conn_id, r.conn_id))
+        out.append(r)
+    return out
 
 
 def c_target_losses(records: Sequence[Record], target: str, baseline: q.QuotaTable) -> list[str]:
