@@ -899,9 +899,8 @@ def restore_file(f: BinaryIO, store: Store) -> Restored:
 def renumber_connections(records: Iterable[Record]) -> list[Record]:
     """Connection ids 1, 2, 3... in stream order, as C numbers them when it dumps.
 
-    The ids only link watches (and transactions) to their connection; C 4.17
-    misbehaves with gaps in them (a restored connection without watches
-    can lose its socket).
+    The ids only link watches (and transactions) to their connection; a C
+    reader gets them the way C itself writes them.
     """
     ids: dict[int, int] = {}
     out: list[Record] = []
