@@ -12,6 +12,7 @@ import mmap
 import os
 import struct
 
+import pytest
 from tests.client.daemons import Daemon, introduce_guest
 from tests.rings.conftest import Guest, err, kick, make_guest, ok, wait_for
 
@@ -243,29 +244,36 @@ def test_reconnection_through_the_connection_state(
     assert guest.next_event(0.5) is None  # the dropped watch stays quiet
 
 
+@pytest.mark.parametrize("violation", ["offsets", "oversized"])
 def test_protocol_breaking_guest_is_cut_off_while_others_go_on(
-    ring_daemon: Daemon, guest: Guest, dom0: Client, driver: str
+    ring_daemon: Daemon, guest: Guest, dom0: Client, driver: str, violation: str
 ) -> None:
     assert ring_daemon.ring_dir is not None
     ring_dir = ring_daemon.ring_dir
     introduce_guest(dom0, ring_dir, 6, 8)
     good = make_guest(driver, ring_dir, 6, 8)
     ok(guest, M.WRITE, b"before\0" + b"1")
-    # Offsets claiming more than a queue's worth of requests (error 2).
     fd = os.open(os.path.join(ring_dir, "ring-dom5"), os.O_RDWR)
     mem = mmap.mmap(fd, 4096)
     os.close(fd)
     try:
-        cons = U32.unpack_from(mem, 2048)[0]
-        U32.pack_into(mem, 2052, cons + 2000)
+        prod = U32.unpack_from(mem, 2052)[0]
+        if violation == "offsets":
+            # More than a queue's worth of requests claimed: error 2.
+            U32.pack_into(mem, 2052, U32.unpack_from(mem, 2048)[0] + 2000)
+            expected = 2
+        else:
+            # A header announcing more than 4096 payload bytes: error 3.
+            bad = HEADER.pack(M.WRITE, 1, 0, 5000)
+            for i, byte in enumerate(bad):
+                mem[(prod + i) % 1024] = byte
+            U32.pack_into(mem, 2052, prod + len(bad))
+            expected = 3
         kick(ring_dir, 7)
         ok(good, M.WRITE, b"still\0here")  # the others carry on meanwhile
         assert dom0.read("/local/domain/6/still") == b"here"
-        if ring_daemon.kind == "pyxenstored":
-            assert wait_for(lambda: U32.unpack_from(mem, 2072)[0] == 2)
-        else:
-            # 4.17 writes the indicator too, without advertising the feature.
-            assert wait_for(lambda: U32.unpack_from(mem, 2072)[0] == 2)
+        # (4.17 writes the indicator too, without advertising the feature.)
+        assert wait_for(lambda: U32.unpack_from(mem, 2072)[0] == expected)
     finally:
         mem.close()
     assert ok(good, M.READ, b"still\0") == b"here"
