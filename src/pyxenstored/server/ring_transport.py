@@ -227,7 +227,9 @@ class RingTransport:
             return None
         keep = self._check_framing(data, budget)
         if keep < len(data):
-            # Stop at the bad header: the messages before it are served.
+            # Stop at a bad header (the messages before it are served) or
+            # after the requests the connection may take now (the rest stay
+            # in the ring).
             data = data[:keep]
             used = keep
         words[_W_REQ_CONS] = (cons + used) & MASK
