@@ -40,9 +40,9 @@ class DaemonPool:
         ok, reason = available(kind)
         require(ok, f"{kind} daemon unavailable: {reason}")
 
-    def _start(self, kind: str, args: tuple[str, ...] = ()) -> Daemon:
+    def _start(self, kind: str, args: tuple[str, ...] = (), guests: tuple[int, ...] = ()) -> Daemon:
         try:
-            return Daemon(kind, extra_args=args).start()
+            return Daemon(kind, extra_args=args, guests=guests).start()
         except DaemonError as exc:
             pytest.fail(str(exc))
 
@@ -60,10 +60,10 @@ class DaemonPool:
             reset_daemon(daemon.socket)
         return daemon
 
-    def fresh(self, kind: str, args: tuple[str, ...] = ()) -> Daemon:
+    def fresh(self, kind: str, args: tuple[str, ...] = (), guests: tuple[int, ...] = ()) -> Daemon:
         """A daemon of its own for a scenario that changes global state."""
         self._require(kind)
-        daemon = self._start(kind, args)
+        daemon = self._start(kind, args, guests)
         self._fresh.append(daemon)
         return daemon
 

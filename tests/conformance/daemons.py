@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from tests.conformance.rawclient import create_ring_page
+
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_RUNNER = REPO.parent / "shared" / "peers" / "reference-xenstored"
 REFERENCE_BINARY = Path("/usr/lib/xen-4.17/bin/xenstored")
@@ -75,6 +77,7 @@ class Daemon:
     kind: str
     cpus: str | None = None
     extra_args: tuple[str, ...] = ()
+    guests: tuple[int, ...] = ()
     rundir: Path = field(init=False)
     pid: int = 0
     _proc: subprocess.Popen[bytes] | None = None
@@ -86,6 +89,8 @@ class Daemon:
 
     def start(self) -> Daemon:
         self.rundir = Path(tempfile.mkdtemp(prefix=f"xs-{self.kind}-"))
+        for domid in self.guests:
+            create_ring_page(str(self.rundir), domid)
         if self.kind == REFERENCE:
             self._start_reference()
         elif self.kind == PYXENSTORED:
@@ -96,7 +101,13 @@ class Daemon:
 
     def _start_reference(self) -> None:
         cmd = [*_taskset(self.cpus), str(REFERENCE_RUNNER), "start", str(self.rundir)]
-        out = subprocess.run(cmd + list(self.extra_args), capture_output=True, timeout=300)
+        env = dict(os.environ)
+        env.pop("XENSTORED_PATH", None)
+        if self.guests:
+            # the shim's ring mode: pages and event channel FIFO in the run dir
+            env["XS_SHIM_RINGDIR"] = str(self.rundir)
+            env["XS_SHIM_DOMAINS"] = ",".join(str(d) for d in (0, *self.guests))
+        out = subprocess.run(cmd + list(self.extra_args), capture_output=True, timeout=300, env=env)
         if out.returncode != 0:
             raise DaemonError(f"reference start failed: {out.stderr.decode(errors='replace')}")
         self.pid = int(out.stdout.split()[-1])
@@ -104,6 +115,7 @@ class Daemon:
     def _start_pyxenstored(self) -> None:
         log = open(self.rundir / "pyxenstored.out", "wb")  # noqa: SIM115 - lives with the process
         env = dict(os.environ)
+        env.pop("XENSTORED_PATH", None)
         src = str(REPO / "src")
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
         cmd = [
@@ -115,6 +127,11 @@ class Daemon:
             str(self.rundir),
             *self.extra_args,
         ]
+        if self.guests:
+            # the simulated hypervisor (server/hypervisor.py) uses the shim's files
+            with open(self.rundir / "domains", "w") as f:
+                f.write("".join(f"{d}\n" for d in (0, *self.guests)))
+            cmd += ["--ring-dir", str(self.rundir)]
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
         )

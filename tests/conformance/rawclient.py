@@ -15,8 +15,12 @@ connection before that request was handled arrives first.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
 import select
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -111,6 +115,14 @@ class RawClient:
             raise ConnectionClosed(str(exc)) from exc
         return req_id
 
+    def send_bytes(self, data: bytes) -> None:
+        """Send raw bytes (several messages at once, for pipelining)."""
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self.closed = True
+            raise ConnectionClosed(str(exc)) from exc
+
     # --- receiving ------------------------------------------------------------
 
     def _fill(self, deadline: float) -> None:
@@ -186,3 +198,116 @@ class RawClient:
     def close(self) -> None:
         self.closed = True
         self.sock.close()
+
+
+# --- a guest domain on a shared ring ---------------------------------------------------
+
+RING_SIZE = 1024
+PAGE_SIZE = 4096
+_REQ_CONS, _REQ_PROD, _RSP_CONS, _RSP_PROD = 2048, 2052, 2056, 2060
+_U32 = struct.Struct("=I")
+POLL_PAUSE = 0.0002
+
+
+def create_ring_page(ring_dir: str, domid: int) -> None:
+    """The zeroed page ``DIR/ring-dom<domid>`` a guest has before INTRODUCE."""
+    path = os.path.join(ring_dir, f"ring-dom{domid}")
+    with open(path, "wb") as f:
+        f.write(bytes(PAGE_SIZE))
+
+
+class RingClient(RawClient):
+    """A guest domain talking through its ring page (xenstore-ring.txt).
+
+    Both daemons follow the test shim's conventions: the page is the file
+    ``DIR/ring-dom<domid>`` and a guest wakes the daemon by writing its port
+    number to the FIFO ``DIR/evtchn``.  Notifications towards the guest are
+    not delivered, so the guest polls its response ring.
+    """
+
+    def __init__(self, ring_dir: str, domid: int, port: int, timeout: float = DEFAULT_TIMEOUT):
+        # RawClient's fields, without a socket
+        self.path = ring_dir
+        self.timeout = timeout
+        self.events = []
+        self.closed = False
+        self._buf = bytearray()
+        self._next_req = 1
+        self._fd = os.open(os.path.join(ring_dir, f"ring-dom{domid}"), os.O_RDWR)
+        self._page = mmap.mmap(self._fd, PAGE_SIZE, mmap.MAP_SHARED)
+        self._evtchn = os.open(os.path.join(ring_dir, "evtchn"), os.O_WRONLY | os.O_NONBLOCK)
+        self._port = port
+
+    def _word(self, offset: int) -> int:
+        value: int = _U32.unpack_from(self._page, offset)[0]
+        return value
+
+    def _set_word(self, offset: int, value: int) -> None:
+        _U32.pack_into(self._page, offset, value & 0xFFFFFFFF)
+
+    def _kick(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._evtchn, _U32.pack(self._port))
+
+    def send_bytes(self, data: bytes) -> None:
+        deadline = time.monotonic() + self.timeout
+        view = memoryview(data)
+        while view:
+            cons, prod = self._word(_REQ_CONS), self._word(_REQ_PROD)
+            space = RING_SIZE - ((prod - cons) & 0xFFFFFFFF)
+            if space <= 0:
+                self._kick()
+                if time.monotonic() > deadline:
+                    raise ReplyTimeout("request ring stays full")
+                time.sleep(POLL_PAUSE)
+                continue
+            idx = prod % RING_SIZE
+            n = min(space, RING_SIZE - idx, len(view))
+            self._page[idx : idx + n] = view[:n]
+            self._set_word(_REQ_PROD, prod + n)
+            view = view[n:]
+        self._kick()
+
+    def send(
+        self,
+        msg_type: int,
+        payload: bytes,
+        *,
+        tx_id: int = 0,
+        req_id: int | None = None,
+        length: int | None = None,
+        chunk: int = 0,
+    ) -> int:
+        if req_id is None:
+            req_id = self._next_req
+            self._next_req += 1
+        hdr_len = len(payload) if length is None else length
+        data = HEADER.pack(msg_type, req_id, tx_id, hdr_len) + payload
+        step = chunk if chunk > 0 else len(data)
+        for pos in range(0, len(data), max(step, 1)):
+            self.send_bytes(data[pos : pos + step])
+            if chunk > 0:
+                time.sleep(SPLIT_PAUSE)
+        return req_id
+
+    def _fill(self, deadline: float) -> None:
+        while True:
+            cons, prod = self._word(_RSP_CONS), self._word(_RSP_PROD)
+            avail = (prod - cons) & 0xFFFFFFFF
+            if avail:
+                idx = cons % RING_SIZE
+                n = min(avail, RING_SIZE - idx)
+                self._buf += self._page[RING_SIZE + idx : RING_SIZE + idx + n]
+                self._set_word(_RSP_CONS, cons + n)
+                self._kick()  # the daemon may be waiting for room
+                return
+            if time.monotonic() > deadline:
+                raise ReplyTimeout("no reply within timeout")
+            time.sleep(POLL_PAUSE)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._page.close()
+            os.close(self._fd)
+            os.close(self._evtchn)

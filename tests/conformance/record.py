@@ -30,7 +30,9 @@ def main(argv: list[str]) -> int:
             if REFERENCE not in scenario.targets or (wanted and scenario.file not in wanted):
                 continue
             if scenario.fresh:
-                with Daemon(REFERENCE, extra_args=scenario.daemon_args) as own:
+                with Daemon(
+                    REFERENCE, extra_args=scenario.daemon_args, guests=scenario.guests
+                ) as own:
                     records = run_scenario(own.socket, scenario)
             else:
                 reset_daemon(shared.socket)

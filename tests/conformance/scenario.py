@@ -27,6 +27,9 @@ A STEP is a dict:
   expected replies are written from the digest (targets without reference).
 * ``daemon_args`` (file level): extra daemon options; such scenarios always
   get a fresh daemon.
+* ``guests`` (file level): domids that exist and may run on rings; the
+  daemons start in ring mode and connection ``dom<N>`` is that guest (port
+  100 + N).
 * ``label``: a name for the step (default: its index) used by compat entries.
 
 Recording: each step gives a :class:`StepRecord` with the reply rendered as
@@ -40,6 +43,7 @@ counts (``<G1>``… by first appearance).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,6 +55,7 @@ from tests.conformance.rawclient import (
     Message,
     RawClient,
     ReplyTimeout,
+    RingClient,
 )
 
 from pyxenstored.wire import HEADER, MsgType
@@ -60,6 +65,16 @@ SCENARIO_DIR = HERE / "scenarios"
 GOLDEN_DIR = HERE / "golden"
 
 STEP_TIMEOUT = 5.0
+
+# Connection ``dom<N>`` is guest domain N on its ring (files with ``guests``);
+# it kicks event channel port 100 + N, so a scenario introduces it with
+# ``INTRODUCE N|1|<100+N>|``.
+_GUEST_NAME = re.compile(r"dom(\d+)")
+GUEST_PORT_BASE = 100
+
+
+def guest_port(domid: int) -> int:
+    return GUEST_PORT_BASE + domid
 
 
 # --- the readable escape ------------------------------------------------------------
@@ -173,6 +188,7 @@ class Scenario:
     targets: tuple[str, ...]
     fresh: bool = False
     daemon_args: tuple[str, ...] = ()
+    guests: tuple[int, ...] = ()
 
     @property
     def ident(self) -> str:
@@ -185,10 +201,13 @@ def load_scenarios(directory: Path = SCENARIO_DIR) -> list[Scenario]:
         data = json.loads(path.read_text())
         targets = tuple(data.get("targets", ["reference", "pyxenstored"]))
         daemon_args = tuple(data.get("daemon_args", ()))
+        guests = tuple(int(d) for d in data.get("guests", ()))
         for item in data["scenarios"]:
-            fresh = bool(item.get("fresh", False) or daemon_args)
+            fresh = bool(item.get("fresh", False) or daemon_args or guests)
             found.append(
-                Scenario(path.stem, item["name"], item["steps"], targets, fresh, daemon_args)
+                Scenario(
+                    path.stem, item["name"], item["steps"], targets, fresh, daemon_args, guests
+                )
             )
     return found
 
@@ -235,7 +254,13 @@ class Runner:
     def conn(self, name: str) -> RawClient:
         client = self.conns.get(name)
         if client is None:
-            client = RawClient(self.socket, timeout=STEP_TIMEOUT)
+            guest = _GUEST_NAME.fullmatch(name)
+            if guest is None:
+                client = RawClient(self.socket, timeout=STEP_TIMEOUT)
+            else:
+                domid = int(guest.group(1))
+                ring_dir = os.path.dirname(self.socket)
+                client = RingClient(ring_dir, domid, guest_port(domid), timeout=STEP_TIMEOUT)
             self.conns[name] = client
         return client
 
@@ -327,7 +352,7 @@ class Runner:
                 body = build_payload(sub.get("p", ""))
                 data += HEADER.pack(type_number(sub["op"]), req_id, tx_id, len(body)) + body
                 sent.append((req_id, tx_id, sub))
-            client.sock.sendall(bytes(data))
+            client.send_bytes(bytes(data))
             replies = []
             for req_id, tx_id, sub in sent:
                 msg = client.read_reply()

@@ -37,7 +37,11 @@ def _ids(items: list[Scenario]) -> list[str]:
 
 
 def run_on(pool: DaemonPool, kind: str, scenario: Scenario) -> list[StepRecord]:
-    daemon = pool.fresh(kind, scenario.daemon_args) if scenario.fresh else pool.get(kind)
+    daemon = (
+        pool.fresh(kind, scenario.daemon_args, scenario.guests)
+        if scenario.fresh
+        else pool.get(kind)
+    )
     try:
         records = run_scenario(daemon.socket, scenario)
         if not daemon.alive():
