@@ -423,13 +423,13 @@ def import_domain(
         if not rec.perms:
             raise DomainMigrationError(f"node {rec.path!r} has no permissions")
         path = remap_path(rec.path, old, new)
+        if path in children:
+            raise DomainMigrationError(f"node {rec.path!r} twice")
         if path != new_home:
             parent = parent_of(path)
             if parent not in children:
                 raise DomainMigrationError(f"node {rec.path!r} comes before its parent")
             children[parent].append(path[len(parent) + 1 :])
-        elif planned:
-            raise DomainMigrationError(f"node {rec.path!r} twice")
         children[path] = []
         planned.append(
             _NewNode(path, Node(rec.value, store_perms(remap_perms(rec.perms, old, new)), 0))
