@@ -250,6 +250,7 @@ class Runner:
     conns: dict[str, RawClient] = field(default_factory=dict)
     saved_tx: dict[str, int] = field(default_factory=dict)
     norm: _Normaliser = field(default_factory=_Normaliser)
+    watchers: set[str] = field(default_factory=set)
 
     def conn(self, name: str) -> RawClient:
         client = self.conns.get(name)
@@ -301,6 +302,8 @@ class Runner:
             return "CLOSED"
         tx_id = self._tx_id(step)
         msg_type = type_number(step["op"])
+        if msg_type == MsgType.WATCH:
+            self.watchers.add(cname)
         try:
             req_id = client.send(
                 msg_type,
@@ -325,7 +328,12 @@ class Runner:
         for name in sorted(self.conns):
             client = self.conns[name]
             try:
-                got = client.sync()
+                if name in self.watchers:
+                    got = client.sync()
+                else:
+                    # only a connection that has registered a watch can be
+                    # sent events; anything else met on the way is kept too
+                    got, client.events = client.events, []
             except (ConnectionClosed, ReplyTimeout):
                 got, client.events = client.events, []
             rendered = []
@@ -342,6 +350,8 @@ class Runner:
         """Send every request of ``batch`` at once on one connection, then read."""
         cname = step.get("c", "a")
         client = self.conn(cname)
+        if any(sub.get("op") == "WATCH" for sub in step["batch"]):
+            self.watchers.add(cname)
         sent: list[tuple[int, int, dict[str, Any]]] = []
         try:
             data = bytearray()
@@ -376,6 +386,7 @@ class Runner:
             )
         op = str(step.get("op", "close"))
         if step.get("close"):
+            self.watchers.discard(step.get("c", "a"))
             client = self.conns.pop(step.get("c", "a"), None)
             if client is not None:
                 client.close()

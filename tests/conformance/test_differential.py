@@ -25,17 +25,30 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 from tests.conformance.compat import CompatEntry, compare_records, load_compat
-from tests.conformance.conftest import DaemonPool
-from tests.conformance.daemons import PYXENSTORED, REFERENCE, Daemon
+from tests.conformance.daemons import PYXENSTORED, REFERENCE, Daemon, available
 from tests.conformance.scenario import (
     SCENARIO_DIR,
     Runner,
     StepRecord,
     escape,
+    guest_port,
     reset_daemon,
 )
+from tests.util import require
 
-CONNS = ("a", "b", "c")
+# Three privileged socket connections and one unprivileged guest, domain 5
+# on its ring (connection name ``dom5``, see scenario.py).
+GUEST = 5
+SOCKET_CONNS = ("a", "b", "c")
+CONNS = (*SOCKET_CONNS, f"dom{GUEST}")
+# The sequence's first steps, compared like the rest: the guest's home and
+# (re-)introduction, which also drops what the guest had from the sequence
+# before (digest §6.3).
+GUEST_SETUP: tuple[dict[str, Any], ...] = (
+    {"c": "a", "op": "MKDIR", "p": f"/local/domain/{GUEST}|"},
+    {"c": "a", "op": "SET_PERMS", "p": f"/local/domain/{GUEST}|n{GUEST}|"},
+    {"c": "a", "op": "INTRODUCE", "p": f"{GUEST}|1|{guest_port(GUEST)}|"},
+)
 STEPS_PER_SEQUENCE = 50
 REGRESSIONS = SCENARIO_DIR / "regressions.json"
 
@@ -57,6 +70,7 @@ node_paths = st.one_of(_abs_path, _abs_path, _rel_path, _odd_path.filter(lambda 
 values = st.binary(max_size=6)
 tokens = st.sampled_from(["t1", "t2", ""])
 conns = st.sampled_from(CONNS)
+socket_conns = st.sampled_from(SOCKET_CONNS)
 tx_choice = st.sampled_from([0, 0, 0, 0, 1, 1, 2, 3, 4])
 _owner = st.sampled_from(["n0", "r0", "w0", "b0", "b0x0"])
 _entry = st.sampled_from(
@@ -100,6 +114,8 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.py_records: list[StepRecord] = []
         self.open_tx: dict[str, list[str]] = {c: [] for c in CONNS}
         self.tx_counter = 0
+        for step in GUEST_SETUP:
+            self.do(dict(step))
 
     def teardown(self) -> None:
         self.ref.close()
@@ -209,7 +225,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def reconnect(self, data: st.DataObject) -> None:
         # closing drops the connection's watches and transactions; the next
         # operation on that name opens a new connection
-        conn = data.draw(conns)
+        conn = data.draw(socket_conns)  # a guest's ring stays
         self.do({"c": conn, "close": True})
         self.open_tx[conn].clear()
 
@@ -286,17 +302,24 @@ def _record_regression(steps: list[dict[str, Any]]) -> None:
             "area": "regressions found by the differential fuzzer (shrunk sequences)",
             "sources": ["tests/conformance/test_differential.py"],
             "targets": [REFERENCE, PYXENSTORED],
+            "guests": [GUEST],
             "scenarios": [],
         }
     data["scenarios"].append({"name": f"fuzz-{len(data['scenarios']) + 1}", "steps": steps})
     REGRESSIONS.write_text(json.dumps(data, indent=1) + "\n")
 
 
-def test_differential(daemons: DaemonPool, request: pytest.FixtureRequest) -> None:
+def test_differential(request: pytest.FixtureRequest) -> None:
     long_run = bool(request.config.getoption("--long"))
     examples = int(os.environ.get("XS_FUZZ_EXAMPLES", "5000" if long_run else "200"))
-    ref = daemons.get(REFERENCE)
-    py = daemons.get(PYXENSTORED)
+    for kind in (REFERENCE, PYXENSTORED):
+        ok, reason = available(kind)
+        require(ok, f"{kind} daemon unavailable: {reason}")
+    with Daemon(REFERENCE, guests=(GUEST,)) as ref, Daemon(PYXENSTORED, guests=(GUEST,)) as py:
+        _run_machine(ref, py, long_run, examples)
+
+
+def _run_machine(ref: Daemon, py: Daemon, long_run: bool, examples: int) -> None:
     DifferentialMachine.sockets = (ref.socket, py.socket)
     DifferentialMachine.daemons = (ref, py)
     DifferentialMachine.compat = load_compat()
