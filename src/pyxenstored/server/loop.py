@@ -127,6 +127,9 @@ class Server:
         self.intercepted: frozenset[int] = frozenset()
         self.stalled: set[Connection] = set()
         self.ticker: Callable[[float | None], float | None] | None = None
+        # Called at the end of every loop turn (rings re-check guests held
+        # back by their memory quota, as C does on every main-loop pass).
+        self.after_turn: list[Callable[[], None]] = []
 
     # --- set-up --------------------------------------------------------------
 
@@ -280,6 +283,8 @@ class Server:
             for conn in list(self._timed):
                 if conn.expire_events(now):
                     self._update_mask(conn)
+        for hook in self.after_turn:
+            hook()
 
     def _accept_ready(self, _mask: int) -> None:
         for sock, _path, _ident in self._listeners:
