@@ -22,6 +22,7 @@ from pyxenstored.server.loop import Server
 from pyxenstored.server.ring_domains import RingDomains
 from pyxenstored.server.socket_transport import SocketTransport
 from pyxenstored.store import Store, StoreConfig
+from pyxenstored.store import quota as q
 from pyxenstored.wire import HEADER, MsgType
 
 M = MsgType
@@ -235,3 +236,23 @@ def test_close_releases_the_hypervisor(world: World) -> None:
     world.rings.close()
     assert world.hv.closed
     assert world.rings.rings() == []
+
+
+def test_a_guest_at_its_memory_quota_is_not_read(world: World) -> None:
+    world.dom0_call(M.MKDIR, b"/local/domain/5\0")
+    world.dom0_call(M.SET_PERMS, b"/local/domain/5\0n5\0")
+    world.dom0_call(M.INTRODUCE, b"5\0" + b"1\0" + b"7\0")
+    assert world.guest_call(M.WRITE, b"x\0" + b"v" * 100) == (M.WRITE, b"OK\0")
+    used = world.store.domains[5].usage[q.MEMORY]
+    assert world.dom0_call(M.SET_QUOTA, b"5\0memory\0%d\0" % used)[0] == M.SET_QUOTA
+    mem = world.page()
+    world.guest_send(HEADER.pack(M.READ, 3, 0, 2) + b"x\0")
+    world.turn()
+    assert U32.unpack_from(mem, 2048)[0] != U32.unpack_from(mem, 2052)[0]  # left in the ring
+    assert world.guest_take() == b""
+    # Raising the quota is enough: the ring is looked at again after that turn.
+    assert world.dom0_call(M.SET_QUOTA, b"5\0memory\0%d\0" % (used * 2))[0] == M.SET_QUOTA
+    world.turn()
+    reply = world.guest_take()
+    assert HEADER.unpack_from(reply)[:2] == (M.READ, 3)
+    assert reply[16:] == b"v" * 100

@@ -11,6 +11,10 @@ and the owner of every ring connection of a :class:`~.loop.Server`.  It
   before the loop goes back to the selector, so a flooding guest cannot
   starve other guests or socket clients; a kick on an unknown port makes it
   look at every ring (as C, which polls them all);
+* applies C's back-pressure: a ring is not read while its connection has
+  ``outstanding`` requests up to the quota (the requests stay in the ring)
+  or while its domain uses its whole ``memory`` quota (looked at again
+  after every loop turn, as C does on every pass of its main loop);
 * handles a guest's reconnection request (connection state 1): the
   connection is dropped with its watches and transactions, the queues are
   emptied, a new connection is made, the state goes back to 0 and the guest
@@ -50,6 +54,7 @@ from pyxenstored.server.ring_transport import (
 )
 from pyxenstored.server.transport import Transport
 from pyxenstored.store import Store
+from pyxenstored.store import quota as q
 from pyxenstored.store.features import SUPPORTED_FEATURES
 from pyxenstored.stream.records import ConnectionData, RingSpec
 from pyxenstored.wire import (
@@ -115,6 +120,7 @@ class RingDomains:
         self._by_port: dict[int, list[Ring]] = {}
         self._seen: dict[int, DomainInfo] = {}
         self._ready: dict[int, Ring] = {}  # rings to serve on the next turn
+        self._held: dict[int, Ring] = {}  # rings not read: memory quota used up
         self._doorbell_rung = False
         self._doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._started = False
@@ -131,6 +137,7 @@ class RingDomains:
         self.store.domain_hooks = self
         self.server.watch_fd(self.hv.fileno(), self._kicked)
         self.server.watch_fd(self._doorbell, self._rung)
+        self.server.after_turn.append(self._recheck_held)
         self._started = True
         if auto_introduce:
             self._introduce_existing()
@@ -192,6 +199,8 @@ class RingDomains:
         if self._started:
             self.server.unwatch_fd(self.hv.fileno())
             self.server.unwatch_fd(self._doorbell)
+            with contextlib.suppress(ValueError):
+                self.server.after_turn.remove(self._recheck_held)
             self._started = False
         with contextlib.suppress(OSError):
             os.close(self._doorbell)
@@ -320,6 +329,7 @@ class RingDomains:
         self._close_connection(ring, reason)
         self._rings.pop(ring.domid, None)
         self._ready.pop(ring.domid, None)
+        self._held.pop(ring.domid, None)
         self._unbind(ring)
         ring.page.release()
         self.hv.unmap_ring(ring.domid, ring.mem)
@@ -415,6 +425,11 @@ class RingDomains:
         # Guests kick after taking replies too: most such kicks find nothing
         # to do, and cost no more than these looks at the page.
         readable = transport.has_input() or transport.doomed
+        if readable and not transport.doomed and self._memory_full(ring, conn):
+            # C does not read a domain at its memory quota; it looks again
+            # after every loop turn (see _recheck_held).
+            readable = False
+            self._held[ring.domid] = ring
         mask = (EVENT_READ if readable and conn.can_process() else 0) | (
             EVENT_WRITE if conn.has_output else 0
         )
@@ -423,6 +438,27 @@ class RingDomains:
         transport.flush_notify()
         if transport.doomed:
             self._cut_off(ring, transport)
+
+    def _memory_full(self, ring: Ring, conn: Connection) -> bool:
+        """Whether an unprivileged domain uses its whole ``memory`` quota (digest 6.6)."""
+        limit = self.store.quota_for_conn(conn.conn_id, "memory")
+        if limit is None:
+            return False
+        record = self.store.domains.get(ring.domid)
+        return record is not None and record.usage[q.MEMORY] >= limit
+
+    def _recheck_held(self) -> None:
+        """After each loop turn: serve rings held back by memory that now fit."""
+        if not self._held:
+            return
+        for domid, ring in list(self._held.items()):
+            conn = ring.conn
+            if self._rings.get(domid) is not ring or conn is None or conn.closed:
+                del self._held[domid]
+            elif not self._memory_full(ring, conn):
+                del self._held[domid]
+                self._ready[domid] = ring
+        self._serve_ready()
 
     def _cut_off(self, ring: Ring, transport: RingTransport) -> None:
         log.warning(
