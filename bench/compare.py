@@ -18,7 +18,8 @@ Workloads:
   connections x 10 tokens), time until every event has arrived;
 * transaction-conflict storm: 8 clients updating 4 overlapping nodes in
   transactions (read two, write one): commits/s and EAGAIN rate;
-* memory: RSS growth for 100 000 nodes (16-byte values), per node.
+* memory: RSS growth for 100 000 nodes (16-byte values), per node;
+* a guest domain on its ring (shim conventions): sequential READs per second.
 
 Usage (from the repository root)::
 
@@ -48,11 +49,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "src")]
 
 from tests.conformance.daemons import PYXENSTORED, REFERENCE, Daemon, available  # noqa: E402
+from tests.conformance.rawclient import RingClient  # noqa: E402
 
 import ops_bench  # noqa: E402
 
 HDR = struct.Struct("=IIII")
 WATCH, TX_START, TX_END, READ, WRITE, ERROR, EVENT = 4, 6, 7, 2, 11, 16, 15
+INTRODUCE, MKDIR, SET_PERMS = 8, 12, 14
 TEST_XENSTORE = "/usr/lib/xen-4.17/bin/test-xenstore"
 
 
@@ -332,6 +335,44 @@ def storm_rows(daemons: dict[str, Daemon], args: argparse.Namespace) -> list[Row
     ]
 
 
+def ring_rate(daemon: Daemon, requests: int) -> float:
+    """Sequential READs per second of guest domain 5 on its ring."""
+    admin = Raw(daemon.socket)
+    admin.call(MKDIR, b"/local/domain/5\0")
+    admin.call(SET_PERMS, b"/local/domain/5\0n5\0")
+    admin.call(INTRODUCE, b"5\x001\x00105\0")
+    admin.call(WRITE, b"/local/domain/5/v\0value")
+    guest = RingClient(str(daemon.rundir), 5, 105)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(requests):
+            guest.request(READ, b"v\0")
+        elapsed = time.perf_counter() - t0
+    finally:
+        guest.close()
+        admin.sock.close()
+    return requests / elapsed
+
+
+def _ring_in_child(daemon: Daemon, cpu: int, requests: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    os.sched_setaffinity(0, {cpu})
+    out.put(ring_rate(daemon, requests))
+
+
+def ring_rows(daemons: dict[str, Daemon], args: argparse.Namespace) -> list[Row]:
+    ctx = mp.get_context("fork")
+    rates = {}
+    for kind, daemon in daemons.items():
+        q = ctx.Queue()
+        p = ctx.Process(
+            target=_ring_in_child, args=(daemon, args.client_cpu, args.ring_requests, q)
+        )
+        p.start()
+        rates[kind] = q.get(timeout=600)
+        p.join()
+    return [Row("ring guest READ seq 1c", "ops/s", rates[REFERENCE], rates[PYXENSTORED])]
+
+
 def fill_nodes(path: str, count: int, batch: int = 64) -> None:
     c = Raw(path)
     value = b"v" * 16
@@ -412,6 +453,7 @@ WORKLOADS: dict[str, Callable[[dict[str, Daemon], argparse.Namespace], list[Row]
     "fanout": fanout_rows,
     "storm": storm_rows,
     "memory": memory_rows,
+    "ring": ring_rows,
 }
 
 
@@ -425,20 +467,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=200, help="test-xenstore -i")
     parser.add_argument("--fanout-writes", type=int, default=20)
     parser.add_argument("--nodes", type=int, default=100_000)
+    parser.add_argument("--ring-requests", type=int, default=3000)
     parser.add_argument("--only", default=",".join(WORKLOADS), help="comma list of workloads")
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.repeat, args.iterations = 0.3, 1, 20
-        args.fanout_writes, args.nodes = 3, 10_000
+        args.fanout_writes, args.nodes, args.ring_requests = 3, 10_000, 300
     for kind in (REFERENCE, PYXENSTORED):
         ok, reason = available(kind)
         if not ok:
             print(f"cannot run {kind}: {reason}", file=sys.stderr)
             return 2
     daemons = {
-        REFERENCE: Daemon(REFERENCE, cpus=args.daemon_cpu).start(),
-        PYXENSTORED: Daemon(PYXENSTORED, cpus=args.daemon_cpu).start(),
+        REFERENCE: Daemon(REFERENCE, cpus=args.daemon_cpu, guests=(5,)).start(),
+        PYXENSTORED: Daemon(PYXENSTORED, cpus=args.daemon_cpu, guests=(5,)).start(),
     }
     rows: list[Row] = []
     try:
