@@ -249,7 +249,7 @@ def save_domain(store: Store, domid: int, connection: ConnectionData) -> list[Re
     (ring spec, pending data).  The store is only read.
     """
     check_saveable(store, domid)
-    return extract_domain(dump_state(store, [connection]), domid)
+    return extract_domain(dump_state(store, [connection], subtree=home_path(domid)), domid)
 
 
 def check_saveable(store: Store, domid: int) -> None:

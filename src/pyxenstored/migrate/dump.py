@@ -91,8 +91,11 @@ def stream_perms(perms: Perms) -> tuple[NodePerm, ...]:
     return out
 
 
-def _committed_records(store: Store) -> Iterator[NodeData]:
+def _committed_records(store: Store, top: str = "/") -> Iterator[NodeData]:
     """NODE_DATA of the committed tree in C's order (see ``store.state.committed_nodes``).
+
+    With ``top`` other than ``/``: only that subtree, without the special
+    nodes (one domain's home for domain migration).
 
     The walk is inlined here, and records are built without the frozen
     dataclass ``__init__``: this loop is most of a dump.  Permission tuples
@@ -103,9 +106,9 @@ def _committed_records(store: Store) -> Iterator[NodeData]:
     set_conn, set_tx, set_access, set_perms, set_path, set_value = _NODE_SETTERS
     by_id: dict[int, tuple[Perms, tuple[NodePerm, ...]]] = {}
     get = nodes.get
-    root = get("/")
-    stack: list[tuple[str, Node]] = [("/", root)] if root is not None else []
-    specials = [(p, n) for p in SPECIAL_NODES if (n := get(p)) is not None]
+    root = get(top)
+    stack: list[tuple[str, Node]] = [(top, root)] if root is not None else []
+    specials = [(p, n) for p in SPECIAL_NODES if (n := get(p)) is not None] if top == "/" else []
     pop = stack.pop
     while stack or specials:
         path, node = pop() if stack else specials.pop(0)
@@ -160,12 +163,14 @@ def dump_state(
     global_data: GlobalData | None = None,
     preserved: Preserved | None = None,
     transactions: bool = True,
+    subtree: str = "/",
 ) -> Iterator[Record]:
     """All records of a live-update stream for ``store``, END last.
 
     ``connections`` are in the order to restore them (creation order); each
     is followed by its watches.  With ``transactions`` False open
-    transactions are left out (what C does).
+    transactions are left out (what C does).  ``subtree`` limits the
+    committed nodes to that subtree (domain migration: one domain's home).
     """
     kept = preserved or Preserved()
     conns = list(connections)
@@ -182,7 +187,7 @@ def dump_state(
                 yield WatchDataExtended(
                     cd.conn_id, w.wpath, token, min(w.depth, DEPTH_UNLIMITED - 1)
                 )
-    yield from _committed_records(store)
+    yield from _committed_records(store, subtree)
     if transactions:
         for cd in conns:
             for tx in transactions_of(store, cd.conn_id):
