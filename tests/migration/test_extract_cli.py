@@ -169,3 +169,26 @@ def test_cli_entry_point(synth_dump: Path, tmp_path: Path) -> None:
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "0 errors" in check.stdout + check.stderr
+
+
+C417_DUMP = Path(__file__).parent.parent / "data" / "c417" / "basic.state"
+
+
+def test_extract_from_a_c417_dump(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A real C 4.17 live-update dump (version 1): domain 2 is clean, domain 1 mid-message."""
+    out = tmp_path / "dom2.xss"
+    assert stream_main(["extract", str(C417_DUMP), "--domain", "2", str(out)]) == 0
+    diags, _ = check_all(out.read_bytes())
+    assert [d for d in diags if d.severity.name == "ERROR"] == [], diags
+    cut = _records(out)
+    assert [type(r).__name__ for r in cut][:2] == ["ConnectionData", "WatchData"]
+    assert not any(isinstance(r, DomainData) for r in cut)  # 4.17 wrote none
+    b = Side((9,))
+    b.ok(DOM0, MsgType.MKDIR, "/local/domain")
+    b.introduce(9, 2)
+    done = import_domain(b.store, cut, 9)
+    assert (done.old_domid, done.watches) == (2, 1)
+    assert b.store.nodes["/local/domain/9"].perms[0][0] == 9
+    assert b.store.check() == []
+    assert stream_main(["extract", str(C417_DUMP), "--domain", "1", str(out)]) == 2
+    assert "partial reply" in capsys.readouterr().err
