@@ -37,7 +37,7 @@ from pyxenstored.store import Store
 from pyxenstored.stream.reader import StreamError, StreamReader
 from pyxenstored.stream.records import CONN_TYPE_RING, ConnectionData, Record, RingSpec
 from pyxenstored.stream.writer import StreamWriteError, StreamWriter
-from pyxenstored.wire import DOMID_INVALID, XsError, parse_domid
+from pyxenstored.wire import DOMID_INVALID, FEATURE_ERROR, XsError, parse_domid
 
 log = logging.getLogger("pyxenstored.server")
 
@@ -135,8 +135,12 @@ class DomainState:
             self._resume(conn, done.in_data, done.out_data)
         ring = self.rings.ring(domid) if self.rings is not None else None
         if ring is not None:
-            # The page's feature word is the domain's (its page moved with it).
+            # The page's feature word is the domain's (its page moved with it),
+            # and the error field is written only with feature ERROR (digest 7.2).
             ring.page.set_word(SERVER_FEATURES, done.features | RING_FEATURES)
+            transport = ring.transport
+            if transport is not None:
+                transport.report_errors = bool(done.features & FEATURE_ERROR)
         self.server.refresh_limits()
         log.info(
             "domain-state-restore: domain %d (was %d) from %s: %d nodes, %d watches, "
