@@ -21,7 +21,8 @@ A STEP is a dict:
 * ``split``: send the message in pieces of this many bytes (framing).
 * ``batch``: a list of steps (``op``, ``p``, ``tx``, ``save``) sent in one
   write on the connection before any reply is read (pipelining).
-* ``for``: ``[start, stop]`` repeats the step with ``{i}`` replaced in ``p``;
+* ``for``: ``[start, stop]`` repeats the step with ``{i}`` (also ``{i/K}``,
+  ``{i%K}``) replaced in ``p``;
   the repetitions are recorded as one step with counted distinct replies.
 * ``expect`` / ``expect_events``: the expected record fields, for files whose
   expected replies are written from the digest (targets without reference).
@@ -127,6 +128,21 @@ def unescape(text: str) -> bytes:
     return bytes(out)
 
 
+_INDEX = re.compile(r"\{i(?:([/%])(\d+))?\}")
+
+
+def _substitute_index(text: str, index: int) -> str:
+    """``{i}`` is the repetition index, ``{i/K}`` and ``{i%K}`` its quotient and rest."""
+
+    def value(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return str(index)
+        k = int(m.group(2))
+        return str(index // k if m.group(1) == "/" else index % k)
+
+    return _INDEX.sub(value, text)
+
+
 def build_payload(spec: Any, index: int | None = None) -> bytes:
     """The payload of a step: a string, or a list of strings and repeat pieces."""
     pieces = spec if isinstance(spec, list) else [spec]
@@ -137,7 +153,7 @@ def build_payload(spec: Any, index: int | None = None) -> bytes:
         else:
             text = str(piece)
             if index is not None:
-                text = text.replace("{i}", str(index))
+                text = _substitute_index(text, index)
             out += unescape(text)
     return bytes(out)
 
