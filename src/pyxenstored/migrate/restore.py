@@ -229,7 +229,13 @@ def restore_state(
     usage: dict[int, list[int]] = {}
     exact_usage = True
     gen = store.generation
-    perms_by_id: dict[int, tuple[tuple[NodePerm, ...], Perms]] = {}
+    # Permission tuples are shared between records (the reader memoises
+    # them): their store form and their owner's usage counters, by identity.
+    perms_by_id: dict[int, tuple[tuple[NodePerm, ...], Perms, list[int]]] = {}
+    # Siblings follow each other: their parent is looked up once.
+    last_parent_path = ""
+    last_parent = Node(b"", (), 0)
+    parent_usage: list[int] = [0, 0]
     new_node = Node.__new__
     node_count = 0
     try:
@@ -245,11 +251,13 @@ def restore_state(
                         raise StateError(f"node path {path!r} is not valid")
                     raw_perms = record.perms
                     hit = perms_by_id.get(id(raw_perms))
-                    if hit is not None and hit[0] is raw_perms:
-                        perms = hit[1]
-                    else:
-                        perms = store_perms(raw_perms)
-                        perms_by_id[id(raw_perms)] = (raw_perms, perms)
+                    if hit is None or hit[0] is not raw_perms:
+                        converted = store_perms(raw_perms)
+                        # Empty permissions take the slow path below (and fail there).
+                        owner = converted[0][0] if converted else -1
+                        owner_usage = usage.setdefault(owner, [0, 0])
+                        hit = perms_by_id[id(raw_perms)] = (raw_perms, converted, owner_usage)
+                    perms = hit[1]
                     if path in nodes or not perms:
                         store.generation = gen
                         import_node(store, path, record.value, perms)
@@ -258,24 +266,21 @@ def restore_state(
                         node_count += 1
                         continue
                     value = record.value
-                    if path[0] == "@" or path == "/":
-                        grow = 0
-                    else:
+                    if path[0] != "@" and path != "/":
                         cut = path.rfind("/")
-                        parent = nodes.get(path[:cut] or "/")
-                        if parent is None:
-                            raise StateError(f"node {path!r}: parent {path[:cut] or '/'!r} missing")
+                        parent_path = path[:cut] or "/"
+                        if parent_path != last_parent_path:
+                            parent = nodes.get(parent_path)
+                            if parent is None:
+                                raise StateError(f"node {path!r}: parent {parent_path!r} missing")
+                            last_parent_path = parent_path
+                            last_parent = parent
+                            parent_usage = usage.setdefault(parent.perms[0][0], [0, 0])
                         name = path[cut + 1 :]
-                        children = parent.children
-                        if name in children:
-                            raise StateError(f"node {path!r} twice")
-                        children[name] = None
+                        last_parent.children[name] = None
                         grow = len(name) + 1
-                        parent.clen += grow
-                        u = usage.get(parent.perms[0][0])
-                        if u is None:
-                            u = usage[parent.perms[0][0]] = [0, 0]
-                        u[1] += grow
+                        last_parent.clen += grow
+                        parent_usage[1] += grow
                     gen += 1
                     node = new_node(Node)
                     node.value = value
@@ -284,9 +289,7 @@ def restore_state(
                     node.children = {}
                     node.clen = 0
                     nodes[path] = node
-                    u = usage.get(perms[0][0])
-                    if u is None:
-                        u = usage[perms[0][0]] = [0, 0]
+                    u = hit[2]
                     u[0] += 1
                     u[1] += 16 + 8 * len(perms) + len(value) + len(path)
                     node_count += 1
