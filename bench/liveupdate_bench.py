@@ -9,10 +9,14 @@ is the time from sending ``-s`` to receiving its ``OK`` -- the first reply
 the new process serves (it sends it as soon as it has restored).
 
 For pyxenstored the blackout is split with the daemons' own log lines (the
-monotonic clock is system-wide): dump (records + file), check (the
-successor's ``--check-state`` run), exec (from ``execv`` to the start of the
-restore: interpreter start-up and imports), restore, and the rest until the
-``OK`` arrived.  The C reference only gives the total.
+monotonic clock is system-wide): dump (records written to the file and, at
+the same time, through a pipe to the successor's ``--check-state`` run,
+which was started by ``-f``; as ``-s`` follows ``-f`` at once, like
+``xenstore-control`` does, this includes the successor's start-up), check
+(what the check run still needed once the file was complete), exec (from
+``execv`` to the start of the restore: interpreter start-up and imports),
+restore, and the rest until the ``OK`` arrived.  The C reference only gives
+the total.  Figures are wall-clock: run it on a quiet machine.
 
 Usage (from the repository root)::
 
