@@ -20,6 +20,7 @@ from tests.util import require_module, require_tool
 from pyxenstored.cli.stream_tool import diff_states, load_state
 from pyxenstored.client import Client
 from pyxenstored.client.core import XsClientError
+from pyxenstored.stream import ConnectionData, read_records
 from pyxenstored.wire import MsgType
 
 UPDATES = 10
@@ -65,6 +66,7 @@ def test_ten_live_updates_keep_every_client(lu_daemon: LuDaemon) -> None:
 
     own = Client.connect_socket(d.socket, timeout=30)
     other = Client.connect_socket(d.socket, timeout=30)
+    third = Client.connect_socket(d.socket, timeout=30)  # never has a transaction open
     own.write("/e2e", "")
     own.watch("/e2e", "depth1", depth=1)
     assert own.next_event(5) is not None  # the initial event
@@ -124,15 +126,17 @@ def test_ten_live_updates_keep_every_client(lu_daemon: LuDaemon) -> None:
             )
             if k % 3 == 0:
                 time.sleep(0.3)  # the session is open and -s waits for the transactions
-                held_req = other.submit(MsgType.TRANSACTION_START, b"\0")
+                # Held back by the session (no transaction open on `third`):
+                # it stays in the dumped input and the new daemon answers it.
+                held_req = third.submit(MsgType.TRANSACTION_START, b"\0")
             out, err = update.communicate(timeout=60)
             assert update.returncode == 0, (out, err, d.output())
             assert d.alive() and d.proc.pid == pid
             raw.sendall(request[20:])
             assert recv_message(raw) == (MsgType.READ, 1000 + k, f"own-{k}".encode())
             if held_req is not None:
-                tx_held = int(other.collect(held_req)[:-1])
-                other.request(MsgType.TRANSACTION_END, b"F\0", tx_held)
+                tx_held = int(third.collect(held_req)[:-1])
+                third.request(MsgType.TRANSACTION_END, b"F\0", tx_held)
             if tx_ok is not None and tx_doomed is not None:
                 tx_ok.commit()
                 acked[f"/e2e/tx{k}"] = "in-tx"
@@ -166,9 +170,16 @@ def test_ten_live_updates_keep_every_client(lu_daemon: LuDaemon) -> None:
         pyxs_client.close()
         own.close()
         other.close()
+        third.close()
 
     dumps = d.dump_files()
     assert len(dumps) == UPDATES
+    # The held TRANSACTION_START travelled as pending input of its connection,
+    # and so did the half-sent READ.
+    _, first = read_records(str(dumps[0]))
+    inputs = [r.in_data for r in first if isinstance(r, ConnectionData) and r.in_data]
+    assert any(HEADER.unpack_from(i)[0] == MsgType.TRANSACTION_START for i in inputs), inputs
+    assert any(HEADER.unpack_from(i)[:2] == (MsgType.READ, 1000) for i in inputs), inputs
     for previous, current in zip(dumps, dumps[1:], strict=False):
         lines_diff = semantic_diff(previous, current)
         # Only the nodes written between the two updates differ.
