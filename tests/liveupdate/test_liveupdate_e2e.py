@@ -54,6 +54,7 @@ def semantic_diff(a: Path, b: Path) -> list[str]:
     return [ln for ln in lines if ln[2:].startswith(keep) and "pending node" not in ln]
 
 
+@pytest.mark.slow
 def test_ten_live_updates_keep_every_client(lu_daemon: LuDaemon) -> None:
     require_module("pyxs")
     import pyxs
