@@ -126,7 +126,7 @@ def test_ten_live_updates_keep_every_client(lu_daemon: LuDaemon) -> None:
                 text=True,
             )
             if k % 3 == 0:
-                time.sleep(0.3)  # the session is open and -s waits for the transactions
+                time.sleep(0.5)  # the session is open and -s waits for the transactions
                 # Held back by the session (no transaction open on `third`):
                 # it stays in the dumped input and the new daemon answers it.
                 held_req = third.submit(MsgType.TRANSACTION_START, b"\0")
@@ -177,8 +177,12 @@ def test_ten_live_updates_keep_every_client(lu_daemon: LuDaemon) -> None:
     assert len(dumps) == UPDATES
     # The held TRANSACTION_START travelled as pending input of its connection,
     # and so did the half-sent READ.
-    _, first = read_records(str(dumps[0]))
-    inputs = [r.in_data for r in first if isinstance(r, ConnectionData) and r.in_data]
+    inputs = [
+        r.in_data
+        for dump in dumps
+        for r in read_records(str(dump))[1]
+        if isinstance(r, ConnectionData) and r.in_data
+    ]
     assert any(HEADER.unpack_from(i)[0] == MsgType.TRANSACTION_START for i in inputs), inputs
     assert any(HEADER.unpack_from(i)[:2] == (MsgType.READ, 1000) for i in inputs), inputs
     for previous, current in zip(dumps, dumps[1:], strict=False):
