@@ -362,3 +362,41 @@ def test_restore_c_head_layout() -> None:
     # The ring connection keeps its record (unique-id included) for the next dump.
     again = list(dump_state(store, sink.records))
     assert ConnectionData(2, 0, 1, RingSpec(3, 0x7FF4, 9), unique_id=0x1122) in again
+
+
+def test_permissions_of_domains_without_connection_survive() -> None:
+    """A domain known only as a node owner keeps its read right on others' nodes."""
+    store = Store(StoreConfig(existing_domids=frozenset({5})))
+    store.connect(1, 0, is_socket=True)
+    req(store, 1, MsgType.WRITE, b"/local/domain/5/x\0v")
+    req(store, 1, MsgType.SET_PERMS, b"/local/domain/5\0n5\0")
+    req(store, 1, MsgType.WRITE, b"/tool/shared\0s")
+    req(store, 1, MsgType.SET_PERMS, b"/tool/shared\0n0\0r5\0")
+    records = list(dump_state(store, conn_records(store)))
+    # Without its DOMAIN_DATA, domain 5 is first met as an owner while restoring.
+    records = [r for r in records if not (isinstance(r, DomainData) and r.domid == 5)]
+    fresh = Store(StoreConfig(existing_domids=frozenset({5})))
+    restore_state(records, fresh, StoreOnlySink(fresh))
+    for s in (store, fresh):
+        s.connect(50, 5, is_socket=False)
+        assert s.handle(50, MsgType.READ, 0, b"/tool/shared\0").payload == b"s"
+
+
+def test_stale_entries_are_dumped_stale() -> None:
+    """An entry for a domain younger than the node is ignored; the dump says so."""
+    store = Store(StoreConfig(existing_domids=frozenset({5})))
+    store.connect(1, 0, is_socket=True)
+    req(store, 1, MsgType.WRITE, b"/tool/shared\0s")
+    req(store, 1, MsgType.SET_PERMS, b"/tool/shared\0n0\0r5\0")
+    # Domain 5's record goes and comes back (a new domain with the same id).
+    dom5 = store.domains.pop(5)
+    req(store, 1, MsgType.GET_FEATURE, b"5\0")
+    assert store.domains[5] is not dom5
+    records = list(dump_state(store, conn_records(store)))
+    node = next(r for r in records if isinstance(r, NodeData) and r.path == "/tool/shared")
+    assert node.perms[1] == NodePerm("r", 1, 5)
+    fresh = Store(StoreConfig(existing_domids=frozenset({5})))
+    restore_state(records, fresh, StoreOnlySink(fresh))
+    for s in (store, fresh):
+        s.connect(50, 5, is_socket=False)
+        assert s.handle(50, MsgType.READ, 0, b"/tool/shared\0").payload == b"EACCES\0"

@@ -19,7 +19,13 @@ from ..store import Store
 from ..store import quota as q
 from ..store.node import Node
 from ..store.perms import PERM_IGNORE, PERM_READ, PERM_RW, PERM_WRITE, Perms
-from ..store.state import SPECIAL_NODES, pending_nodes, transactions_of, watches_of
+from ..store.state import (
+    SPECIAL_NODES,
+    effective_perms,
+    pending_nodes,
+    transactions_of,
+    watches_of,
+)
 from ..stream.records import (
     ACCESS_READ,
     ACCESS_WRITTEN,
@@ -113,6 +119,8 @@ def _committed_records(store: Store, top: str = "/") -> Iterator[NodeData]:
     while stack or specials:
         path, node = pop() if stack else specials.pop(0)
         perms = node.perms
+        if len(perms) > 1:
+            perms = effective_perms(store, perms, node.gen)
         hit = by_id.get(id(perms))
         if hit is None or hit[0] is not perms:
             hit = by_id[id(perms)] = (perms, stream_perms(perms))

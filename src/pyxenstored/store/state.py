@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from ..wire import XsError, canonicalize, implicit_path, parent_of
+from ..wire import DOMID_ANY, XsError, canonicalize, implicit_path, parent_of
 from . import quota as q
 from .core import INTRODUCE_DOMAIN, RELEASE_DOMAIN, Store
 from .domain import Domain
 from .node import NO_GENERATION, Node, child_path
-from .perms import Perms
+from .perms import PERM_IGNORE, Perms
 from .transaction import Transaction
 from .watch import MATCH_EXACT, MATCH_SUBTREE, Watch
 
@@ -65,6 +65,25 @@ class WatchState:
 
 
 # --- export ----------------------------------------------------------------------------
+
+
+def effective_perms(store: Store, perms: Perms, gen: int) -> Perms:
+    """``perms`` with the stale flag set on entries that are stale now (digest 3.3).
+
+    An entry naming a domain the store does not know, or one younger than
+    the node, is ignored by permission checks; a dump writes that as the
+    stale flag, since a restore gives every node a new generation.  Returns
+    ``perms`` itself when nothing changes.
+    """
+    if len(perms) < 2:
+        return perms
+    out = None
+    for i, (domid, bits) in enumerate(perms):
+        if i and not bits & PERM_IGNORE and domid != DOMID_ANY and store._stale(domid, gen):
+            if out is None:
+                out = list(perms)
+            out[i] = (domid, bits | PERM_IGNORE)
+    return perms if out is None else tuple(out)
 
 
 def committed_nodes(store: Store) -> Iterator[tuple[str, Node]]:
@@ -190,8 +209,17 @@ def ensure_base_tree(store: Store) -> bool:
 
 
 def domain_record(store: Store, domid: int) -> Domain:
-    """The domain record of ``domid``, created with the global quota if missing."""
-    return store._domain(domid)
+    """The domain record of ``domid``, created with the global quota if missing.
+
+    A record made while restoring is older than every restored node (the
+    domain existed when they were dumped): generation 0, so that permission
+    entries naming it are not taken for stale (digest 3.3).
+    """
+    dom = store.domains.get(domid)
+    if dom is None:
+        dom = store._domain(domid)
+        dom.generation = 0
+    return dom
 
 
 def import_watch(store: Store, conn_id: int, wpath: str, token: bytes, depth: int) -> None:
@@ -317,7 +345,7 @@ def rebuild_counters(store: Store, tree_usage: dict[int, list[int]] | None = Non
             u[0] += 1
             u[1] += node.memory(path)
     for owner in tree_usage:
-        store._domain(owner)
+        domain_record(store, owner)
     conn_usage: dict[int, list[int]] = {}
     for conn in store.conns.values():
         if conn.domain is None:
@@ -346,6 +374,7 @@ __all__ = [
     "clear_tree",
     "committed_nodes",
     "domain_record",
+    "effective_perms",
     "ensure_base_tree",
     "import_node",
     "import_transaction",
