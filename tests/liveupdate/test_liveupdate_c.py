@@ -126,3 +126,50 @@ def test_c_to_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
             watcher.kill()
             watcher.wait()
         subprocess.run([str(REFERENCE_RUNNER), "stop", str(run)], env=env, check=False)
+
+
+def _shim() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get("XSSHIM_BUILD") or cache / "xsshim") / "libxsshim.so"
+
+
+@pytest.mark.reference
+def test_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
+    """pyxenstored started like the runner starts C (C's options, its environment with
+    the shim preloaded) hands over to C 4.17 and takes back over from it."""
+    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
+    require((XEN_BIN / "xenstored").exists(), "xen-utils-4.17 xenstored")
+    installed = subprocess.run([str(REFERENCE_RUNNER), "install"], capture_output=True, text=True)
+    require(installed.returncode == 0 and _shim().exists(), "the xsshim LD_PRELOAD library")
+    from tests.liveupdate.conftest import start_pyxenstored
+
+    run = tmp_path / "run"
+    daemon_env = dict(os.environ, XENSTORED_RUNDIR=str(run), LD_PRELOAD=str(_shim()))
+    daemon_env.setdefault("XS_SHIM_DOMAINS", "0")
+    daemon_env.pop("XENSTORED_PATH", None)
+    d = start_pyxenstored(
+        tmp_path, "-N", "-F", str(run / "xenstored.pid"), env=daemon_env, rundir_option=False
+    )
+    try:
+        pid = d.proc.pid
+        own = Client.connect_socket(d.socket, timeout=30)
+        own.write("/pc/start", "py")
+        own.watch("/pc", "w")
+        assert own.next_event(5) is not None
+        for n, (expect, program) in enumerate(
+            [("c", str(XEN_BIN / "xenstored")), ("py", str(d.program))]
+        ):
+            done = d.live_update("-t", "10", program=program)
+            assert done.returncode == 0, (done.stdout, done.stderr, d.output())
+            assert d.alive() and _which_daemon(pid) == expect, d.output()
+            assert own.read("/pc/start") == b"py"
+            own.write(f"/pc/stage{n}", expect)
+            seen = set()
+            while (ev := own.next_event(5)) is not None:
+                seen.add(ev.path)
+                if f"/pc/stage{n}" in seen:
+                    break
+            assert f"/pc/stage{n}" in seen
+        own.close()
+    finally:
+        d.stop()

@@ -98,6 +98,11 @@ CHECK_FAILED = "pyxenstored check-state: FAILED"
 #: Seconds the check run of the new program may take.
 CHECK_TIMEOUT = 120.0
 
+#: Local event-channel port named in the placeholder ring connection of the
+#: privileged domain that a C successor needs (the shim's first bound port).
+C_DOM0_PORT = 2
+DOMID_INVALID = 0x7FF4
+
 _CONTROL = int(MsgType.CONTROL)
 _TX_START = int(MsgType.TRANSACTION_START)
 _OK = b"OK\0"
@@ -550,6 +555,16 @@ class LiveUpdate:
             return adapted, "spec", 1, lost
         version = version or 1
         target = "c-4.17" if version == 1 else "c-head"
+        priv = self.store.config.priv_domid
+        if not any(isinstance(c.spec, RingSpec) and c.spec.domid == priv for c in conns):
+            # The C daemon builds its database when it restores the privileged
+            # domain's ring connection, and 4.17 crashes without one: give it a
+            # placeholder (no hypervisor here: the port is a stand-in).
+            spare = max((c.conn_id for c in conns), default=0) + 1
+            placeholder = ConnectionData(
+                spare, CONN_TYPE_RING, 0, RingSpec(priv, DOMID_INVALID, C_DOM0_PORT)
+            )
+            conns = [placeholder, *conns]
         records = list(
             dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
         )
