@@ -15,15 +15,18 @@ The old daemon's side (digest 11.1-11.2):
   without ``-F`` it answers C's reason.
 * Then the switch: the state goes to ``<rundir>/state_dump`` (0600) with the
   ``OK`` for ``-s`` queued last on its connection; sockets become
-  inheritable; the new program is exec'd with the original arguments (or the
-  ``-c`` line) plus ``-U``.
+  inheritable (and blocking, as C creates them); the new program is exec'd
+  with the original arguments (or the ``-c`` line) plus ``-U``.
 
-Safer than C: when the new program is pyxenstored it first runs as
-``<file> --check-state <dump>`` on the dump just written, and only a clean
-restore there leads to the exec; otherwise ``-s`` answers why and this
-daemon serves on.  Towards another program (the C daemon) the stream is
-written as that reader needs it (version 1 for 4.17 unless ``-v 2``), and
-anything it cannot carry is refused unless ``-F`` (then logged).
+Safer than C: when the new program is pyxenstored (a script that names it,
+see :func:`is_pyxenstored`) it is started as ``<file> --check-state -`` when
+the session opens, reads the dump through a pipe while it is written, and
+only its clean restore leads to the exec; otherwise ``-s`` answers why and
+this daemon serves on (an exec that fails leaves it serving too).  Towards
+another program (the C daemon) the stream is written as that reader needs
+it (version 1 for 4.17 unless ``-v 2``, with a placeholder ring connection
+for the privileged domain), and anything it cannot carry is refused unless
+``-F`` (then logged).
 
 The new daemon's side: :meth:`LiveUpdate.restore` reads the dump, recreates
 every connection on its inherited socket (ring connections through
