@@ -35,6 +35,22 @@ FEATURE_ERROR = 2
 FEATURE_WATCHDEPTH = 4
 FEATURE_DOMID_ANY = 8
 
+# The shared ring page (xenstore-ring.txt, xs_wire.h
+# ``struct xenstore_domain_interface``): byte offsets of each field.  Every
+# u32 is native byte order; the indices are free-running and wrap at 2**32.
+RING_PAGE_SIZE = 4096
+RING_REQ_OFFSET = 0
+RING_RSP_OFFSET = RING_SIZE
+RING_REQ_CONS = 2048
+RING_REQ_PROD = 2052
+RING_RSP_CONS = 2056
+RING_RSP_PROD = 2060
+RING_SERVER_FEATURES = 2064
+RING_CONNECTION = 2068
+RING_ERROR = 2072
+RING_EVTCHN_PORT = 2076  # HEAD xs_wire.h only; not in the ring document
+RING_INDEX_MASK = 0xFFFFFFFF
+
 # Ring connection state and error indicator values
 RING_CONNECTED = 0
 RING_RECONNECT = 1

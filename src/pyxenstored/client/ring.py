@@ -31,29 +31,28 @@ from collections.abc import Callable
 from pyxenstored.wire import (
     FEATURE_RECONNECTION,
     RING_CONNECTED,
+    RING_CONNECTION,
+    RING_ERROR,
     RING_ERROR_COMM,
     RING_ERROR_NONE,
     RING_ERROR_PROTO,
     RING_ERROR_RINGIDX,
+    RING_EVTCHN_PORT,
+    RING_INDEX_MASK,
+    RING_PAGE_SIZE,
     RING_RECONNECT,
+    RING_REQ_CONS,
+    RING_REQ_OFFSET,
+    RING_REQ_PROD,
+    RING_RSP_CONS,
+    RING_RSP_OFFSET,
+    RING_RSP_PROD,
+    RING_SERVER_FEATURES,
     RING_SIZE,
 )
 
 from .transport import ClientConnectionError
 
-PAGE_SIZE = 4096
-REQ_OFFSET = 0
-RSP_OFFSET = 1024
-REQ_CONS = 2048
-REQ_PROD = 2052
-RSP_CONS = 2056
-RSP_PROD = 2060
-SERVER_FEATURES = 2064
-CONNECTION = 2068
-ERROR = 2072
-EVTCHN_PORT = 2076
-
-IDX_MASK = 0xFFFFFFFF
 _U32 = struct.Struct("=I")
 
 ERROR_TEXT = {
@@ -95,10 +94,10 @@ def create_ring_page(ring_dir: str, domid: int, evtchn_port: int = 0) -> str:
     path = ring_page_path(ring_dir, domid)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if os.fstat(fd).st_size < PAGE_SIZE:
-            os.ftruncate(fd, PAGE_SIZE)
+        if os.fstat(fd).st_size < RING_PAGE_SIZE:
+            os.ftruncate(fd, RING_PAGE_SIZE)
         if evtchn_port:
-            os.pwrite(fd, _U32.pack(evtchn_port & IDX_MASK), EVTCHN_PORT)
+            os.pwrite(fd, _U32.pack(evtchn_port & RING_INDEX_MASK), RING_EVTCHN_PORT)
     finally:
         os.close(fd)
     return path
@@ -114,35 +113,37 @@ class RingPage:
         except OSError as exc:
             raise ClientConnectionError(f"cannot open ring page {path}: {exc}") from exc
         try:
-            if os.fstat(fd).st_size < PAGE_SIZE:
-                raise ClientConnectionError(f"ring page {path} is shorter than {PAGE_SIZE} bytes")
-            self.mem = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED)
+            if os.fstat(fd).st_size < RING_PAGE_SIZE:
+                raise ClientConnectionError(
+                    f"ring page {path} is shorter than {RING_PAGE_SIZE} bytes"
+                )
+            self.mem = mmap.mmap(fd, RING_PAGE_SIZE, mmap.MAP_SHARED)
         finally:
             os.close(fd)
         # The control words are read and written as whole aligned native u32
         # through a typed view: one load or store each, so the other side
         # never sees a half-written offset (struct's "=I" stores byte by byte).
-        self._words = memoryview(self.mem)[REQ_CONS:PAGE_SIZE].cast("I")
+        self._words = memoryview(self.mem)[RING_REQ_CONS:RING_PAGE_SIZE].cast("I")
 
     def get(self, offset: int) -> int:
         """The u32 control word at ``offset`` (2048 and above)."""
-        value: int = self._words[(offset - REQ_CONS) >> 2]
+        value: int = self._words[(offset - RING_REQ_CONS) >> 2]
         return value
 
     def set(self, offset: int, value: int) -> None:
-        self._words[(offset - REQ_CONS) >> 2] = value & IDX_MASK
+        self._words[(offset - RING_REQ_CONS) >> 2] = value & RING_INDEX_MASK
 
     @property
     def server_features(self) -> int:
-        return self.get(SERVER_FEATURES)
+        return self.get(RING_SERVER_FEATURES)
 
     @property
     def connection(self) -> int:
-        return self.get(CONNECTION)
+        return self.get(RING_CONNECTION)
 
     @property
     def error(self) -> int:
-        return self.get(ERROR)
+        return self.get(RING_ERROR)
 
     def close(self) -> None:
         self._words.release()
@@ -151,7 +152,7 @@ class RingPage:
 
 def queue_used(cons: int, prod: int) -> int:
     """Bytes in a queue given its free-running offsets (mod 2^32)."""
-    return (prod - cons) & IDX_MASK
+    return (prod - cons) & RING_INDEX_MASK
 
 
 class RingTransport:
@@ -162,7 +163,7 @@ class RingTransport:
         self.domid = domid
         self.port = port
         self.page = RingPage(ring_page_path(ring_dir, domid))
-        self._kick_word = _U32.pack(port & IDX_MASK)
+        self._kick_word = _U32.pack(port & RING_INDEX_MASK)
         try:
             self._evtchn = os.open(evtchn_path(ring_dir), os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:
@@ -271,7 +272,7 @@ class RingTransport:
         """
         if not force and not self.server_features & FEATURE_RECONNECTION:
             raise ClientConnectionError("xenstored does not offer ring reconnection")
-        self.page.set(CONNECTION, RING_RECONNECT)
+        self.page.set(RING_CONNECTION, RING_RECONNECT)
         self.kick()
         deadline = None if timeout is None else time.monotonic() + timeout
         # Meanwhile only the connection state counts (xenstore-ring.txt):
@@ -285,12 +286,12 @@ class RingTransport:
     def _request_space(self) -> bool:
         if not self._connected():
             return False
-        return queue_used(self.page.get(REQ_CONS), self.page.get(REQ_PROD)) < RING_SIZE
+        return queue_used(self.page.get(RING_REQ_CONS), self.page.get(RING_REQ_PROD)) < RING_SIZE
 
     def _response_ready(self) -> bool:
         if not self._connected():
             return False
-        return self.page.get(RSP_CONS) != self.page.get(RSP_PROD)
+        return self.page.get(RING_RSP_CONS) != self.page.get(RING_RSP_PROD)
 
     def _space_or_response(self) -> bool:
         return self._request_space() or self._response_ready()
@@ -304,8 +305,8 @@ class RingTransport:
         mem = self.page.mem
         while pos < total:
             self.check_error()
-            cons = self.page.get(REQ_CONS)
-            prod = self.page.get(REQ_PROD)
+            cons = self.page.get(RING_REQ_CONS)
+            prod = self.page.get(RING_REQ_PROD)
             used = queue_used(cons, prod)
             if used > RING_SIZE:
                 raise ClientConnectionError(
@@ -324,9 +325,9 @@ class RingTransport:
                 continue
             start = prod % RING_SIZE
             n = min(space, RING_SIZE - start, total - pos)
-            mem[REQ_OFFSET + start : REQ_OFFSET + start + n] = view[pos : pos + n]
+            mem[RING_REQ_OFFSET + start : RING_REQ_OFFSET + start + n] = view[pos : pos + n]
             # Data first, then the producer offset that publishes it.
-            self.page.set(REQ_PROD, prod + n)
+            self.page.set(RING_REQ_PROD, prod + n)
             pos += n
         self.kick()
 
@@ -347,8 +348,8 @@ class RingTransport:
         return self._take_responses()
 
     def _take_responses(self) -> bytes:
-        cons = self.page.get(RSP_CONS)
-        prod = self.page.get(RSP_PROD)
+        cons = self.page.get(RING_RSP_CONS)
+        prod = self.page.get(RING_RSP_PROD)
         avail = queue_used(cons, prod)
         if avail > RING_SIZE:
             raise ClientConnectionError(
@@ -357,10 +358,10 @@ class RingTransport:
         mem = self.page.mem
         start = cons % RING_SIZE
         first = min(avail, RING_SIZE - start)
-        data = mem[RSP_OFFSET + start : RSP_OFFSET + start + first]
+        data = mem[RING_RSP_OFFSET + start : RING_RSP_OFFSET + start + first]
         if avail > first:  # the bytes wrapped round to the queue's start
-            data += mem[RSP_OFFSET : RSP_OFFSET + avail - first]
-        self.page.set(RSP_CONS, cons + avail)
+            data += mem[RING_RSP_OFFSET : RING_RSP_OFFSET + avail - first]
+        self.page.set(RING_RSP_CONS, cons + avail)
         if self._notified:
             # A daemon that notifies would otherwise fill the FIFO while
             # replies are always ready and we never get to wait on it.

@@ -32,12 +32,17 @@ from pyxenstored.server.connection import Connection
 from pyxenstored.server.control_hooks import ServerControlHooks
 from pyxenstored.server.loop import Server
 from pyxenstored.server.ring_domains import RING_FEATURES, RingDomains
-from pyxenstored.server.ring_transport import SERVER_FEATURES
 from pyxenstored.store import Store
 from pyxenstored.stream.reader import StreamError, StreamReader
 from pyxenstored.stream.records import CONN_TYPE_RING, ConnectionData, Record, RingSpec
 from pyxenstored.stream.writer import StreamWriteError, StreamWriter
-from pyxenstored.wire import DOMID_INVALID, FEATURE_ERROR, XsError, parse_domid
+from pyxenstored.wire import (
+    DOMID_INVALID,
+    FEATURE_ERROR,
+    RING_SERVER_FEATURES,
+    XsError,
+    parse_domid,
+)
 
 log = logging.getLogger("pyxenstored.server")
 
@@ -137,7 +142,7 @@ class DomainState:
         if ring is not None:
             # The page's feature word is the domain's (its page moved with it),
             # and the error field is written only with feature ERROR (digest 7.2).
-            ring.page.set_word(SERVER_FEATURES, done.features | RING_FEATURES)
+            ring.page.set_word(RING_SERVER_FEATURES, done.features | RING_FEATURES)
             transport = ring.transport
             if transport is not None:
                 transport.report_errors = bool(done.features & FEATURE_ERROR)

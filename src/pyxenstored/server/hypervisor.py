@@ -58,11 +58,11 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from pyxenstored.wire import RING_EVTCHN_PORT, RING_PAGE_SIZE
+
 log = logging.getLogger("pyxenstored.hypervisor")
 
-PAGE_SIZE = 4096
 VIRQ_DOM_EXC_PORT = 1
-EVTCHN_PORT_OFFSET = 2076  # evtchn_port in the page (HEAD's xs_wire.h header)
 _PORT = struct.Struct("=I")
 # Kicks read from the event channel FIFO in one go (1024 ports).
 _KICK_READ = 4096
@@ -286,9 +286,9 @@ class SimulatedHypervisor:
         path = os.path.join(self.ring_dir, f"ring-dom{domid}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            if os.fstat(fd).st_size < PAGE_SIZE:
-                os.ftruncate(fd, PAGE_SIZE)
-            return mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED)
+            if os.fstat(fd).st_size < RING_PAGE_SIZE:
+                os.ftruncate(fd, RING_PAGE_SIZE)
+            return mmap.mmap(fd, RING_PAGE_SIZE, mmap.MAP_SHARED)
         finally:
             os.close(fd)
 
@@ -320,7 +320,7 @@ class SimulatedHypervisor:
         path = os.path.join(self.ring_dir, f"ring-dom{domid}")
         try:
             with open(path, "rb") as f:
-                f.seek(EVTCHN_PORT_OFFSET)
+                f.seek(RING_EVTCHN_PORT)
                 word = f.read(_PORT.size)
         except OSError:
             return 0

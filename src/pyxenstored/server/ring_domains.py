@@ -45,13 +45,7 @@ import os
 from pyxenstored.server.connection import Connection
 from pyxenstored.server.hypervisor import DomainInfo, Hypervisor
 from pyxenstored.server.loop import EVENT_READ, EVENT_WRITE, Server
-from pyxenstored.server.ring_transport import (
-    CONNECTION,
-    ERROR,
-    SERVER_FEATURES,
-    RingPage,
-    RingTransport,
-)
+from pyxenstored.server.ring_transport import RingPage, RingTransport
 from pyxenstored.server.transport import Transport
 from pyxenstored.store import Store
 from pyxenstored.store import quota as q
@@ -62,8 +56,11 @@ from pyxenstored.wire import (
     FEATURE_ERROR,
     FEATURE_RECONNECTION,
     RING_CONNECTED,
+    RING_CONNECTION,
+    RING_ERROR,
     RING_ERROR_NONE,
     RING_RECONNECT,
+    RING_SERVER_FEATURES,
     XsError,
 )
 
@@ -237,7 +234,7 @@ class RingDomains:
             features = record.features if record is not None else SUPPORTED_FEATURES
             # The domain's mask, as C assigns it (a previous user of the
             # page may have left other bits).
-            ring.page.set_word(SERVER_FEATURES, features | RING_FEATURES)
+            ring.page.set_word(RING_SERVER_FEATURES, features | RING_FEATURES)
         # Both cases reset the connection: no watches, transactions or
         # queued output, all four offsets zero, a pending reconnection done.
         self._reset(ring, "introduced")
@@ -309,10 +306,10 @@ class RingDomains:
         self._close_connection(ring, reason)
         page = ring.page
         page.reset_queues()
-        page.set_word(ERROR, RING_ERROR_NONE)
+        page.set_word(RING_ERROR, RING_ERROR_NONE)
         self._new_connection(ring)
         if page.connection != RING_CONNECTED:
-            page.set_word(CONNECTION, RING_CONNECTED)
+            page.set_word(RING_CONNECTION, RING_CONNECTED)
         self.hv.notify(ring.local_port)
 
     def _unbind(self, ring: Ring) -> None:

@@ -37,33 +37,31 @@ from pyxenstored.wire import (
     HEADER_SIZE,
     PAYLOAD_MAX,
     RING_CONNECTED,
+    RING_CONNECTION,
+    RING_ERROR,
     RING_ERROR_NONE,
     RING_ERROR_PROTO,
     RING_ERROR_RINGIDX,
+    RING_INDEX_MASK,
+    RING_PAGE_SIZE,
+    RING_REQ_CONS,
+    RING_REQ_OFFSET,
+    RING_REQ_PROD,
+    RING_RSP_CONS,
+    RING_RSP_OFFSET,
+    RING_RSP_PROD,
+    RING_SERVER_FEATURES,
     RING_SIZE,
 )
 
-PAGE_SIZE = 4096
-REQ_OFFSET = 0
-RSP_OFFSET = RING_SIZE
-REQ_CONS = 2048
-REQ_PROD = 2052
-RSP_CONS = 2056
-RSP_PROD = 2060
-SERVER_FEATURES = 2064
-CONNECTION = 2068
-ERROR = 2072
-EVTCHN_PORT = 2076
-MASK = 0xFFFFFFFF
-
 # Word indexes in the u32 view of the page.
-_W_REQ_CONS = REQ_CONS // 4
-_W_REQ_PROD = REQ_PROD // 4
-_W_RSP_CONS = RSP_CONS // 4
-_W_RSP_PROD = RSP_PROD // 4
-_W_FEATURES = SERVER_FEATURES // 4
-_W_CONNECTION = CONNECTION // 4
-_W_ERROR = ERROR // 4
+_W_REQ_CONS = RING_REQ_CONS // 4
+_W_REQ_PROD = RING_REQ_PROD // 4
+_W_RSP_CONS = RING_RSP_CONS // 4
+_W_RSP_PROD = RING_RSP_PROD // 4
+_W_FEATURES = RING_SERVER_FEATURES // 4
+_W_CONNECTION = RING_CONNECTION // 4
+_W_ERROR = RING_ERROR // 4
 _LEN_OFFSET = 12  # of the header's ``len`` word
 _LEN = struct.Struct("=I")
 
@@ -74,33 +72,33 @@ class RingPage:
     __slots__ = ("mem", "words")
 
     def __init__(self, mem: mmap.mmap) -> None:
-        if len(mem) < PAGE_SIZE:
-            raise ValueError(f"a ring page is {PAGE_SIZE} bytes, not {len(mem)}")
+        if len(mem) < RING_PAGE_SIZE:
+            raise ValueError(f"a ring page is {RING_PAGE_SIZE} bytes, not {len(mem)}")
         self.mem = mem
-        self.words = memoryview(mem)[:PAGE_SIZE].cast("I")
+        self.words = memoryview(mem)[:RING_PAGE_SIZE].cast("I")
 
     def word(self, offset: int) -> int:
         value: int = self.words[offset // 4]
         return value
 
     def set_word(self, offset: int, value: int) -> None:
-        self.words[offset // 4] = value & MASK
+        self.words[offset // 4] = value & RING_INDEX_MASK
 
     @property
     def connection(self) -> int:
-        return self.word(CONNECTION)
+        return self.word(RING_CONNECTION)
 
     @property
     def error(self) -> int:
-        return self.word(ERROR)
+        return self.word(RING_ERROR)
 
     @property
     def features(self) -> int:
-        return self.word(SERVER_FEATURES)
+        return self.word(RING_SERVER_FEATURES)
 
     def advertise(self, features: int) -> None:
         """Set feature bits (the spec lets a server add bits, never clear them)."""
-        self.words[_W_FEATURES] = (self.words[_W_FEATURES] | features) & MASK
+        self.words[_W_FEATURES] = (self.words[_W_FEATURES] | features) & RING_INDEX_MASK
 
     def reset_queues(self) -> None:
         """Zero the four offsets: both queues empty (INTRODUCE, reconnection)."""
@@ -113,7 +111,7 @@ class RingPage:
     def request_bytes(self) -> int:
         """Bytes waiting in the request queue (may exceed 1024 on a broken ring)."""
         words = self.words
-        return (words[_W_REQ_PROD] - words[_W_REQ_CONS]) & MASK
+        return (words[_W_REQ_PROD] - words[_W_REQ_CONS]) & RING_INDEX_MASK
 
     def release(self) -> None:
         self.words.release()
@@ -150,7 +148,7 @@ class RingTransport:
         self.page = page
         self.domid = domid
         self._notify = notify
-        # Whether the domain has the ERROR feature: only then is the error
+        # Whether the domain has the RING_ERROR feature: only then is the error
         # indicator written when the ring is cut off (digest 7.2).
         self.report_errors = report_errors
         # Called with the selector mask the connection waits for (see
@@ -195,7 +193,7 @@ class RingTransport:
 
     def has_output_space(self) -> bool:
         words = self._words
-        return ((words[_W_RSP_PROD] - words[_W_RSP_CONS]) & MASK) < RING_SIZE
+        return ((words[_W_RSP_PROD] - words[_W_RSP_CONS]) & RING_INDEX_MASK) < RING_SIZE
 
     def has_input(self) -> bool:
         """Whether the guest has produced bytes we have not taken."""
@@ -210,7 +208,7 @@ class RingTransport:
             return None  # a reconnection is pending: the owner resets first
         cons = words[_W_REQ_CONS]
         prod = words[_W_REQ_PROD]
-        used = (prod - cons) & MASK
+        used = (prod - cons) & RING_INDEX_MASK
         if not used:
             return None
         if used > RING_SIZE:
@@ -219,9 +217,9 @@ class RingTransport:
         start = cons % RING_SIZE
         first = min(used, RING_SIZE - start)
         mem = self._mem
-        data = mem[REQ_OFFSET + start : REQ_OFFSET + start + first]
+        data = mem[RING_REQ_OFFSET + start : RING_REQ_OFFSET + start + first]
         if used > first:  # wrapped round to the queue's start
-            data += mem[REQ_OFFSET : REQ_OFFSET + used - first]
+            data += mem[RING_REQ_OFFSET : RING_REQ_OFFSET + used - first]
         budget = self.allowance() if self.allowance is not None else -1
         if budget == 0:
             return None
@@ -232,7 +230,7 @@ class RingTransport:
             # in the ring).
             data = data[:keep]
             used = keep
-        words[_W_REQ_CONS] = (cons + used) & MASK
+        words[_W_REQ_CONS] = (cons + used) & RING_INDEX_MASK
         self._consumed = True  # signalled by flush_notify() or the next write
         return data if data else (b"" if self.doomed else None)
 
@@ -296,7 +294,7 @@ class RingTransport:
             return 0
         cons = words[_W_RSP_CONS]
         prod = words[_W_RSP_PROD]
-        used = (prod - cons) & MASK
+        used = (prod - cons) & RING_INDEX_MASK
         if used > RING_SIZE:
             self.doomed = RING_ERROR_RINGIDX
             raise OSError("inconsistent response queue offsets")
@@ -312,7 +310,9 @@ class RingTransport:
             while pos < length and space:
                 start = (prod + written) % RING_SIZE
                 step = min(space, RING_SIZE - start, length - pos)
-                mem[RSP_OFFSET + start : RSP_OFFSET + start + step] = view[pos : pos + step]
+                mem[RING_RSP_OFFSET + start : RING_RSP_OFFSET + start + step] = view[
+                    pos : pos + step
+                ]
                 pos += step
                 written += step
                 space -= step
@@ -320,7 +320,7 @@ class RingTransport:
                 break
         if written:
             # Data first, then the producer offset that publishes it.
-            words[_W_RSP_PROD] = (prod + written) & MASK
+            words[_W_RSP_PROD] = (prod + written) & RING_INDEX_MASK
             self._consumed = False
             self._notify()
         return written
@@ -346,5 +346,5 @@ class RingTransport:
         reconnection and INTRODUCE make a new one on the same page).
         """
         if self.doomed and self.report_errors and self.page.error == RING_ERROR_NONE:
-            self.page.set_word(ERROR, self.doomed)
+            self.page.set_word(RING_ERROR, self.doomed)
             self._notify()
