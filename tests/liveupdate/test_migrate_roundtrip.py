@@ -400,3 +400,16 @@ def test_stale_entries_are_dumped_stale() -> None:
     for s in (store, fresh):
         s.connect(50, 5, is_socket=False)
         assert s.handle(50, MsgType.READ, 0, b"/tool/shared\0").payload == b"EACCES\0"
+
+
+def test_failed_transaction_still_fails() -> None:
+    """A transaction over its transaction-nodes quota commits with ENOMEM, before and after."""
+    store = build_store()
+    req(store, 1, MsgType.SET_QUOTA, b"5\0transaction-nodes\x003\0")
+    t = int(req(store, 2, MsgType.TRANSACTION_START, b"\0")[:-1])
+    req(store, 2, MsgType.READ, b"data/x\0", t)
+    assert err(store, 2, MsgType.WRITE, b"data/a/b/c\0v", t) == b"ENOSPC\0"
+    records, again, fresh = roundtrip(store)
+    assert again == records
+    for s in (store, fresh):
+        assert s.handle(2, MsgType.TRANSACTION_END, t, b"T\0").payload == b"ENOMEM\0"

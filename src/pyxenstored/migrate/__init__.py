@@ -6,7 +6,15 @@ connections the server describes) as records; :func:`restore_state` reads
 them back into a fresh store.
 """
 
-from .dump import ACCESS_CHANGED, DumpError, Preserved, dump_state, quota_values, stream_perms
+from .dump import (
+    ACCESS_CHANGED,
+    ACCESS_FAILED,
+    DumpError,
+    Preserved,
+    dump_state,
+    quota_values,
+    stream_perms,
+)
 from .restore import (
     ConnectionSink,
     Restored,
@@ -19,6 +27,7 @@ from .restore import (
 
 __all__ = [
     "ACCESS_CHANGED",
+    "ACCESS_FAILED",
     "ConnectionSink",
     "DumpError",
     "Preserved",

@@ -54,7 +54,10 @@ ACCESS_CHANGED = 0x8000
 #: matching watches on the exact path only / on the path and its ancestors.
 ACCESS_EVENT_EXACT = 0x1000
 ACCESS_EVENT_SUBTREE = 0x2000
-ACCESS_EXTENSIONS = ACCESS_CHANGED | ACCESS_EVENT_EXACT | ACCESS_EVENT_SUBTREE
+#: pyxenstored's own bit on every pending node of a transaction that failed
+#: earlier (its commit answers ENOMEM, digest 5.2).
+ACCESS_FAILED = 0x4000
+ACCESS_EXTENSIONS = ACCESS_CHANGED | ACCESS_EVENT_EXACT | ACCESS_EVENT_SUBTREE | ACCESS_FAILED
 
 _LETTERS = {0: "n", PERM_READ: "r", PERM_WRITE: "w", PERM_RW: "b"}
 
@@ -206,6 +209,8 @@ def dump_state(
                     )
                     if p.changed:
                         access |= ACCESS_CHANGED
+                    if tx.failed:
+                        access |= ACCESS_FAILED
                     if p.event is not None:
                         access |= ACCESS_EVENT_SUBTREE if p.event else ACCESS_EVENT_EXACT
                     if p.node is None:

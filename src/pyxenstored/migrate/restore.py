@@ -63,7 +63,13 @@ from ..stream.records import (
     record_type,
     type_name,
 )
-from .dump import ACCESS_CHANGED, ACCESS_EVENT_EXACT, ACCESS_EVENT_SUBTREE, Preserved
+from .dump import (
+    ACCESS_CHANGED,
+    ACCESS_EVENT_EXACT,
+    ACCESS_EVENT_SUBTREE,
+    ACCESS_FAILED,
+    Preserved,
+)
 
 # Node paths the protocol can name (xenstore.txt): "/", absolute paths without
 # empty components, or special "@" paths.
@@ -218,6 +224,7 @@ def restore_state(
     kept = out.preserved
     clear_tree(store)
     pending: dict[tuple[int, int], list[PendingNode]] = {}
+    failed: set[tuple[int, int]] = set()
     conn_ids: set[int] = set()
     index = -1
     record: Record | None = None
@@ -303,6 +310,8 @@ def restore_state(
                         f"{record.conn_id} without an earlier TRANSACTION_DATA"
                     )
                 access = record.access
+                if access & ACCESS_FAILED:
+                    failed.add(key)
                 if record.perms:
                     pnode: Node | None = Node(record.value, store_perms(record.perms), 0)
                     written = bool(access & ACCESS_WRITTEN)
@@ -388,7 +397,14 @@ def restore_state(
             known = any(p.event is not None for p in nodes_of_tx) or not any(
                 p.written for p in nodes_of_tx
             )
-            import_transaction(store, conn_id, tx_id, nodes_of_tx, events_known=known)
+            import_transaction(
+                store,
+                conn_id,
+                tx_id,
+                nodes_of_tx,
+                events_known=known,
+                failed=(conn_id, tx_id) in failed,
+            )
             out.transactions += 1
         rebuild_counters(store, usage if exact_usage else None)
     except StreamError as exc:

@@ -248,6 +248,7 @@ def import_transaction(
     pending: Sequence[PendingNode],
     *,
     events_known: bool = True,
+    failed: bool = False,
 ) -> None:
     """Re-open a transaction of a restored connection over the restored tree.
 
@@ -259,7 +260,8 @@ def import_transaction(
     when ``events_known`` is False (a stream from elsewhere) they are
     rebuilt: a node whose value or permissions the transaction changed, or
     that it created or deleted, fires at commit (subtree match for the top of
-    a deleted subtree).
+    a deleted subtree).  ``failed`` marks a transaction that failed earlier
+    (its commit answers ENOMEM).
     """
     conn = store.conns.get(conn_id)
     if conn is None:
@@ -268,6 +270,7 @@ def import_transaction(
         raise StateError(f"transaction {tx_id} of connection {conn_id} twice or zero")
     store.generation += 1
     tx = Transaction(tx_id, conn_id, store.generation)
+    tx.failed = failed
     committed = store.nodes
     for p in pending:
         now = committed.get(p.path)
