@@ -18,14 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from pyxenstored.migrate import RestoreError
-from pyxenstored.server.control_hooks import ServerControlHooks
-from pyxenstored.server.domain_state import DomainState
-from pyxenstored.server.hypervisor import SimulatedHypervisor
-from pyxenstored.server.liveupdate import LiveUpdate, check_state_main
+from pyxenstored.migrate.check import check_state_main
 from pyxenstored.server.log import Tracer, level_from_options, setup_logging
-from pyxenstored.server.loop import Server, ServerConfig
-from pyxenstored.server.process import PidFile, PidFileLocked, sd_notify, socket_path
-from pyxenstored.server.ring_domains import RingDomains
 from pyxenstored.store import Store, StoreConfig
 from pyxenstored.store.quota import apply_quota_option
 
@@ -158,7 +152,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         return _fail(str(exc), 2)
     if args.check_state:
-        return check_state_main(args.check_state)
+        status = check_state_main(args.check_state)
+        if argv is None:
+            # Run as a program (the successor's pre-exec check, inside the
+            # live-update blackout): the scratch store is thrown away, so
+            # skip freeing it object by object at interpreter exit.
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+            os._exit(status)
+        return status
+    # Imported here, not at the top: the check run above needs none of the
+    # server, and its start-up is part of the live-update blackout.
+    from pyxenstored.server.control_hooks import ServerControlHooks
+    from pyxenstored.server.domain_state import DomainState
+    from pyxenstored.server.liveupdate import LiveUpdate
+    from pyxenstored.server.loop import Server, ServerConfig
+    from pyxenstored.server.process import PidFile, PidFileLocked, socket_path
+    from pyxenstored.server.ring_domains import RingDomains
+
     if args.no_fork:
         log.debug("-N accepted: pyxenstored always runs in the foreground")
     if args.event is not None:
@@ -224,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ring_dir:
             # Before a restore: live update maps the dumped rings through it.
             try:
+                from pyxenstored.server.hypervisor import SimulatedHypervisor
+
                 rings = RingDomains(server, store, SimulatedHypervisor(ring_dir))
             except OSError as exc:
                 return _fail(f"cannot serve rings in {ring_dir}: {exc}")
@@ -266,6 +280,8 @@ def _announce(sock_path: str) -> None:
     log.info("listening on %s", sock_path)
     with contextlib.suppress(OSError, ValueError):
         print(f"XENSTORED_PATH={sock_path}", flush=True)
+    from pyxenstored.server.process import sd_notify
+
     sd_notify(f"READY=1\nMAINPID={os.getpid()}")
 
 

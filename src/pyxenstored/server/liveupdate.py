@@ -37,14 +37,17 @@ restores the store, deletes the file and runs requests that were pending.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import queue
 import shlex
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -53,21 +56,19 @@ from typing import BinaryIO
 from pyxenstored.migrate import (
     DumpError,
     Preserved,
-    Restored,
     RestoreError,
-    StoreOnlySink,
     dump_state,
     quota_values,
-    restore_state,
     restore_stream,
 )
+from pyxenstored.migrate.check import CHECK_FAILED, CHECK_OK
 from pyxenstored.server.connection import Connection
 from pyxenstored.server.control_hooks import ServerControlHooks
 from pyxenstored.server.loop import Server
 from pyxenstored.server.socket_transport import SocketTransport
 from pyxenstored.server.storeapi import ResultLike
 from pyxenstored.server.transport import Transport
-from pyxenstored.store import Store, StoreConfig
+from pyxenstored.store import Store
 from pyxenstored.store import quota as q
 from pyxenstored.store.features import SUPPORTED_FEATURES
 from pyxenstored.stream import (
@@ -79,8 +80,6 @@ from pyxenstored.stream import (
     Record,
     RingSpec,
     SocketSpec,
-    StreamError,
-    StreamReader,
     StreamWriteError,
     StreamWriter,
     TransactionData,
@@ -95,11 +94,10 @@ from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType, XsError
 log = logging.getLogger("pyxenstored.liveupdate")
 
 STATE_FILE = "state_dump"
-#: What ``--check-state`` prints on its first output line when the state is good.
-CHECK_OK = "pyxenstored check-state: OK"
-CHECK_FAILED = "pyxenstored check-state: FAILED"
 #: Seconds the check run of the new program may take.
 CHECK_TIMEOUT = 120.0
+#: Pipe size asked for the check run's standard input (Linux allows 1 MiB unprivileged).
+CHECK_PIPE_SIZE = 1 << 20
 
 #: Local event-channel port named in the placeholder ring connection of the
 #: privileged domain that a C successor needs (the shim's first bound port).
@@ -786,7 +784,10 @@ class Checker:
     """``<program> --check-state -``: the successor restores the dump read from a pipe.
 
     Started when the session opens; :meth:`feed` gives it the stream as it is
-    written, :meth:`result` waits for its verdict.
+    written, :meth:`result` waits for its verdict.  A thread writes to the
+    pipe, so that the dump never waits for the check run to read: both work
+    at the same time (a pipe holds only 64 KiB, and writing into it directly
+    made the two processes take turns).
     """
 
     def __init__(self, program: str) -> None:
@@ -799,21 +800,38 @@ class Checker:
             stderr=self._err,
         )
         self.broken = False
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._closed = False
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                # Fewer wake-ups of both sides; a smaller pipe works too.
+                fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, CHECK_PIPE_SIZE)
+        self._feeder = threading.Thread(target=self._feed_pipe, name="check-feeder", daemon=True)
+        self._feeder.start()
 
-    def feed(self, data: bytes) -> None:
+    def _feed_pipe(self) -> None:
+        """The feeder thread: queued chunks into the pipe, then close it."""
         stdin = self.proc.stdin
-        if self.broken or stdin is None:
-            return
-        try:
-            stdin.write(data)
-        except (BrokenPipeError, ValueError):
-            self.broken = True  # it stopped reading: its verdict says why
-
-    def done(self) -> None:
-        stdin = self.proc.stdin
+        while (data := self._queue.get()) is not None:
+            if self.broken or stdin is None:
+                continue
+            try:
+                stdin.write(data)
+            except (BrokenPipeError, ValueError, OSError):
+                self.broken = True  # it stopped reading: its verdict says why
         if stdin is not None:
             with contextlib.suppress(OSError, ValueError):
                 stdin.close()
+
+    def feed(self, data: bytes) -> None:
+        if not self._closed:
+            self._queue.put(data)
+
+    def done(self) -> None:
+        """No more data: the pipe is closed once everything queued is written."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
 
     def result(self, timeout: float = CHECK_TIMEOUT) -> str | None:
         """None when the successor restored the state cleanly, else why not."""
@@ -823,6 +841,7 @@ class Checker:
         except subprocess.TimeoutExpired:
             self.cancel()
             return f"{self.program} --check-state did not finish within {timeout:.0f} s"
+        self._feeder.join()
         assert self.proc.stdout is not None
         out = self.proc.stdout.read().decode("utf-8", "replace")
         self.proc.stdout.close()
@@ -836,6 +855,8 @@ class Checker:
             self.proc.kill()
         self.done()
         self.proc.wait()
+        # The process is gone: the feeder's writes fail at once and it ends.
+        self._feeder.join()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._err.close()
@@ -872,46 +893,6 @@ def _verdict(program: str, status: int, out: str, err: str) -> str | None:
     lines = err.strip().splitlines()
     detail = lines[-1] if lines else "no answer"
     return f"{program} --check-state exited with status {status}: {detail}"
-
-
-def check_state_main(path: str, config: StoreConfig | None = None) -> int:
-    """``pyxenstored --check-state FILE``: restore into a scratch store and say so.
-
-    ``-`` reads the stream from standard input (the old daemon feeds it
-    while writing the dump).  Only a restore error fails the check; the
-    store's full consistency check would add its own walk of the tree to
-    every live update's blackout.
-    """
-    store = Store(config or StoreConfig())
-    started = time.monotonic()
-    try:
-        if path == "-":
-            restored = restore_file(sys.stdin.buffer, store)
-        else:
-            restored = restore_stream(path, store, StoreOnlySink(store), verify=False)
-    except RestoreError as exc:
-        print(f"{CHECK_FAILED}: {exc}", flush=True)
-        return 1
-    print(
-        f"{CHECK_OK} ({restored.records} records, {restored.connections} connections,"
-        f" {restored.nodes} nodes, {restored.transactions} transactions,"
-        f" {time.monotonic() - started:.3f} s)",
-        flush=True,
-    )
-    return 0
-
-
-def restore_file(f: BinaryIO, store: Store) -> Restored:
-    """Restore a stream read from an open binary file (e.g. a pipe) into ``store``."""
-    try:
-        reader = StreamReader(f)
-    except StreamError as exc:
-        raise RestoreError(f"not a readable stream: {exc}", offset=exc.offset) from None
-    with reader:
-        version = reader.header.version
-        restored = restore_state(reader, store, StoreOnlySink(store), version, verify=False)
-        restored.version = version
-        return restored
 
 
 def renumber_connections(records: Iterable[Record]) -> list[Record]:
