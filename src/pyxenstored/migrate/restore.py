@@ -23,12 +23,13 @@ import gc
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Protocol
 
 from ..store import Store
 from ..store import quota as q
 from ..store.features import SUPPORTED_FEATURES
-from ..store.node import Node
+from ..store.node import NO_CHILDREN, Children, Node
 from ..store.perms import PERM_IGNORE, PERM_NONE, PERM_READ, PERM_RW, PERM_WRITE, Perms
 from ..store.state import (
     PendingNode,
@@ -300,17 +301,19 @@ def _restore_records(
                             last_parent = parent
                             parent_usage = usage.setdefault(parent.perms[0][0], [0, 0])
                         name = path[cut + 1 :]
-                        last_parent.children[name] = None
+                        kids = last_parent.children
+                        if not kids:
+                            kids = last_parent.children = Children()
+                        kids[intern(name)] = None
                         grow = len(name) + 1
-                        last_parent.clen += grow
+                        kids.clen += grow
                         parent_usage[1] += grow
                     gen += 1
                     node = new_node(Node)
                     node.value = value
                     node.perms = perms
                     node.gen = gen
-                    node.children = {}
-                    node.clen = 0
+                    node.children = NO_CHILDREN
                     nodes[path] = node
                     u = hit[2]
                     u[0] += 1
