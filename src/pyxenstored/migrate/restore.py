@@ -43,7 +43,7 @@ from ..store.state import (
     rebuild_counters,
 )
 from ..store.watch import MATCH_EXACT, MATCH_SUBTREE
-from ..stream.reader import StreamError, StreamReader
+from ..stream.reader import CommittedNode, StreamError, StreamReader
 from ..stream.records import (
     ACCESS_READ,
     ACCESS_WRITTEN,
@@ -72,6 +72,9 @@ from .dump import (
     ACCESS_FAILED,
     Preserved,
 )
+
+#: Stands for the record being restored while a run of committed nodes is.
+_NODE_RUN = NodeData(0, 0, 0, (), "/", b"")
 
 # Node paths the protocol can name (xenstore.txt): "/", absolute paths without
 # empty components, or special "@" paths.
@@ -263,63 +266,78 @@ def _restore_records(
     new_node = Node.__new__
     node_count = 0
     try:
-        for record in records:
-            index += 1
-            cls = record.__class__
-            if cls is NodeData:
-                assert isinstance(record, NodeData)
-                if record.conn_id == 0:
-                    # Inline for the bulk of the stream; see store.state.import_node.
-                    path = record.path
-                    if _NODE_PATH(path) is None:
-                        raise StateError(f"node path {path!r} is not valid")
-                    raw_perms = record.perms
-                    hit = perms_by_id.get(id(raw_perms))
-                    if hit is None or hit[0] is not raw_perms:
-                        converted = store_perms(raw_perms)
-                        # Empty permissions take the slow path below (and fail there).
-                        owner = converted[0][0] if converted else -1
-                        owner_usage = usage.setdefault(owner, [0, 0])
-                        hit = perms_by_id[id(raw_perms)] = (raw_perms, converted, owner_usage)
-                    perms = hit[1]
-                    if path in nodes or not perms:
-                        store.generation = gen
-                        import_node(store, path, record.value, perms)
-                        gen = store.generation
-                        exact_usage = False
-                        node_count += 1
-                        continue
-                    value = record.value
-                    if path[0] != "@" and path != "/":
-                        cut = path.rfind("/")
-                        parent_path = path[:cut] or "/"
-                        if parent_path != last_parent_path:
-                            parent = nodes.get(parent_path)
-                            if parent is None:
-                                raise StateError(f"node {path!r}: parent {parent_path!r} missing")
-                            last_parent_path = parent_path
-                            last_parent = parent
-                            parent_usage = usage.setdefault(parent.perms[0][0], [0, 0])
-                        name = path[cut + 1 :]
-                        kids = last_parent.children
-                        if not kids:
-                            kids = last_parent.children = Children()
-                        kids[intern(name)] = None
-                        grow = len(name) + 1
-                        kids.clen += grow
-                        parent_usage[1] += grow
-                    gen += 1
-                    node = new_node(Node)
-                    node.value = value
-                    node.perms = perms
-                    node.gen = gen
-                    node.children = NO_CHILDREN
-                    nodes[path] = node
-                    u = hit[2]
-                    u[0] += 1
-                    u[1] += 16 + 8 * len(perms) + len(value) + len(path)
+        source: Iterable[Record | list[CommittedNode]] = (
+            records.iter_node_runs() if isinstance(records, StreamReader) else records
+        )
+        for item in source:
+            cls = item.__class__
+            if cls is list:
+                # A run of committed nodes straight from the reader.
+                assert isinstance(item, list)
+                run: list[CommittedNode] = item
+                record = _NODE_RUN
+            elif cls is NodeData and item.conn_id == 0:  # type: ignore[union-attr]
+                assert isinstance(item, NodeData)
+                run = [(item.path, item.perms, item.value)]
+                record = item
+            else:
+                assert not isinstance(item, list)
+                record = item
+                index += 1
+                run = []
+            for path, raw_perms, value in run:
+                # Inline for the bulk of the stream; see store.state.import_node.
+                index += 1
+                if _NODE_PATH(path) is None:
+                    raise StateError(f"node path {path!r} is not valid")
+                hit = perms_by_id.get(id(raw_perms))
+                if hit is None or hit[0] is not raw_perms:
+                    converted = store_perms(raw_perms)
+                    # Empty permissions take the slow path below (and fail there).
+                    owner = converted[0][0] if converted else -1
+                    owner_usage = usage.setdefault(owner, [0, 0])
+                    hit = perms_by_id[id(raw_perms)] = (raw_perms, converted, owner_usage)
+                perms = hit[1]
+                if path in nodes or not perms:
+                    store.generation = gen
+                    import_node(store, path, value, perms)
+                    gen = store.generation
+                    exact_usage = False
                     node_count += 1
                     continue
+                if path[0] != "@" and path != "/":
+                    cut = path.rfind("/")
+                    parent_path = path[:cut] or "/"
+                    if parent_path != last_parent_path:
+                        parent = nodes.get(parent_path)
+                        if parent is None:
+                            raise StateError(f"node {path!r}: parent {parent_path!r} missing")
+                        last_parent_path = parent_path
+                        last_parent = parent
+                        parent_usage = usage.setdefault(parent.perms[0][0], [0, 0])
+                    name = path[cut + 1 :]
+                    kids = last_parent.children
+                    if not kids:
+                        kids = last_parent.children = Children()
+                    kids[intern(name)] = None
+                    grow = len(name) + 1
+                    kids.clen += grow
+                    parent_usage[1] += grow
+                gen += 1
+                node = new_node(Node)
+                node.value = value
+                node.perms = perms
+                node.gen = gen
+                node.children = NO_CHILDREN
+                nodes[path] = node
+                u = hit[2]
+                u[0] += 1
+                u[1] += 16 + 8 * len(perms) + len(value) + len(path)
+                node_count += 1
+            if record is _NODE_RUN or run:
+                continue
+            if cls is NodeData:
+                assert isinstance(record, NodeData)
                 key = (record.conn_id, record.tx_id)
                 if _NODE_PATH(record.path) is None:
                     raise StateError(f"node path {record.path!r} is not valid")

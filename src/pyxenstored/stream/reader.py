@@ -59,6 +59,9 @@ from .records import (
     type_name,
 )
 
+#: A committed node as :meth:`StreamReader.iter_node_runs` gives it: path, perms, value.
+CommittedNode = tuple[str, tuple[NodePerm, ...], bytes]
+
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 
 #: Bytes read from a file at a time.
@@ -911,6 +914,65 @@ class StreamReader:
                 index += 1
                 yield node
             self._pos = pos
+            _, offset, rtype, _length, buf, start, stop, _pad_end, _quirk = self._frame_one(index)
+            yield self._decode_frame(index, offset, rtype, buf, start, stop)
+            if rtype == RecordType.END:
+                return
+            index += 1
+
+    def iter_node_runs(self) -> Iterator[Record | list[CommittedNode]]:
+        """Like iterating the reader, but runs of committed nodes come as lists.
+
+        A NODE_DATA record with ``conn_id`` and ``tx_id`` 0 lying whole in
+        the read buffer comes as a ``(path, perms, value)`` tuple inside a
+        list of consecutive such records (``access`` is left out: committed
+        nodes have none); every other record, or any anomaly, comes as a
+        record, exactly as iteration gives it (with its precise errors).
+        For bulk consumers (a live-update restore): no record object and no
+        generator step per node.  Records keep their stream order, END last.
+        """
+        self._begin()
+        codec = self._codec
+        unpack_header = codec.header.unpack_from
+        unpack_node = codec.node.unpack_from
+        perm_cache = codec._perms
+        decode_perms = codec._decode_perms
+        index = 0
+        while True:
+            buf = self._buf
+            pos = self._pos
+            size = len(buf)
+            base = self._base
+            run: list[CommittedNode] = []
+            add = run.append
+            while pos + 24 <= size:
+                rtype, length = unpack_header(buf, pos)
+                if rtype != 5 or length < 16:
+                    break
+                start = pos + 8
+                stop = start + length
+                nxt = stop + (-(base + stop) & 7)
+                if nxt > size:
+                    break
+                conn_id, tx_id, plen, vlen, _access, nperms = unpack_node(buf, start)
+                p = start + 16 + 4 * nperms
+                pe = p + plen
+                if conn_id or tx_id or pe + vlen > stop or plen == 0 or buf[pe - 1] != 0:
+                    break
+                raw_perms = buf[start + 16 : p]
+                perms = perm_cache.get(raw_perms)
+                if perms is None:
+                    perms = decode_perms(raw_perms, nperms)
+                try:
+                    path = buf[p : pe - 1].decode()
+                except UnicodeDecodeError:
+                    break
+                add((path, perms, buf[pe : pe + vlen]))
+                pos = nxt
+            if run:
+                index += len(run)
+                self._pos = pos
+                yield run
             _, offset, rtype, _length, buf, start, stop, _pad_end, _quirk = self._frame_one(index)
             yield self._decode_frame(index, offset, rtype, buf, start, stop)
             if rtype == RecordType.END:
