@@ -224,6 +224,8 @@ class _Codec:
         self.u16 = struct.Struct(e + "H")
         self.ta = struct.Struct(e + "II")
         self.node = struct.Struct(e + "IIHHHH")
+        # Record header and NODE_DATA fixed part in one (the bulk path).
+        self.node_record = struct.Struct(e + "IIIIHHHH")
         self.hh = struct.Struct(e + "HH")
         self.domain = struct.Struct(e + "HHI")
         self._prefix = e
@@ -933,8 +935,7 @@ class StreamReader:
         """
         self._begin()
         codec = self._codec
-        unpack_header = codec.header.unpack_from
-        unpack_node = codec.node.unpack_from
+        unpack_node_record = codec.node_record.unpack_from
         perm_cache = codec._perms
         decode_perms = codec._decode_perms
         index = 0
@@ -946,7 +947,9 @@ class StreamReader:
             run: list[CommittedNode] = []
             add = run.append
             while pos + 24 <= size:
-                rtype, length = unpack_header(buf, pos)
+                rtype, length, conn_id, tx_id, plen, vlen, _access, nperms = unpack_node_record(
+                    buf, pos
+                )
                 if rtype != 5 or length < 16:
                     break
                 start = pos + 8
@@ -954,7 +957,6 @@ class StreamReader:
                 nxt = stop + (-(base + stop) & 7)
                 if nxt > size:
                     break
-                conn_id, tx_id, plen, vlen, _access, nperms = unpack_node(buf, start)
                 p = start + 16 + 4 * nperms
                 pe = p + plen
                 if conn_id or tx_id or pe + vlen > stop or plen == 0 or buf[pe - 1] != 0:
