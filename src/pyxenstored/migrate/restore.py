@@ -255,6 +255,7 @@ def _restore_records(
     # value + path + the child-name list (charged to the parent's owner).
     usage: dict[int, list[int]] = {}
     exact_usage = True
+    store.observe_generation()  # restored nodes get exact generations above it
     gen = store.generation
     # Permission tuples are shared between records (the reader memoises
     # them): their store form and their owner's usage counters, by identity.

@@ -180,6 +180,11 @@ class Store:
         self.domain_hooks = domain_hooks
         self.nodes: dict[str, Node] = {}
         self.generation = 0
+        # Lazy generations (memory: one int shared by a run of writes instead of
+        # one per node).  A write bumps the counter only if somebody captured a
+        # generation since the last write; ``_gen_last`` is the node written
+        # last while nobody looked (None once somebody did).  See observe_generation.
+        self._gen_last: Node | None = None
         self.domains: dict[int, Domain] = {}
         self.conns: dict[int, Connection] = {}
         self.watches = WatchIndex()
@@ -257,6 +262,7 @@ class Store:
         """The record of ``domid``, created (with the global quota) if missing."""
         dom = self.domains.get(domid)
         if dom is None:
+            self.observe_generation()
             dom = Domain(domid, self.config.quota.copy(), self.generation)
             self.domains[domid] = dom
         return dom
@@ -418,7 +424,25 @@ class Store:
                 tx.failed = True
                 raise XsError("ENOSPC", "transaction-nodes quota")
             dom.note_max(q.TRANSACTION_NODES, count)
+        if self._gen_last is not None:
+            self.observe_generation()
         return tx.first_access(path, self.nodes.get(path))
+
+    def observe_generation(self) -> None:
+        """Call before capturing the counter or a node's generation for later comparison.
+
+        Writes nobody has looked at since may share one generation value (C
+        gives each its own).  Comparisons still come out as in C because every
+        write after a capture bumps the counter first, and a capture first
+        gives the last unobserved write a value of its own, above the run it
+        shared (C's "domain younger than the node" test tells exactly that
+        write apart from the earlier ones).  Nobody holds the value replaced.
+        """
+        last = self._gen_last
+        if last is not None:
+            self.generation += 1
+            last.gen = self.generation
+            self._gen_last = None
 
     def _stale(self, domid: int, gen: int) -> bool:
         """An entry for a domain unknown, or younger than the node (digest 3.3)."""
@@ -490,8 +514,10 @@ class Store:
         ``before`` is (owner, memory) of the node this replaces, None for a
         new node; counters of the owning domains follow.
         """
-        self.generation += 1
+        if self._gen_last is None:
+            self.generation += 1
         node.gen = self.generation
+        self._gen_last = node
         self.nodes[path] = node
         owner = node.perms[0][0]
         mem = node.memory(path)
@@ -555,8 +581,10 @@ class Store:
     def _tx_written(self, tx: Transaction, path: str, node: Node) -> None:
         """A node copy changed inside a transaction: it gets a fresh generation, as in C."""
         tx.modified.add(path)
-        self.generation += 1
+        if self._gen_last is None:
+            self.generation += 1
         node.gen = self.generation
+        self._gen_last = node
 
     def _modify(
         self, conn: Connection, tx: Transaction | None, path: str, node: Node, value: bytes
@@ -785,6 +813,7 @@ class Store:
         raw, offset_raw, _ = payload.split(b"\0")
         node = self._lookup(conn, tx, self._canon(conn, raw), PERM_READ)
         offset = c_atoi(offset_raw) & 0xFFFFFFFF  # C keeps it in an unsigned int
+        self.observe_generation()
         gen = b"%d\0" % node.gen
         children = node.children_payload()
         if offset >= len(children):
@@ -1011,6 +1040,7 @@ class Store:
         while tx_id == 0 or tx_id in conn.transactions:
             tx_id = (tx_id + 1) & 0xFFFFFFFF
         conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
+        self.observe_generation()
         self.generation += 1
         conn.transactions[tx_id] = Transaction(tx_id, conn.conn_id, self.generation)
         if dom is not None:

@@ -166,6 +166,7 @@ def pending_nodes(store: Store, tx: Transaction) -> list[PendingNode]:
 
 def clear_tree(store: Store) -> None:
     """Forget every node (restore starts from an empty database)."""
+    store.observe_generation()  # the node written last is gone: forget it
     store.nodes.clear()
 
 
@@ -187,6 +188,7 @@ def import_node(store: Store, path: str, value: bytes, perms: Perms) -> None:
         if parent is None:
             raise StateError(f"node {path!r}: parent {parent_of(path)!r} missing")
         parent.add_child(path[path.rfind("/") + 1 :])
+    store.observe_generation()
     store.generation += 1
     store.nodes[path] = Node(value, perms, store.generation)
 
@@ -268,6 +270,7 @@ def import_transaction(
         raise StateError(f"transaction {tx_id} of unknown connection {conn_id}")
     if tx_id == 0 or tx_id in conn.transactions:
         raise StateError(f"transaction {tx_id} of connection {conn_id} twice or zero")
+    store.observe_generation()
     store.generation += 1
     tx = Transaction(tx_id, conn_id, store.generation)
     tx.failed = failed
