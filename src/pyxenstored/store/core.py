@@ -51,6 +51,7 @@ from .perms import (
     PERM_RW,
     PERM_WRITE,
     Perms,
+    intern_perms,
     parse_perm,
     perms_payload,
 )
@@ -506,7 +507,7 @@ class Store:
                 changed = True
             out.append((entry, bits))
         if changed:
-            node.perms = tuple(out)
+            node.perms = intern_perms(tuple(out))
 
     def _account_write(self, path: str, node: Node, before: tuple[int, int] | None) -> None:
         """Install ``node`` at ``path`` in the committed tree with a fresh generation.
@@ -613,7 +614,7 @@ class Store:
             parent = self._read(conn, tx, parent_path)
         perms = parent.perms
         if not conn.privileged:
-            perms = ((conn.domid, perms[0][1]),) + perms[1:]
+            perms = intern_perms(((conn.domid, perms[0][1]),) + perms[1:])
         count = len(missing)
         dom = conn.limited
         if dom is not None:
@@ -914,7 +915,7 @@ class Store:
                     self._domain(domid)
                 else:
                     out[i] = (domid, bits | PERM_IGNORE)
-        return tuple(out)
+        return intern_perms(tuple(out))
 
     def op_set_perms(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
         count = payload.count(b"\0")
@@ -1209,7 +1210,7 @@ class Store:
         stripped = (perms[0],) + tuple(e for e in perms[1:] if e[0] != domid)
         if stripped != node.perms:
             before = (node.perms[0][0], node.memory(path))
-            node.perms = stripped
+            node.perms = intern_perms(stripped)
             self._account_write(path, node, before)
         return True
 

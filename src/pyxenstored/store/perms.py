@@ -48,3 +48,20 @@ def perms_payload(perms: Perms) -> bytes:
 
 def perms_text(perms: Perms) -> str:
     return ",".join(perm_to_string(d, b) for d, b in perms)
+
+
+# Most nodes carry one of a handful of permission lists; equal lists built
+# separately (a guest's creations, SET_PERMS) share one tuple.  Bounded so that
+# a guest cycling through distinct lists cannot grow it without limit.
+_INTERNED: dict[Perms, Perms] = {}
+_INTERN_MAX = 4096
+
+
+def intern_perms(perms: Perms) -> Perms:
+    """The shared tuple equal to ``perms`` (``perms`` itself when new or the table is full)."""
+    shared = _INTERNED.get(perms)
+    if shared is not None:
+        return shared
+    if len(_INTERNED) < _INTERN_MAX:
+        _INTERNED[perms] = perms
+    return perms
