@@ -84,3 +84,22 @@ def test_domain_younger_than_all_but_the_last_write(store: Store, dom0: Client) 
     assert not store._stale(40, store.nodes["/s/a"].gen)
     assert not store._stale(40, store.nodes["/s/d"].gen)
     assert dom.generation <= store.generation
+
+
+def test_restored_nodes_share_a_generation_and_still_conflict(dom0: Client) -> None:
+    from pyxenstored.migrate import StoreOnlySink, dump_state, restore_stream
+    from pyxenstored.stream import write_stream
+
+    for i in range(20):
+        dom0.write(f"/r/n{i}", b"v")
+    data = write_stream(list(dump_state(dom0.store, [])), version=2)
+    fresh = Store()
+    restore_stream(data, fresh, StoreOnlySink(fresh))
+    assert len({fresh.nodes[f"/r/n{i}"].gen for i in range(20)}) < 5
+    fresh.connect(1, 0, is_socket=True)
+    again = Client(fresh, 1)
+    tx = again.start()
+    assert again.read("/r/n19", tx) == b"v"
+    again.write("/r/n19", b"w")
+    again.write("/r/x", b"", tx)
+    assert again.end(tx).payload == b"EAGAIN\0"

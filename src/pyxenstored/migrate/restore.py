@@ -255,8 +255,11 @@ def _restore_records(
     # value + path + the child-name list (charged to the parent's owner).
     usage: dict[int, list[int]] = {}
     exact_usage = True
-    store.observe_generation()  # restored nodes get exact generations above it
-    gen = store.generation
+    # Restored nodes are a run of writes nobody has observed yet: they share
+    # one generation (no int per node), see Store.observe_generation.
+    store.observe_generation()
+    gen = store.generation + 1
+    last_restored: Node | None = None
     # Permission tuples are shared between records (the reader memoises
     # them): their store form and their owner's usage counters, by identity.
     perms_by_id: dict[int, tuple[tuple[NodePerm, ...], Perms, list[int]]] = {}
@@ -303,6 +306,7 @@ def _restore_records(
                     store.generation = gen
                     import_node(store, path, value, perms)
                     gen = store.generation
+                    last_restored = None  # import_node gave its node a value of its own
                     exact_usage = False
                     node_count += 1
                     continue
@@ -324,8 +328,7 @@ def _restore_records(
                     grow = len(name) + 1
                     kids.clen += grow
                     parent_usage[1] += grow
-                gen += 1
-                node = new_node(Node)
+                node = last_restored = new_node(Node)
                 node.value = value
                 node.perms = perms
                 node.gen = gen
@@ -422,6 +425,8 @@ def _restore_records(
                 saw_end = True
                 break
         store.generation = gen
+        if last_restored is not None:
+            store.unobserved_run_ends_with(last_restored)
         out.records = index + 1
         out.nodes = node_count
         record = None

@@ -445,6 +445,10 @@ class Store:
             last.gen = self.generation
             self._gen_last = None
 
+    def unobserved_run_ends_with(self, node: Node) -> None:
+        """``node`` was written last, with the counter's current value (a bulk restore)."""
+        self._gen_last = node
+
     def _stale(self, domid: int, gen: int) -> bool:
         """An entry for a domain unknown, or younger than the node (digest 3.3)."""
         if gen == ANY_GENERATION:
