@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
+from zlib import crc32
 
 from ..wire import (
     DOMID_ANY,
@@ -816,10 +817,15 @@ class Store:
         if payload.count(b"\0") != 2:
             raise XsError("EINVAL", "DIRECTORY_PART needs path and offset")
         raw, offset_raw, _ = payload.split(b"\0")
-        node = self._lookup(conn, tx, self._canon(conn, raw), PERM_READ)
+        path = self._canon(conn, raw)
+        node = self._lookup(conn, tx, path, PERM_READ)
         offset = c_atoi(offset_raw) & 0xFFFFFFFF  # C keeps it in an unsigned int
         self.observe_generation()
-        gen = b"%d\0" % node.gen
+        # The client compares this token between the parts of one listing of one
+        # node.  C's generation is unique per write; ours is shared by a run of
+        # unobserved writes, so the path is mixed in to keep the tokens of two
+        # nodes apart as C's are; the node's generation still changes it.
+        gen = b"%d\0" % ((node.gen & 0xFFFFFFFF) << 32 | crc32(path.encode()))
         children = node.children_payload()
         if offset >= len(children):
             return Result(MsgType.DIRECTORY_PART, gen + b"\0")
