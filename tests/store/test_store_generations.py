@@ -103,3 +103,10 @@ def test_restored_nodes_share_a_generation_and_still_conflict(dom0: Client) -> N
     again.write("/r/n19", b"w")
     again.write("/r/x", b"", tx)
     assert again.end(tx).payload == b"EAGAIN\0"
+
+
+def test_directory_part_tokens_of_two_nodes_differ(dom0: Client) -> None:
+    for _ in range(3):
+        dom0.write("/a", b"")
+    dom0.write("/b", b"")  # /a, /b (and /) written in one unobserved run
+    assert _part_gen(dom0, "/a") != _part_gen(dom0, "/b")
