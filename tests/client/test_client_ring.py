@@ -78,7 +78,7 @@ def test_many_requests_wrap_the_queues(guest: Client) -> None:
     for i in range(290, 300):
         assert guest.read(f"wrap/n{i % 10}") == b"value-%06d" % i
     # Over 10 KiB of requests went through the 1 KiB queue.
-    assert page.get(2052) > 10 * 1024  # req_prod (INTRODUCE started it at 0)
+    assert page.word(2052) > 10 * 1024  # req_prod (INTRODUCE started it at 0)
 
 
 def test_pipelined_requests_over_the_ring(guest: Client) -> None:

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyxenstored.server.ring_transport import RingPage, RingTransport
+from pyxenstored.ringpage import RingPage
+from pyxenstored.server.ring_transport import RingTransport
 
 U32 = struct.Struct("=I")
 HDR = struct.Struct("=IIII")

@@ -13,8 +13,8 @@ the daemon may wake a guest by writing to the FIFO ``DIR/notify-dom<domid>``
 when it exists.  A daemon that never notifies (the C reference under its shim)
 still works: the guest polls the page, backing off while it is idle.
 
-:class:`RingPage` is the page itself (usable by either side, e.g. a test that
-plays the server); :class:`RingTransport` is the guest's byte transport.
+:func:`map_ring_page` maps the page (a :class:`pyxenstored.ringpage.RingPage`, the
+layout both sides share); :class:`RingTransport` is the guest's byte transport.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import struct
 import time
 from collections.abc import Callable
 
+from pyxenstored.ringpage import RingPage, queue_used
 from pyxenstored.wire import (
     FEATURE_RECONNECTION,
     RING_CONNECTED,
     RING_CONNECTION,
-    RING_ERROR,
     RING_ERROR_COMM,
     RING_ERROR_NONE,
     RING_ERROR_PROTO,
@@ -47,7 +47,6 @@ from pyxenstored.wire import (
     RING_RSP_CONS,
     RING_RSP_OFFSET,
     RING_RSP_PROD,
-    RING_SERVER_FEATURES,
     RING_SIZE,
 )
 
@@ -103,56 +102,18 @@ def create_ring_page(ring_dir: str, domid: int, evtchn_port: int = 0) -> str:
     return path
 
 
-class RingPage:
-    """A mapped ring page: the two queues and the control words."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError as exc:
-            raise ClientConnectionError(f"cannot open ring page {path}: {exc}") from exc
-        try:
-            if os.fstat(fd).st_size < RING_PAGE_SIZE:
-                raise ClientConnectionError(
-                    f"ring page {path} is shorter than {RING_PAGE_SIZE} bytes"
-                )
-            self.mem = mmap.mmap(fd, RING_PAGE_SIZE, mmap.MAP_SHARED)
-        finally:
-            os.close(fd)
-        # The control words are read and written as whole aligned native u32
-        # through a typed view: one load or store each, so the other side
-        # never sees a half-written offset (struct's "=I" stores byte by byte).
-        self._words = memoryview(self.mem)[RING_REQ_CONS:RING_PAGE_SIZE].cast("I")
-
-    def get(self, offset: int) -> int:
-        """The u32 control word at ``offset`` (2048 and above)."""
-        value: int = self._words[(offset - RING_REQ_CONS) >> 2]
-        return value
-
-    def set(self, offset: int, value: int) -> None:
-        self._words[(offset - RING_REQ_CONS) >> 2] = value & RING_INDEX_MASK
-
-    @property
-    def server_features(self) -> int:
-        return self.get(RING_SERVER_FEATURES)
-
-    @property
-    def connection(self) -> int:
-        return self.get(RING_CONNECTION)
-
-    @property
-    def error(self) -> int:
-        return self.get(RING_ERROR)
-
-    def close(self) -> None:
-        self._words.release()
-        self.mem.close()
-
-
-def queue_used(cons: int, prod: int) -> int:
-    """Bytes in a queue given its free-running offsets (mod 2^32)."""
-    return (prod - cons) & RING_INDEX_MASK
+def map_ring_page(path: str) -> RingPage:
+    """Map an existing page file ``path`` shared with the daemon."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise ClientConnectionError(f"cannot open ring page {path}: {exc}") from exc
+    try:
+        if os.fstat(fd).st_size < RING_PAGE_SIZE:
+            raise ClientConnectionError(f"ring page {path} is shorter than {RING_PAGE_SIZE} bytes")
+        return RingPage(mmap.mmap(fd, RING_PAGE_SIZE, mmap.MAP_SHARED))
+    finally:
+        os.close(fd)
 
 
 class RingTransport:
@@ -162,7 +123,7 @@ class RingTransport:
         self.ring_dir = ring_dir
         self.domid = domid
         self.port = port
-        self.page = RingPage(ring_page_path(ring_dir, domid))
+        self.page = map_ring_page(ring_page_path(ring_dir, domid))
         self._kick_word = _U32.pack(port & RING_INDEX_MASK)
         try:
             self._evtchn = os.open(evtchn_path(ring_dir), os.O_WRONLY | os.O_NONBLOCK)
@@ -247,7 +208,7 @@ class RingTransport:
 
     @property
     def server_features(self) -> int:
-        return self.page.server_features
+        return self.page.features
 
     def check_error(self) -> None:
         """Raise if the daemon has set the ring's error indicator."""
@@ -272,7 +233,7 @@ class RingTransport:
         """
         if not force and not self.server_features & FEATURE_RECONNECTION:
             raise ClientConnectionError("xenstored does not offer ring reconnection")
-        self.page.set(RING_CONNECTION, RING_RECONNECT)
+        self.page.set_word(RING_CONNECTION, RING_RECONNECT)
         self.kick()
         deadline = None if timeout is None else time.monotonic() + timeout
         # Meanwhile only the connection state counts (xenstore-ring.txt):
@@ -286,12 +247,12 @@ class RingTransport:
     def _request_space(self) -> bool:
         if not self._connected():
             return False
-        return queue_used(self.page.get(RING_REQ_CONS), self.page.get(RING_REQ_PROD)) < RING_SIZE
+        return queue_used(self.page.word(RING_REQ_CONS), self.page.word(RING_REQ_PROD)) < RING_SIZE
 
     def _response_ready(self) -> bool:
         if not self._connected():
             return False
-        return self.page.get(RING_RSP_CONS) != self.page.get(RING_RSP_PROD)
+        return self.page.word(RING_RSP_CONS) != self.page.word(RING_RSP_PROD)
 
     def _space_or_response(self) -> bool:
         return self._request_space() or self._response_ready()
@@ -305,8 +266,8 @@ class RingTransport:
         mem = self.page.mem
         while pos < total:
             self.check_error()
-            cons = self.page.get(RING_REQ_CONS)
-            prod = self.page.get(RING_REQ_PROD)
+            cons = self.page.word(RING_REQ_CONS)
+            prod = self.page.word(RING_REQ_PROD)
             used = queue_used(cons, prod)
             if used > RING_SIZE:
                 raise ClientConnectionError(
@@ -327,7 +288,7 @@ class RingTransport:
             n = min(space, RING_SIZE - start, total - pos)
             mem[RING_REQ_OFFSET + start : RING_REQ_OFFSET + start + n] = view[pos : pos + n]
             # Data first, then the producer offset that publishes it.
-            self.page.set(RING_REQ_PROD, prod + n)
+            self.page.set_word(RING_REQ_PROD, prod + n)
             pos += n
         self.kick()
 
@@ -348,8 +309,8 @@ class RingTransport:
         return self._take_responses()
 
     def _take_responses(self) -> bytes:
-        cons = self.page.get(RING_RSP_CONS)
-        prod = self.page.get(RING_RSP_PROD)
+        cons = self.page.word(RING_RSP_CONS)
+        prod = self.page.word(RING_RSP_PROD)
         avail = queue_used(cons, prod)
         if avail > RING_SIZE:
             raise ClientConnectionError(
@@ -361,7 +322,7 @@ class RingTransport:
         data = mem[RING_RSP_OFFSET + start : RING_RSP_OFFSET + start + first]
         if avail > first:  # the bytes wrapped round to the queue's start
             data += mem[RING_RSP_OFFSET : RING_RSP_OFFSET + avail - first]
-        self.page.set(RING_RSP_CONS, cons + avail)
+        self.page.set_word(RING_RSP_CONS, cons + avail)
         if self._notified:
             # A daemon that notifies would otherwise fill the FIFO while
             # replies are always ready and we never get to wait on it.

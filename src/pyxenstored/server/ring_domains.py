@@ -42,10 +42,11 @@ import logging
 import mmap
 import os
 
+from pyxenstored.ringpage import RingPage
 from pyxenstored.server.connection import Connection
 from pyxenstored.server.hypervisor import DomainInfo, Hypervisor
 from pyxenstored.server.loop import EVENT_READ, EVENT_WRITE, Server
-from pyxenstored.server.ring_transport import RingPage, RingTransport
+from pyxenstored.server.ring_transport import RingTransport
 from pyxenstored.server.transport import Transport
 from pyxenstored.store import Store
 from pyxenstored.store import quota as q

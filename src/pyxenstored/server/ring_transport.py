@@ -27,94 +27,35 @@ header, the transport follows message boundaries in the request stream
 
 from __future__ import annotations
 
-import mmap
 import struct
 import sys
 from collections.abc import Callable, Sequence
 
+from pyxenstored.ringpage import (
+    W_CONNECTION,
+    W_REQ_CONS,
+    W_REQ_PROD,
+    W_RSP_CONS,
+    W_RSP_PROD,
+    RingPage,
+)
 from pyxenstored.stream.records import RingSpec
 from pyxenstored.wire import (
     HEADER_SIZE,
     PAYLOAD_MAX,
     RING_CONNECTED,
-    RING_CONNECTION,
     RING_ERROR,
     RING_ERROR_NONE,
     RING_ERROR_PROTO,
     RING_ERROR_RINGIDX,
     RING_INDEX_MASK,
-    RING_PAGE_SIZE,
-    RING_REQ_CONS,
     RING_REQ_OFFSET,
-    RING_REQ_PROD,
-    RING_RSP_CONS,
     RING_RSP_OFFSET,
-    RING_RSP_PROD,
-    RING_SERVER_FEATURES,
     RING_SIZE,
 )
 
-# Word indexes in the u32 view of the page.
-_W_REQ_CONS = RING_REQ_CONS // 4
-_W_REQ_PROD = RING_REQ_PROD // 4
-_W_RSP_CONS = RING_RSP_CONS // 4
-_W_RSP_PROD = RING_RSP_PROD // 4
-_W_FEATURES = RING_SERVER_FEATURES // 4
-_W_CONNECTION = RING_CONNECTION // 4
-_W_ERROR = RING_ERROR // 4
 _LEN_OFFSET = 12  # of the header's ``len`` word
 _LEN = struct.Struct("=I")
-
-
-class RingPage:
-    """A mapped 4096-byte ring page and its control words."""
-
-    __slots__ = ("mem", "words")
-
-    def __init__(self, mem: mmap.mmap) -> None:
-        if len(mem) < RING_PAGE_SIZE:
-            raise ValueError(f"a ring page is {RING_PAGE_SIZE} bytes, not {len(mem)}")
-        self.mem = mem
-        self.words = memoryview(mem)[:RING_PAGE_SIZE].cast("I")
-
-    def word(self, offset: int) -> int:
-        value: int = self.words[offset // 4]
-        return value
-
-    def set_word(self, offset: int, value: int) -> None:
-        self.words[offset // 4] = value & RING_INDEX_MASK
-
-    @property
-    def connection(self) -> int:
-        return self.word(RING_CONNECTION)
-
-    @property
-    def error(self) -> int:
-        return self.word(RING_ERROR)
-
-    @property
-    def features(self) -> int:
-        return self.word(RING_SERVER_FEATURES)
-
-    def advertise(self, features: int) -> None:
-        """Set feature bits (the spec lets a server add bits, never clear them)."""
-        self.words[_W_FEATURES] = (self.words[_W_FEATURES] | features) & RING_INDEX_MASK
-
-    def reset_queues(self) -> None:
-        """Zero the four offsets: both queues empty (INTRODUCE, reconnection)."""
-        words = self.words
-        words[_W_REQ_CONS] = 0
-        words[_W_REQ_PROD] = 0
-        words[_W_RSP_CONS] = 0
-        words[_W_RSP_PROD] = 0
-
-    def request_bytes(self) -> int:
-        """Bytes waiting in the request queue (may exceed 1024 on a broken ring)."""
-        words = self.words
-        return (words[_W_REQ_PROD] - words[_W_REQ_CONS]) & RING_INDEX_MASK
-
-    def release(self) -> None:
-        self.words.release()
 
 
 class RingTransport:
@@ -193,7 +134,7 @@ class RingTransport:
 
     def has_output_space(self) -> bool:
         words = self._words
-        return ((words[_W_RSP_PROD] - words[_W_RSP_CONS]) & RING_INDEX_MASK) < RING_SIZE
+        return ((words[W_RSP_PROD] - words[W_RSP_CONS]) & RING_INDEX_MASK) < RING_SIZE
 
     def has_input(self) -> bool:
         """Whether the guest has produced bytes we have not taken."""
@@ -204,10 +145,10 @@ class RingTransport:
         if self.doomed:
             return b""
         words = self._words
-        if words[_W_CONNECTION] != RING_CONNECTED:
+        if words[W_CONNECTION] != RING_CONNECTED:
             return None  # a reconnection is pending: the owner resets first
-        cons = words[_W_REQ_CONS]
-        prod = words[_W_REQ_PROD]
+        cons = words[W_REQ_CONS]
+        prod = words[W_REQ_PROD]
         used = (prod - cons) & RING_INDEX_MASK
         if not used:
             return None
@@ -230,7 +171,7 @@ class RingTransport:
             # in the ring).
             data = data[:keep]
             used = keep
-        words[_W_REQ_CONS] = (cons + used) & RING_INDEX_MASK
+        words[W_REQ_CONS] = (cons + used) & RING_INDEX_MASK
         self._consumed = True  # signalled by flush_notify() or the next write
         return data if data else (b"" if self.doomed else None)
 
@@ -290,10 +231,10 @@ class RingTransport:
         if self.doomed:
             return 0
         words = self._words
-        if words[_W_CONNECTION] != RING_CONNECTED:
+        if words[W_CONNECTION] != RING_CONNECTED:
             return 0
-        cons = words[_W_RSP_CONS]
-        prod = words[_W_RSP_PROD]
+        cons = words[W_RSP_CONS]
+        prod = words[W_RSP_PROD]
         used = (prod - cons) & RING_INDEX_MASK
         if used > RING_SIZE:
             self.doomed = RING_ERROR_RINGIDX
@@ -320,7 +261,7 @@ class RingTransport:
                 break
         if written:
             # Data first, then the producer offset that publishes it.
-            words[_W_RSP_PROD] = (prod + written) & RING_INDEX_MASK
+            words[W_RSP_PROD] = (prod + written) & RING_INDEX_MASK
             self._consumed = False
             self._notify()
         return written
