@@ -162,23 +162,43 @@ class Connection:
 
     # --- queueing ----------------------------------------------------------
 
+    def open_request(self) -> PendingRequest | None:
+        """Count a request outstanding until its reply and events are sent.
+
+        None when nothing is counted on this connection.
+        """
+        charge = self.charge
+        if self.outstanding_limit is None and charge is None:
+            return None
+        self.outstanding += 1
+        if charge is not None:
+            charge("outstanding", 1, False)
+        return PendingRequest(self)
+
     def queue_reply(
-        self, type_: int, req_id: int, tx_id: int, payload: bytes
+        self,
+        type_: int,
+        req_id: int,
+        tx_id: int,
+        payload: bytes,
+        token: PendingRequest | None = None,
+        *,
+        opened: bool = False,
     ) -> PendingRequest | None:
-        """Queue a reply; returns the request token when outstanding is counted."""
+        """Queue a reply; returns the request token when outstanding is counted.
+
+        ``opened``: :meth:`open_request` was already called and gave ``token``
+        (events of the request were queued before its reply).
+        """
         length = len(payload)
         if length > PAYLOAD_MAX:
             # C replaces an over-long reply by E2BIG (core.c:send_reply).
             type_, payload, length = _ERROR, b"E2BIG\0", 6
         data = _pack_header(type_, req_id, tx_id, length) + payload
-        token: PendingRequest | None = None
-        charge = self.charge
-        if self.outstanding_limit is not None or charge is not None:
-            self.outstanding += 1
-            token = PendingRequest(self)
-            if charge is not None:
-                charge("outstanding", 1, False)
-                charge("memory", length + HEADER_SIZE, False)
+        if not opened:
+            token = self.open_request()
+        if self.charge is not None:
+            self.charge("memory", length + HEADER_SIZE, False)
         self._out.append((data, None, token, 0.0))
         self.out_bytes += length + HEADER_SIZE
         return token
@@ -279,6 +299,11 @@ class Connection:
                 return False
             self._consume(sent)
         return True
+
+    def consume_sent(self, sent: int) -> None:
+        """``sent`` bytes of the queue's head went out outside :meth:`flush`."""
+        if sent > 0:
+            self._consume(sent)
 
     def _consume(self, sent: int) -> None:
         """Drop ``sent`` written bytes from the head of the queue."""

@@ -31,7 +31,7 @@ from pyxenstored.server.log import Tracer
 from pyxenstored.server.socket_transport import SocketTransport, listen_unix
 from pyxenstored.server.storeapi import EventLike, ResultLike, StoreLike
 from pyxenstored.server.transport import Transport
-from pyxenstored.wire import HEADER, MsgType
+from pyxenstored.wire import HEADER, HEADER_SIZE, PAYLOAD_MAX, MsgType
 
 log = logging.getLogger("pyxenstored.server")
 
@@ -40,6 +40,7 @@ EVENT_WRITE = selectors.EVENT_WRITE
 
 _WATCH_EVENT = int(MsgType.WATCH_EVENT)
 _pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
 
 
 class Interceptor(Protocol):
@@ -317,6 +318,17 @@ class Server:
             self._sel.register(sock, EVENT_READ, self._accept_ready)
 
     def _connection_ready(self, conn: Connection, mask: int) -> None:
+        if (
+            mask == EVENT_READ
+            and conn.out_bytes == 0
+            and conn.charge is None
+            and conn.outstanding_limit is None
+            and not conn.reader.buffered()
+            and not self.tracer.io_on
+            and conn not in self.stalled
+        ):
+            self._serve_quick(conn)
+            return
         if mask & EVENT_WRITE:
             self._flush(conn)
             if conn.closed:
@@ -332,6 +344,67 @@ class Server:
                 if conn.closed:
                     return
                 self._flush(conn)
+        if self._dirty:
+            self._flush_dirty()
+        if not conn.closed:
+            self._update_mask(conn)
+
+    def _serve_quick(self, conn: Connection) -> None:
+        """The common case in few steps: one whole request read, its reply written at once.
+
+        Only for a connection with nothing queued either way and no
+        accounting (privileged clients).  Anything else -- several or partial
+        messages, watch events, an intercepted or limit-changing type, a
+        reply the socket does not take whole -- continues on the general
+        path from where this one stopped, so the result is the same.
+        """
+        transport = conn.transport
+        data = transport.read()
+        if data is None:
+            return
+        if not data:
+            self.close_connection(conn, "closed by peer")
+            return
+        size = len(data)
+        if size >= HEADER_SIZE:
+            type_, req_id, tx_id, length = _unpack_header(data, 0)
+            if (
+                size == HEADER_SIZE + length
+                and length <= PAYLOAD_MAX
+                and type_ not in self.intercepted
+                and type_ not in _LIMIT_CHANGERS
+            ):
+                try:
+                    result = self.store.handle(conn.conn_id, type_, tx_id, data[HEADER_SIZE:])
+                except Exception:
+                    log.exception("connection %d: request type %d failed", conn.conn_id, type_)
+                    result = _INTERNAL_ERROR
+                payload = result.payload
+                length = len(payload)
+                if result.events or length > PAYLOAD_MAX:
+                    self._queue_result(conn, req_id, tx_id, result)
+                    self._flush(conn)
+                else:
+                    out = _pack_header(result.reply_type, req_id, tx_id, length) + payload
+                    try:
+                        sent = transport.write((out,))
+                    except OSError as exc:
+                        self.close_connection(conn, f"write failed: {exc}")
+                        return
+                    if sent == len(out):
+                        return  # nothing queued, nothing changed: same interest
+                    conn.queue_reply(result.reply_type, req_id, tx_id, payload)
+                    conn.consume_sent(sent)
+                if self._dirty:
+                    self._flush_dirty()
+                if not conn.closed:
+                    self._update_mask(conn)
+                return
+        conn.reader.feed(data)
+        self._process_input(conn)
+        if conn.closed:
+            return
+        self._flush(conn)
         if self._dirty:
             self._flush_dirty()
         if not conn.closed:
@@ -391,7 +464,6 @@ class Server:
         tracer = self.tracer
         refresh = False
         take = reader.take
-        queue_reply = conn.queue_reply
         intercepted = self.intercepted
         held = False
         while True:
@@ -422,11 +494,7 @@ class Server:
                 if type_ in intercepted and self._intercept(conn, batch, msg, result):
                     held = True
                     break
-                token = queue_reply(result.reply_type, req_id, tx_id, result.payload)
-                if tracer.io_on:
-                    tracer.message("OUT", conn_id, conn.domid, result.reply_type, result.payload)
-                if result.events:
-                    self._deliver(result.events, token)
+                self._queue_result(conn, req_id, tx_id, result)
                 if type_ in _LIMIT_CHANGERS:
                     refresh = True
             if held or len(batch) < allowance:
@@ -438,6 +506,33 @@ class Server:
                 return
         if refresh:
             self.refresh_limits()
+
+    def _queue_result(self, conn: Connection, req_id: int, tx_id: int, result: ResultLike) -> None:
+        """Queue the reply and the watch events of one request.
+
+        Events for the requester itself go before its reply when the store
+        says so (C queues them while it works, and the reply when done).
+        """
+        events = result.events
+        if events and getattr(result, "events_before_reply", False):
+            mine = [ev for ev in events if ev.conn_id == conn.conn_id]
+            if mine:
+                token = conn.open_request()
+                self._deliver(mine, token)
+                conn.queue_reply(
+                    result.reply_type, req_id, tx_id, result.payload, token, opened=True
+                )
+                self._deliver([ev for ev in events if ev.conn_id != conn.conn_id], token)
+                self._trace_reply(conn, result)
+                return
+        token = conn.queue_reply(result.reply_type, req_id, tx_id, result.payload)
+        self._trace_reply(conn, result)
+        if events:
+            self._deliver(events, token)
+
+    def _trace_reply(self, conn: Connection, result: ResultLike) -> None:
+        if self.tracer.io_on:
+            self.tracer.message("OUT", conn.conn_id, conn.domid, result.reply_type, result.payload)
 
     def _intercept(
         self, conn: Connection, batch: list[Message], msg: Message, result: ResultLike | None
