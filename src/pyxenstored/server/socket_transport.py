@@ -16,14 +16,16 @@ MAX_IOV = 256
 class SocketTransport:
     """A connected, non-blocking unix stream socket."""
 
-    __slots__ = ("_sock", "_recv", "_send", "_sendmsg")
+    __slots__ = ("_sock", "recv", "send", "_sendmsg")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock = sock
         # Bound methods looked up once: these are on every request's path.
-        self._recv = sock.recv
-        self._send = sock.send
+        # ``recv``/``send`` are the socket's own, for callers that handle
+        # its exceptions themselves (the loop's quick path).
+        self.recv = sock.recv
+        self.send = sock.send
         self._sendmsg = sock.sendmsg
 
     @property
@@ -39,7 +41,7 @@ class SocketTransport:
 
     def read(self) -> bytes | None:
         try:
-            return self._recv(READ_SIZE)
+            return self.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
@@ -49,7 +51,7 @@ class SocketTransport:
     def write(self, buffers: Sequence[bytes | memoryview]) -> int:
         try:
             if len(buffers) == 1:
-                return self._send(buffers[0])
+                return self.send(buffers[0])
             return self._sendmsg(buffers[:MAX_IOV])
         except (BlockingIOError, InterruptedError):
             return 0

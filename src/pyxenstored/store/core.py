@@ -62,6 +62,12 @@ from .watch import MATCH_DEPTH, MATCH_EXACT, MATCH_NODEPTH, MATCH_SUBTREE, Watch
 log = logging.getLogger("pyxenstored.store")
 
 ERROR = MsgType.ERROR
+# Reply types of the hottest operations as plain ints: an enum member costs
+# an attribute lookup through the enum class on every request.
+_READ = int(MsgType.READ)
+_DIRECTORY = int(MsgType.DIRECTORY)
+_GET_PERMS = int(MsgType.GET_PERMS)
+_WRITE = int(MsgType.WRITE)
 RELEASE_DOMAIN = "@releaseDomain"
 INTRODUCE_DOMAIN = "@introduceDomain"
 
@@ -194,6 +200,9 @@ class Store:
         self._watch_seq = 0
         self._retired_max = [0] * q.QUOTA_COUNT  # maxima of destroyed domains
         self._path_cache: dict[bytes, str] = {}
+        # Whole one-argument payloads (path and its NUL) of absolute paths
+        # that were valid, to their canonical form: the reads' quick path.
+        self._arg_cache: dict[bytes, str] = {}
         self._handlers: list[Handler | None] = [None] * TYPE_COUNT
         for msg_type, handler in (
             (MsgType.CONTROL, self.op_control),
@@ -411,6 +420,29 @@ class Store:
                 raise XsError("EINVAL", "path too long")
             dom.note_max(q.PATH_MAX, length)
         return path
+
+    def _canon_arg(self, conn: Connection, payload: bytes, allow_special: bool = False) -> str:
+        """:meth:`_canon` of a one-argument payload (EINVAL unless exactly one)."""
+        path = self._canon(conn, onearg(payload), allow_special)
+        if payload[:1] == b"/":
+            cache = self._arg_cache
+            if len(cache) >= PATH_CACHE_SIZE:
+                cache.clear()
+            cache[payload] = path
+        return path
+
+    def _quick_node(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Node | None:
+        """The node a read request names, found without the general checks.
+
+        Only where those checks cannot fail: a privileged caller outside a
+        transaction, a payload seen before as a valid absolute path, an
+        existing node.  None means "take the general path", not ENOENT.
+        """
+        if tx is None and conn.privileged:
+            path = self._arg_cache.get(payload)
+            if path is not None:
+                return self.nodes.get(path)
+        return None
 
     def _read(self, conn: Connection, tx: Transaction | None, path: str) -> Node | None:
         """The node as this request sees it (a transaction records the access)."""
@@ -806,12 +838,16 @@ class Store:
     # --- READ / DIRECTORY / GET_PERMS ----------------------------------------------
 
     def op_read(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        path = self._canon(conn, onearg(payload))
-        return Result(MsgType.READ, self._lookup(conn, tx, path, PERM_READ).value)
+        node = self._quick_node(conn, tx, payload)
+        if node is None:
+            node = self._lookup(conn, tx, self._canon_arg(conn, payload), PERM_READ)
+        return Result(_READ, node.value)
 
     def op_directory(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        path = self._canon(conn, onearg(payload))
-        return Result(MsgType.DIRECTORY, self._lookup(conn, tx, path, PERM_READ).children_payload())
+        node = self._quick_node(conn, tx, payload)
+        if node is None:
+            node = self._lookup(conn, tx, self._canon_arg(conn, payload), PERM_READ)
+        return Result(_DIRECTORY, node.children_payload())
 
     def op_directory_part(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
         if payload.count(b"\0") != 2:
@@ -848,10 +884,11 @@ class Store:
         return Result(MsgType.DIRECTORY_PART, out)
 
     def op_get_perms(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        path = self._canon(conn, onearg(payload), allow_special=True)
-        return Result(
-            MsgType.GET_PERMS, perms_payload(self._lookup(conn, tx, path, PERM_READ).perms)
-        )
+        node = self._quick_node(conn, tx, payload)
+        if node is None:
+            path = self._canon_arg(conn, payload, allow_special=True)
+            node = self._lookup(conn, tx, path, PERM_READ)
+        return Result(_GET_PERMS, perms_payload(node.perms))
 
     # --- WRITE / MKDIR / RM / SET_PERMS ---------------------------------------------
 
@@ -876,7 +913,7 @@ class Store:
             tx.queue_event(path, MATCH_SUBTREE)
         elif self.watches.count:
             self._fire(path, MATCH_SUBTREE, node, None, events)
-        return Result(MsgType.WRITE, OK, events, bool(events))
+        return Result(_WRITE, OK, events, bool(events))
 
     def op_mkdir(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
         path = self._canon(conn, onearg(payload))

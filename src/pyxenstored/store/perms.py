@@ -43,7 +43,17 @@ def perm_to_string(domid: int, bits: int) -> str:
 
 def perms_payload(perms: Perms) -> bytes:
     """GET_PERMS reply: one NUL-terminated string per entry (stale ones too)."""
-    return "".join(perm_to_string(d, b) + "\0" for d, b in perms).encode("ascii")
+    payload = _PAYLOADS.get(perms)
+    if payload is None:
+        payload = "".join(perm_to_string(d, b) + "\0" for d, b in perms).encode("ascii")
+        if len(_PAYLOADS) >= _INTERN_MAX:
+            _PAYLOADS.clear()
+        _PAYLOADS[perms] = payload
+    return payload
+
+
+# GET_PERMS replies of the lists asked for lately (few lists are common).
+_PAYLOADS: dict[Perms, bytes] = {}
 
 
 def perms_text(perms: Perms) -> str:
