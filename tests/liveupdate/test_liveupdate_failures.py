@@ -246,3 +246,26 @@ def test_version_1_to_pyxenstored_refuses_losses(lu_daemon: LuDaemon) -> None:
     assert "would lose" in reply and "depth 1 of connection" in reply
     assert c.control("live-update", "-a") == "OK"
     assert_serves_on(d, d.proc.pid)
+
+
+def test_transaction_age_counts_from_when_the_connection_last_had_none(
+    lu_daemon: LuDaemon,
+) -> None:
+    """C's ta_start_time: an earlier, finished transaction does not make a new one old."""
+    d = lu_daemon
+    a = Client.connect_socket(d.socket, timeout=10)
+    b = Client.connect_socket(d.socket, timeout=10)
+    b.start_transaction().commit()
+    time.sleep(4.0)
+    tx = b.start_transaction()
+    tx.write("/young", "1")
+    assert a.control("live-update", "-f", str(d.program)) == "OK"
+    reply = a.control("live-update", "-s", "-t", "1")
+    # Waited for the timeout (1 s, checked about once a second): the open
+    # transaction is 1-3 s old then, not the 5 s since the first one.
+    first, line = reply.split("\n")
+    assert first == "Domains with long running transactions:"
+    seconds = int(line.removeprefix("Domain 0: ").removesuffix(" s"))
+    assert 1 <= seconds < 4, reply
+    tx.commit()
+    assert b.read("/young") == b"1"

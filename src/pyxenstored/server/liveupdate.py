@@ -106,6 +106,10 @@ DOMID_INVALID = 0x7FF4
 
 _CONTROL = int(MsgType.CONTROL)
 _TX_START = int(MsgType.TRANSACTION_START)
+# Request types the interceptor sees: CONTROL always, TRANSACTION_START
+# only while a session is open (it may be held back then).
+_QUIET = frozenset({_CONTROL})
+_IN_SESSION = frozenset({_CONTROL, _TX_START})
 _OK = b"OK\0"
 
 # C's texts (lu.c / 4.17 xenstored_control.c).
@@ -182,7 +186,6 @@ class LiveUpdate:
         # The partial first output message of a restored connection.
         self._fragments: dict[int, bytes] = {}
         # Start of the oldest open transaction, per connection (C's ta_start_time).
-        self._tx_start: dict[int, float] = {}
         self._current: tuple[Connection, int, int] | None = None
         self._deferred = False
         self.ring_restorer: RingRestorer | None = None
@@ -194,7 +197,8 @@ class LiveUpdate:
     def install(self, hooks: ServerControlHooks) -> None:
         """Hook into the server (interceptor, ticker) and the CONTROL hooks."""
         self.server.interceptor = self
-        self.server.intercepted = frozenset({_CONTROL, _TX_START})
+        # TRANSACTION_START only while a session holds new transactions back.
+        self.server.intercepted = _QUIET
         self.server.ticker = self.tick
         hooks.live_updater = self.control
 
@@ -218,8 +222,6 @@ class LiveUpdate:
         self, conn: Connection, type_: int, req_id: int, tx_id: int, result: ResultLike
     ) -> bool:
         if type_ == _TX_START:
-            if result.reply_type == _TX_START:
-                self._tx_start.setdefault(conn.conn_id, time.monotonic())
             return False
         self._current = None
         deferred, self._deferred = self._deferred, False
@@ -271,6 +273,7 @@ class LiveUpdate:
         if not st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
             return TXT_NOT_EXECUTABLE
         self.session = Session(conn, path)
+        self.server.intercepted = _IN_SESSION
         if is_pyxenstored(path):
             # Started now, so that its start-up is not part of the blackout;
             # it reads the dump from a pipe while it is being written.
@@ -328,6 +331,7 @@ class LiveUpdate:
         if self.session is not None and self.session.checker is not None:
             self.session.checker.cancel()
         self.session = None
+        self.server.intercepted = _QUIET
         for conn in list(self.server.stalled):
             self.server.release(conn)
 
@@ -354,7 +358,7 @@ class LiveUpdate:
         if session.start is None:
             return timeout if timeout is not None and timeout < 1.0 else 1.0
         now = time.monotonic()
-        verdict = self._transactions_verdict(session, now)
+        verdict = self._transactions_verdict(session)
         if verdict is None:
             self._switch(session)
             return 0.0
@@ -364,17 +368,19 @@ class LiveUpdate:
         self._answer(session, verdict)
         return 0.0
 
-    def _transactions_verdict(self, session: Session, now: float) -> str | None:
+    def _transactions_verdict(self, session: Session) -> str | None:
         """None when the update may go on; else C's reason for refusing it."""
         total = 0
         long_running = 0
         lines = []
-        for conn_id, conn in self.store.conns.items():
+        now = self.store.config.clock()  # the clock of the connections' busy_since
+        for conn in self.store.conns.values():
             if not conn.transactions:
-                self._tx_start.pop(conn_id, None)
                 continue
             total += 1
-            age = now - self._tx_start.setdefault(conn_id, now)
+            if not conn.busy_since:
+                conn.busy_since = now  # restored transactions: from now on
+            age = now - conn.busy_since
             if age >= session.timeout:
                 long_running += 1
                 lines.append(f"Domain {conn.domid}: {int(age)} s")

@@ -14,6 +14,7 @@ through :meth:`Store._read` and the ``_write_*`` helpers.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -130,6 +131,8 @@ class StoreConfig:
     quota: q.QuotaTable = field(default_factory=q.QuotaTable)
     # Domids the "hypervisor" knows besides priv_domid and store_domid.
     existing_domids: frozenset[int] = frozenset()
+    # Read when a connection opens its first transaction (no I/O: a clock).
+    clock: Callable[[], float] = time.monotonic
 
 
 class Connection:
@@ -145,6 +148,7 @@ class Connection:
         "transactions",
         "next_tx_id",
         "domain",
+        "busy_since",
     )
 
     def __init__(
@@ -160,6 +164,9 @@ class Connection:
         self.next_tx_id = 1
         # Socket connections have no domain record: no quota, all features.
         self.domain: Domain | None = None
+        # Clock reading when the connection last went from no transaction to
+        # one (C's ta_start_time); 0.0 when unknown (restored transactions).
+        self.busy_since = 0.0
 
     @property
     def features(self) -> int:
@@ -546,16 +553,20 @@ class Store:
         if changed:
             node.perms = intern_perms(tuple(out))
 
+    def _stamp(self, node: Node) -> None:
+        """Give a written node its generation (a run of unobserved writes shares one)."""
+        if self._gen_last is None:
+            self.generation += 1
+        node.gen = self.generation
+        self._gen_last = node
+
     def _account_write(self, path: str, node: Node, before: tuple[int, int] | None) -> None:
         """Install ``node`` at ``path`` in the committed tree with a fresh generation.
 
         ``before`` is (owner, memory) of the node this replaces, None for a
         new node; counters of the owning domains follow.
         """
-        if self._gen_last is None:
-            self.generation += 1
-        node.gen = self.generation
-        self._gen_last = node
+        self._stamp(node)
         self.nodes[path] = node
         owner = node.perms[0][0]
         mem = node.memory(path)
@@ -619,10 +630,7 @@ class Store:
     def _tx_written(self, tx: Transaction, path: str, node: Node) -> None:
         """A node copy changed inside a transaction: it gets a fresh generation, as in C."""
         tx.modified.add(path)
-        if self._gen_last is None:
-            self.generation += 1
-        node.gen = self.generation
-        self._gen_last = node
+        self._stamp(node)
 
     def _modify(
         self, conn: Connection, tx: Transaction | None, path: str, node: Node, value: bytes
@@ -635,10 +643,14 @@ class Store:
             node.value = value
             self._tx_written(tx, path, node)
             return
-        before = (node.perms[0][0], node.memory(path))
+        # Same node, same owner, same permission count: only the value's
+        # length changes what the owner is charged.
+        grow = len(value) - len(node.value)
         node.value = value
         self._persist_stale(node)
-        self._account_write(path, node, before)
+        self._stamp(node)
+        if grow:
+            self._domain(node.perms[0][0]).add(q.MEMORY, grow)
 
     def _create(self, conn: Connection, tx: Transaction | None, path: str, value: bytes) -> None:
         """Create ``path`` and its missing ancestors (C's ``create_node``)."""
@@ -1088,6 +1100,8 @@ class Store:
         while tx_id == 0 or tx_id in conn.transactions:
             tx_id = (tx_id + 1) & 0xFFFFFFFF
         conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
+        if not conn.transactions:
+            conn.busy_since = self.config.clock()
         self.observe_generation()
         self.generation += 1
         conn.transactions[tx_id] = Transaction(tx_id, conn.conn_id, self.generation)
