@@ -1,4 +1,4 @@
-"""The event loop: one thread, one ``selectors`` selector, every fd.
+"""The event loop: one thread, one poller (selectors' model over epoll), every fd.
 
 :class:`Server` accepts unix-socket clients, reads whatever each connection
 has, hands complete requests to the store one at a time, queues replies
@@ -17,7 +17,6 @@ import contextlib
 import errno
 import logging
 import os
-import selectors
 import signal
 import socket
 import time
@@ -28,6 +27,7 @@ from typing import Protocol
 from pyxenstored.server.connection import Charge, Connection, PendingRequest
 from pyxenstored.server.framing import Message, MessageReader, OversizedMessage
 from pyxenstored.server.log import Tracer
+from pyxenstored.server.poller import EVENT_READ, EVENT_WRITE, Poller
 from pyxenstored.server.socket_transport import READ_SIZE, SocketTransport, listen_unix
 from pyxenstored.server.storeapi import EventLike, ResultLike, StoreLike
 from pyxenstored.server.transport import Transport
@@ -35,8 +35,6 @@ from pyxenstored.wire import HEADER, HEADER_SIZE, PAYLOAD_MAX, MsgType
 
 log = logging.getLogger("pyxenstored.server")
 
-EVENT_READ = selectors.EVENT_READ
-EVENT_WRITE = selectors.EVENT_WRITE
 
 _WATCH_EVENT = int(MsgType.WATCH_EVENT)
 _pack_header = HEADER.pack
@@ -105,7 +103,7 @@ class Server:
         self.store = store
         self.config = config or ServerConfig()
         self.tracer = tracer or Tracer()
-        self._sel = selectors.DefaultSelector()
+        self._sel: Poller[Connection | Callable[[int], None]] = Poller()
         self._conns: dict[int, Connection] = {}
         self._masks: dict[int, int] = {}
         self._listeners: list[tuple[socket.socket, str, tuple[int, int]]] = []
@@ -125,12 +123,24 @@ class Server:
         # ``ticker(timeout)`` runs once per loop iteration and may shorten
         # the wait.
         self.interceptor: Interceptor | None = None
-        self.intercepted: frozenset[int] = frozenset()
+        self._intercepted: frozenset[int] = frozenset()
+        # Types the quick path leaves to the general one (see _serve_quick).
+        self._not_quick = _LIMIT_CHANGERS
         self.stalled: set[Connection] = set()
         self.ticker: Callable[[float | None], float | None] | None = None
         # Called at the end of every loop turn (rings re-check guests held
         # back by their memory quota, as C does on every main-loop pass).
         self.after_turn: list[Callable[[], None]] = []
+
+    @property
+    def intercepted(self) -> frozenset[int]:
+        """Request types the interceptor sees before and after the store."""
+        return self._intercepted
+
+    @intercepted.setter
+    def intercepted(self, types: frozenset[int]) -> None:
+        self._intercepted = types
+        self._not_quick = types | _LIMIT_CHANGERS
 
     # --- set-up --------------------------------------------------------------
 
@@ -271,9 +281,8 @@ class Server:
 
     def run_once(self, timeout: float | None = None) -> None:
         """Wait for readiness once and handle everything that is ready."""
-        for key, mask in self._sel.select(timeout):
-            target = key.data
-            if target.__class__ is Connection:
+        for target, mask in self._sel.poll(timeout):
+            if isinstance(target, Connection):
                 self._connection_ready(target, mask)
             else:
                 target(mask)
@@ -359,11 +368,11 @@ class Server:
         path from where this one stopped, so the result is the same.
         """
         transport = conn.transport
-        if transport.__class__ is SocketTransport:
-            # The socket's own methods: a call level less on every request.
-            assert isinstance(transport, SocketTransport)
+        # A socket's own methods save a call level on every request.
+        sock = transport if isinstance(transport, SocketTransport) else None
+        if sock is not None:
             try:
-                data = transport.recv(READ_SIZE)
+                data = sock.recv(READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -382,8 +391,7 @@ class Server:
             if (
                 size == HEADER_SIZE + length
                 and length <= PAYLOAD_MAX
-                and type_ not in self.intercepted
-                and type_ not in _LIMIT_CHANGERS
+                and type_ not in self._not_quick
             ):
                 try:
                     result = self.store.handle(conn.conn_id, type_, tx_id, data[HEADER_SIZE:])
@@ -398,11 +406,7 @@ class Server:
                 else:
                     out = _pack_header(result.reply_type, req_id, tx_id, length) + payload
                     try:
-                        if transport.__class__ is SocketTransport:
-                            assert isinstance(transport, SocketTransport)
-                            sent = transport.send(out)
-                        else:
-                            sent = transport.write((out,))
+                        sent = sock.send(out) if sock is not None else transport.write((out,))
                     except (BlockingIOError, InterruptedError):
                         sent = 0
                     except OSError as exc:

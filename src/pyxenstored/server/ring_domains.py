@@ -45,7 +45,8 @@ import os
 from pyxenstored.ringpage import RingPage
 from pyxenstored.server.connection import Connection
 from pyxenstored.server.hypervisor import DomainInfo, Hypervisor
-from pyxenstored.server.loop import EVENT_READ, EVENT_WRITE, Server
+from pyxenstored.server.loop import Server
+from pyxenstored.server.poller import EVENT_READ, EVENT_WRITE
 from pyxenstored.server.ring_transport import RingTransport
 from pyxenstored.server.transport import Transport
 from pyxenstored.store import Store
