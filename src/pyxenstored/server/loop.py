@@ -281,9 +281,21 @@ class Server:
 
     def run_once(self, timeout: float | None = None) -> None:
         """Wait for readiness once and handle everything that is ready."""
+        stalled = self.stalled
         for target, mask in self._sel.poll(timeout):
             if isinstance(target, Connection):
-                self._connection_ready(target, mask)
+                if (
+                    mask == EVENT_READ
+                    and target.out_bytes == 0
+                    and target.charge is None
+                    and target.outstanding_limit is None
+                    and not target.reader.buffered()
+                    and target not in stalled
+                    and not self.tracer.io_on
+                ):
+                    self._serve_quick(target)
+                else:
+                    self._connection_ready(target, mask)
             else:
                 target(mask)
         if self._woken:
@@ -327,17 +339,6 @@ class Server:
             self._sel.register(sock, EVENT_READ, self._accept_ready)
 
     def _connection_ready(self, conn: Connection, mask: int) -> None:
-        if (
-            mask == EVENT_READ
-            and conn.out_bytes == 0
-            and conn.charge is None
-            and conn.outstanding_limit is None
-            and not conn.reader.buffered()
-            and not self.tracer.io_on
-            and conn not in self.stalled
-        ):
-            self._serve_quick(conn)
-            return
         if mask & EVENT_WRITE:
             self._flush(conn)
             if conn.closed:
@@ -361,8 +362,9 @@ class Server:
     def _serve_quick(self, conn: Connection) -> None:
         """The common case in few steps: one whole request read, its reply written at once.
 
-        Only for a connection with nothing queued either way and no
-        accounting (privileged clients).  Anything else -- several or partial
+        Only for a connection that is only readable, has nothing queued
+        either way, no accounting (privileged clients), is not stalled, and
+        while nothing is traced (see :meth:`run_once`).  Anything else -- several or partial
         messages, watch events, an intercepted or limit-changing type, a
         reply the socket does not take whole -- continues on the general
         path from where this one stopped, so the result is the same.
