@@ -349,11 +349,21 @@ class Server:
                 if not data:
                     self.close_connection(conn, "closed by peer")
                     return
-                conn.reader.feed(data)
-                self._process_input(conn)
-                if conn.closed:
-                    return
-                self._flush(conn)
+                self._take_input(conn, data)
+                return
+        self._after_io(conn)
+
+    def _take_input(self, conn: Connection, data: bytes) -> None:
+        """Buffer ``data``, run the requests it completes, send what is ready."""
+        conn.reader.feed(data)
+        self._process_input(conn)
+        if conn.closed:
+            return
+        self._flush(conn)
+        self._after_io(conn)
+
+    def _after_io(self, conn: Connection) -> None:
+        """Send events queued for others meanwhile; watch ``conn`` for what it needs now."""
         if self._dirty:
             self._flush_dirty()
         if not conn.closed:
@@ -418,20 +428,9 @@ class Server:
                         return  # nothing queued, nothing changed: same interest
                     conn.queue_reply(result.reply_type, req_id, tx_id, payload)
                     conn.consume_sent(sent)
-                if self._dirty:
-                    self._flush_dirty()
-                if not conn.closed:
-                    self._update_mask(conn)
+                self._after_io(conn)
                 return
-        conn.reader.feed(data)
-        self._process_input(conn)
-        if conn.closed:
-            return
-        self._flush(conn)
-        if self._dirty:
-            self._flush_dirty()
-        if not conn.closed:
-            self._update_mask(conn)
+        self._take_input(conn, data)
 
     def service(self, conn: Connection, mask: int) -> None:
         """Serve ``conn`` as if its transport were ready for ``mask``.
