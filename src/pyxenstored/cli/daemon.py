@@ -247,15 +247,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 updater.restore()
             except RestoreError as exc:
                 return _fail(f"live update restore failed: {exc}")
-        else:
-            try:
-                server.listen(sock_path)
-            except OSError as exc:
-                return _fail(f"cannot listen on {sock_path}: {exc}")
         if rings is not None:
             rings.adopt_inherited_evtchn(updater.evtchn_fd)
             updater.evtchn_fd = rings.evtchn_fd
             rings.start(auto_introduce=not args.live_update)
+        if not args.live_update:
+            # Last: whoever waits for the socket file finds the rings served too.
+            try:
+                server.listen(sock_path)
+            except OSError as exc:
+                return _fail(f"cannot listen on {sock_path}: {exc}")
         DomainState(server, store, rundir, rings).install(hooks)
         server.install_signal_handlers()
         server.run(on_ready=lambda: _announce(sock_path))
