@@ -5,7 +5,8 @@ the watch index, the generation counter) and what all operations build on:
 validating request paths, finding a node as a request sees it (committed
 tree or a :class:`~.transaction.Transaction` overlay), permission checks,
 generations, and the accounting of the committed tree against the quota.
-The protocol operations build on this class (:class:`~.core.Store`).
+The protocol operations live in mixins over this class (``*_ops.py``,
+``node_write.py``); :class:`~.core.Store` puts them together.
 
 Also here: what a request produces (:class:`Result`, :class:`Event`) and
 the store's start-up settings (:class:`StoreConfig`).

@@ -14,62 +14,42 @@ through :meth:`Store._read` and the ``_write_*`` helpers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from zlib import crc32
 
 from ..wire import (
-    DOMID_ANY,
     DOMID_SELF,
-    FEATURE_DOMID_ANY,
-    FEATURE_WATCHDEPTH,
     OK,
     PAYLOAD_MAX,
     TYPE_COUNT,
     MsgType,
     XsError,
-    basename,
     c_atoi,
     onearg,
-    parent_of,
     parse_domid,
     split_strings,
 )
 from . import control as ctl
 from . import quota as q
 from .base import (
-    ANY_GENERATION,
     INTRODUCE_DOMAIN,
     RELEASE_DOMAIN,
     Event,
     Result,
-    StoreBase,
     StoreConfig,
 )
 from .connection import Connection
 from .domain import Domain, DomainHooks
 from .features import feature_reply, parse_feature_value
 from .node import Node, child_path
+from .node_ops import NodeOps
 from .perms import (
-    PERM_IGNORE,
-    PERM_OWNER,
-    PERM_READ,
-    PERM_WRITE,
-    Perms,
     intern_perms,
-    parse_perm,
-    perms_payload,
 )
 from .transaction import Transaction
-from .watch import MATCH_DEPTH, MATCH_EXACT, MATCH_NODEPTH, MATCH_SUBTREE, Watch
+from .watch import MATCH_NODEPTH
 
 __all__ = ["Connection", "Event", "Result", "Store", "StoreConfig"]
 
 ERROR = MsgType.ERROR
-# Reply types of the hottest operations as plain ints: an enum member costs
-# an attribute lookup through the enum class on every request.
-_READ = int(MsgType.READ)
-_DIRECTORY = int(MsgType.DIRECTORY)
-_GET_PERMS = int(MsgType.GET_PERMS)
-_WRITE = int(MsgType.WRITE)
 
 # Types only a privileged connection may send (digest 2.2).
 PRIVILEGED_TYPES = frozenset(
@@ -91,7 +71,7 @@ _TX_IGNORED = frozenset({MsgType.WATCH, MsgType.UNWATCH})
 Handler = Callable[[Connection, "Transaction | None", bytes], Result]
 
 
-class Store(StoreBase):
+class Store(NodeOps):
     """The Xenstore database and its protocol operations."""
 
     def __init__(
@@ -243,452 +223,7 @@ class Store(StoreBase):
             return Result(ERROR, b"E2BIG\0", result.events, result.events_before_reply)
         return result
 
-    # --- node writes (committed or in a transaction) -----------------------------
-
-    def _tx_written(self, tx: Transaction, path: str, node: Node) -> None:
-        """A node copy changed inside a transaction: it gets a fresh generation, as in C."""
-        tx.modified.add(path)
-        self._stamp(node)
-
-    def _modify(
-        self, conn: Connection, tx: Transaction | None, path: str, node: Node, value: bytes
-    ) -> None:
-        """Give an existing node a new value."""
-        if conn.limited is not None:
-            self._check_node_size(conn, node.size() - len(node.value) + len(value))
-            self._check_memory(conn, node.owner, len(value) - len(node.value))
-        if tx is not None:
-            node.value = value
-            self._tx_written(tx, path, node)
-            return
-        # Same node, same owner, same permission count: only the value's
-        # length changes what the owner is charged.
-        grow = len(value) - len(node.value)
-        node.value = value
-        self._persist_stale(node)
-        self._stamp(node)
-        if grow:
-            self._domain(node.perms[0][0]).add(q.MEMORY, grow)
-
-    def _create(self, conn: Connection, tx: Transaction | None, path: str, value: bytes) -> None:
-        """Create ``path`` and its missing ancestors (C's ``create_node``)."""
-        missing = [path]
-        parent_path = parent_of(path)
-        parent = self._read(conn, tx, parent_path)
-        while parent is None:
-            missing.append(parent_path)
-            parent_path = parent_of(parent_path)
-            parent = self._read(conn, tx, parent_path)
-        perms = parent.perms
-        if not conn.privileged:
-            perms = intern_perms(((conn.domid, perms[0][1]),) + perms[1:])
-        count = len(missing)
-        dom = conn.limited
-        if dom is not None:
-            # C checks each new node against the committed count only (not
-            # what this request or transaction adds): the commit re-checks.
-            if q.exceeds(dom.quota.hard(q.NODES), dom.usage[q.NODES] + 1):
-                raise XsError("ENOSPC", "nodes quota")
-            fixed = 16 + 8 * len(perms)
-            self._check_node_size(conn, fixed + len(value))
-            for child in missing[:-1]:
-                self._check_node_size(conn, fixed + len(basename(child)) + 1)
-            top = basename(missing[-1])
-            self._check_node_size(conn, parent.size() + len(top) + 1)
-            new_mem = sum(fixed + len(p) for p in missing) + len(value)
-            new_mem += sum(len(basename(p)) + 1 for p in missing[:-1])
-            self._check_memory(conn, conn.domid, new_mem)
-            self._check_memory(conn, parent.owner, len(top) + 1)
-        # Build bottom-up like C: the leaf first, the existing parent last.
-        created: list[tuple[str, Node]] = []
-        child_name: str | None = None
-        for p in missing:
-            node = Node(value if p == path else b"", perms, 0)
-            if child_name is not None:
-                node.add_child(child_name)
-            created.append((p, node))
-            child_name = basename(p)
-        assert child_name is not None
-        if tx is not None:
-            for p, node in created:
-                tx.nodes[p] = node
-                self._tx_written(tx, p, node)
-            parent.add_child(child_name)
-            self._tx_written(tx, parent_path, parent)
-            owner = perms[0][0]
-            tx.node_delta[owner] = tx.node_delta.get(owner, 0) + count
-            return
-        for p, node in created:
-            self._account_write(p, node, None)
-        before = (parent.perms[0][0], parent.memory(parent_path))
-        parent.add_child(child_name)
-        self._persist_stale(parent)
-        self._account_write(parent_path, parent, before)
-
-    def _subtree_postorder(
-        self, conn: Connection, tx: Transaction | None, path: str, node: Node
-    ) -> list[tuple[str, Node]]:
-        """``path`` and its descendants, children before parents, siblings in order."""
-        out: list[tuple[str, Node]] = []
-        stack: list[tuple[str, Node, list[str]]] = [(path, node, list(node.children))]
-        while stack:
-            p, n, pending = stack[-1]
-            if pending:
-                name = pending.pop(0)
-                cp = child_path(p, name)
-                cn = self._read(conn, tx, cp)
-                if cn is not None:
-                    stack.append((cp, cn, list(cn.children)))
-            else:
-                stack.pop()
-                out.append((p, n))
-        return out
-
-    def _remove(
-        self,
-        conn: Connection | None,
-        tx: Transaction | None,
-        path: str,
-        node: Node,
-        events: list[Event],
-    ) -> None:
-        """Delete ``path`` with its subtree; events as in digest 4.2."""
-        parent_path = parent_of(path)
-        if conn is None:
-            parent = self.nodes[parent_path]
-            subtree = self._subtree_postorder(self._system_conn(), None, path, node)
-        else:
-            maybe_parent = self._read(conn, tx, parent_path)
-            if maybe_parent is None:
-                raise XsError("EINVAL", "parent missing")
-            parent = maybe_parent
-            subtree = self._subtree_postorder(conn, tx, path, node)
-        for p, n in subtree:
-            mode = MATCH_SUBTREE if p == path else MATCH_EXACT
-            if tx is not None:
-                tx.nodes[p] = None
-                tx.modified.add(p)
-                owner = n.perms[0][0]
-                tx.node_delta[owner] = tx.node_delta.get(owner, 0) - 1
-                tx.queue_event(p, mode)
-            else:
-                self._account_delete(p, n)
-                self._fire(p, mode, n, None, events)
-        name = basename(path)
-        if tx is not None:
-            if name not in parent.children:
-                # The transaction's copy of the parent predates the child (created
-                # outside since): C's delete_child fails so.  The commit is doomed.
-                raise XsError("EIO", "child missing from the transaction's parent copy")
-            parent.remove_child(name)
-            self._tx_written(tx, parent_path, parent)
-            return
-        before = (parent.perms[0][0], parent.memory(parent_path))
-        parent.remove_child(name)
-        self._account_write(parent_path, parent, before)
-
-    def _system_conn(self) -> Connection:
-        return Connection(-1, self.config.priv_domid, True, True, 0)
-
-    # --- watch events ---------------------------------------------------------------
-
-    def _watch_permitted(
-        self, conn: Connection, path: str, node: Node | None, old_perms: Perms | None
-    ) -> bool:
-        """C's ``watch_permitted`` (digest 4.4).
-
-        Privileged watchers pass whenever the node can be found; a node gone
-        by the time of firing (removed in a committed transaction) reaches
-        nobody, as in C.
-        """
-        if conn.privileged and (node is not None or old_perms is not None or path in self.nodes):
-            return True
-        if old_perms is not None:
-            gen = node.gen if node is not None else ANY_GENERATION
-            if self._perm(conn, old_perms, gen) & PERM_READ:
-                return True
-        if node is None:
-            node = self.nodes.get(path)
-            if node is None:
-                return False
-        if self._perm(conn, node.perms, node.gen) & PERM_READ:
-            return True
-        parent = self.nodes.get(parent_of(path))
-        return parent is not None and bool(self._perm(conn, parent.perms, parent.gen) & PERM_READ)
-
-    def _fire(
-        self,
-        path: str,
-        mode: int,
-        node: Node | None,
-        old_perms: Perms | None,
-        events: list[Event],
-        *,
-        perm_path: str | None = None,
-    ) -> None:
-        """Add the events an change of ``path`` causes to ``events``."""
-        if not self.watches.count:
-            return
-        matches = self.watches.matches(path, mode)
-        if not matches:
-            return
-        permitted: dict[int, bool] = {}
-        check_path = path if perm_path is None else perm_path
-        limit = PAYLOAD_MAX - 2
-        for w in matches:
-            ok = permitted.get(w.conn_id)
-            if ok is None:
-                wc = self.conns[w.conn_id]
-                # Even privileged watchers miss nodes gone by the time of firing (C).
-                ok = self._watch_permitted(wc, check_path, node, old_perms)
-                permitted[w.conn_id] = ok
-            if ok:
-                epath = w.event_path(path)
-                if len(epath) + len(w.token) <= limit:  # longer events are dropped, as in C
-                    events.append(Event(w.conn_id, epath, w.token))
-
-    def _fire_special(
-        self,
-        name: str,
-        domid: int,
-        events: list[Event],
-        *,
-        nodomid: bool = True,
-        withdomid: bool = True,
-    ) -> None:
-        """Events of special node ``name`` about ``domid`` (digest 4.3)."""
-        node = self.nodes.get(name)
-        if node is None:
-            return
-        if nodomid:
-            self._fire(name, MATCH_NODEPTH, node, None, events)
-        if withdomid:
-            self._fire(f"{name}/{domid}", MATCH_DEPTH, node, None, events, perm_path=name)
-
-    # --- READ / DIRECTORY / GET_PERMS ----------------------------------------------
-
-    def op_read(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        node = self._quick_node(conn, tx, payload)
-        if node is None:
-            node = self._lookup(conn, tx, self._canon_arg(conn, payload), PERM_READ)
-        return Result(_READ, node.value)
-
-    def op_directory(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        node = self._quick_node(conn, tx, payload)
-        if node is None:
-            node = self._lookup(conn, tx, self._canon_arg(conn, payload), PERM_READ)
-        return Result(_DIRECTORY, node.children_payload())
-
-    def op_directory_part(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        if payload.count(b"\0") != 2:
-            raise XsError("EINVAL", "DIRECTORY_PART needs path and offset")
-        raw, offset_raw, _ = payload.split(b"\0")
-        path = self._canon(conn, raw)
-        node = self._lookup(conn, tx, path, PERM_READ)
-        offset = c_atoi(offset_raw) & 0xFFFFFFFF  # C keeps it in an unsigned int
-        self.observe_generation()
-        # The client compares this token between the parts of one listing of one
-        # node.  C's generation is unique per write; ours is shared by a run of
-        # unobserved writes, so the path is mixed in to keep the tokens of two
-        # nodes apart as C's are; the node's generation still changes it.
-        gen = b"%d\0" % ((node.gen & 0xFFFFFFFF) << 32 | crc32(path.encode()))
-        children = node.children_payload()
-        if offset >= len(children):
-            return Result(MsgType.DIRECTORY_PART, gen + b"\0")
-        maxlen = PAYLOAD_MAX - len(gen) - 1
-        total = len(children)
-        length = 0
-        # Whole names only, as long as they fit (C's send_directory_part).
-        while True:
-            start = offset + length
-            name_len = children.find(b"\0", start) - start
-            if length + name_len >= maxlen:
-                break
-            length += name_len + 1
-            if offset + length == total:
-                break
-        end = offset + length
-        out = gen + children[offset:end]
-        if end == total:
-            out += b"\0"
-        return Result(MsgType.DIRECTORY_PART, out)
-
-    def op_get_perms(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        node = self._quick_node(conn, tx, payload)
-        if node is None:
-            path = self._canon_arg(conn, payload, allow_special=True)
-            node = self._lookup(conn, tx, path, PERM_READ)
-        return Result(_GET_PERMS, perms_payload(node.perms))
-
-    # --- WRITE / MKDIR / RM / SET_PERMS ---------------------------------------------
-
-    def op_write(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        nul = payload.find(b"\0")
-        if nul < 0:
-            raise XsError("EINVAL", "WRITE without path")
-        path = self._canon(conn, payload[:nul])
-        value = payload[nul + 1 :]
-        node: Node | None
-        try:
-            node = self._lookup(conn, tx, path, PERM_WRITE)
-        except XsError as err:
-            if err.name != "ENOENT":
-                raise
-            self._create(conn, tx, path, value)
-            node = None
-        else:
-            self._modify(conn, tx, path, node, value)
-        events: list[Event] = []
-        if tx is not None:
-            tx.queue_event(path, MATCH_SUBTREE)
-        elif self.watches.count:
-            self._fire(path, MATCH_SUBTREE, node, None, events)
-        return Result(_WRITE, OK, events, bool(events))
-
-    def op_mkdir(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        path = self._canon(conn, onearg(payload))
-        events: list[Event] = []
-        try:
-            self._lookup(conn, tx, path, PERM_WRITE)
-        except XsError as err:
-            if err.name != "ENOENT":
-                raise
-            self._create(conn, tx, path, b"")
-            if tx is not None:
-                tx.queue_event(path, MATCH_SUBTREE)
-            else:
-                self._fire(path, MATCH_SUBTREE, None, None, events)
-        return Result(MsgType.MKDIR, OK, events, bool(events))
-
-    def op_rm(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        path = self._canon(conn, onearg(payload))
-        try:
-            node = self._lookup(conn, tx, path, PERM_WRITE)
-        except XsError as err:
-            if err.name != "ENOENT":
-                raise
-            # Removing what is not there is fine when its parent exists.
-            if self._read(conn, tx, parent_of(path)) is not None:
-                return Result(MsgType.RM, OK)
-            raise
-        if path == "/":
-            raise XsError("EINVAL", "cannot remove /")
-        events: list[Event] = []
-        self._remove(conn, tx, path, node, events)
-        return Result(MsgType.RM, OK, events, bool(events))
-
-    def _parse_perms(self, conn: Connection, strings: list[bytes]) -> Perms:
-        """Parse SET_PERMS entries and flag stale ones (C's ``domain_alloc_permrefs``)."""
-        out: list[tuple[int, int]] = []
-        for raw in strings:
-            out.append(parse_perm(raw))
-        features = conn.features
-        for i, (domid, bits) in enumerate(out):
-            if domid == DOMID_ANY:
-                if not features & FEATURE_DOMID_ANY:
-                    out[i] = (domid, bits | PERM_IGNORE)
-            elif domid not in self.domains:
-                if self.domain_exists(domid):
-                    self._domain(domid)
-                else:
-                    out[i] = (domid, bits | PERM_IGNORE)
-        return intern_perms(tuple(out))
-
-    def op_set_perms(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        count = payload.count(b"\0")
-        if count < 2:
-            raise XsError("EINVAL", "SET_PERMS needs a permission")
-        nperms = count - 1
-        dom = conn.limited
-        if dom is not None:
-            if q.exceeds(dom.quota.hard(q.NODE_PERMISSIONS), nperms):
-                raise XsError("ENOSPC", "node-permissions quota")
-            dom.note_max(q.NODE_PERMISSIONS, nperms)
-        strings = split_strings(payload)
-        perms = self._parse_perms(conn, strings[1 : 1 + nperms])
-        if perms[0][1] & PERM_IGNORE:
-            raise XsError("ENOENT", "owner does not exist")
-        path = self._canon(conn, strings[0], allow_special=True)
-        node = self._lookup(conn, tx, path, PERM_WRITE | PERM_OWNER)
-        if not conn.privileged and perms[0][0] != node.perms[0][0]:
-            raise XsError("EPERM", "only privileged callers change the owner")
-        if dom is not None:
-            new_size = node.size() + 8 * (len(perms) - len(node.perms))
-            self._check_node_size(conn, new_size)
-            self._check_memory(conn, perms[0][0], 8 * (len(perms) - len(node.perms)))
-        old_perms = node.perms
-        events: list[Event] = []
-        if tx is not None:
-            old_owner, new_owner = old_perms[0][0], perms[0][0]
-            if old_owner != new_owner:
-                tx.node_delta[old_owner] = tx.node_delta.get(old_owner, 0) - 1
-                tx.node_delta[new_owner] = tx.node_delta.get(new_owner, 0) + 1
-            node.perms = perms
-            self._tx_written(tx, path, node)
-            tx.queue_event(path, MATCH_SUBTREE)
-        else:
-            before = (old_perms[0][0], node.memory(path))
-            node.perms = perms
-            self._persist_stale(node)
-            self._account_write(path, node, before)
-            self._fire(path, MATCH_SUBTREE, node, old_perms, events)
-        return Result(MsgType.SET_PERMS, OK, events, bool(events))
-
     # --- watches -------------------------------------------------------------------
-
-    def op_watch(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        parts = split_strings(payload)
-        depth = -1
-        if len(parts) == 3 and conn.features & FEATURE_WATCHDEPTH:
-            depth = c_atoi(parts[2])
-            if depth < 0:
-                raise XsError("EINVAL", "negative watch depth")
-        elif len(parts) != 2:
-            raise XsError("EINVAL", "WATCH needs path and token")
-        raw, token = parts[0], parts[1]
-        relative = not raw.startswith((b"/", b"@"))
-        path = self._canon(conn, raw, allow_special=True)
-        if (path, token) in conn.watches:
-            raise XsError("EEXIST", "watch exists")
-        dom = conn.domain
-        if dom is not None:
-            if conn.limited is not None and q.exceeds(
-                dom.quota.hard(q.WATCHES), dom.usage[q.WATCHES] + 1
-            ):
-                raise XsError("ENOSPC", "watches quota")
-            self._check_memory(conn, conn.domid, len(path) + len(token))
-        self._watch_seq += 1
-        prefix = len(f"/local/domain/{conn.domid}/") if relative else 0
-        watch = Watch(conn.conn_id, conn.seq, self._watch_seq, path, token, depth, prefix)
-        conn.watches[(path, token)] = watch
-        self.watches.add(watch)
-        if dom is not None:
-            dom.add(q.WATCHES, 1)
-            dom.add(q.MEMORY, len(path) + len(token))
-        # The initial event follows the OK and is not permission checked.
-        return Result(MsgType.WATCH, OK, [Event(conn.conn_id, watch.event_path(path), token)])
-
-    def _unregister_watch(self, conn: Connection, watch: Watch) -> None:
-        del conn.watches[(watch.path, watch.token)]
-        self.watches.remove(watch)
-        if conn.domain is not None:
-            conn.domain.add(q.WATCHES, -1)
-            conn.domain.add(q.MEMORY, -(len(watch.path) + len(watch.token)))
-
-    def op_unwatch(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        parts = split_strings(payload)
-        if len(parts) != 2:
-            raise XsError("EINVAL", "UNWATCH needs path and token")
-        path = self._canon(conn, parts[0], allow_special=True)
-        watch = conn.watches.get((path, parts[1]))
-        if watch is None:
-            raise XsError("ENOENT", "no such watch")
-        self._unregister_watch(conn, watch)
-        return Result(MsgType.UNWATCH, OK)
-
-    def _drop_watches(self, conn: Connection) -> None:
-        for watch in list(conn.watches.values()):
-            self._unregister_watch(conn, watch)
 
     def _drop_transactions(self, conn: Connection) -> None:
         if conn.domain is not None and conn.transactions:
