@@ -6,36 +6,37 @@ operation raises ``wire.XsError`` for a protocol error, and ``handle``
 turns it into an ERROR reply.  Watch events come back in the
 :class:`Result`, addressed to connection ids.
 
+The operations come from one mixin per group over
+:class:`~.base.StoreBase` (the shared state, node access and accounting):
+
+* :mod:`.node_ops` (with :mod:`.node_write`) — READ, WRITE, MKDIR, RM,
+  DIRECTORY, DIRECTORY_PART, GET_PERMS, SET_PERMS;
+* :mod:`.watch_ops` — WATCH, UNWATCH, firing watch events;
+* :mod:`.transaction_ops` — TRANSACTION_START, TRANSACTION_END, commit;
+* :mod:`.domain_ops` — INTRODUCE, RELEASE, RESUME, SET_TARGET,
+  GET_DOMAIN_PATH, IS_DOMAIN_INTRODUCED, domains going away;
+* :mod:`.feature_quota_ops` — GET/SET_FEATURE, GET/SET_QUOTA;
+* :mod:`.control_ops` — CONTROL and the consistency check.
+
+Here: the dispatch table, the connections' life cycle and RESET_WATCHES.
 Node operations work either on the committed tree (``tx is None``) or on a
 :class:`~.transaction.Transaction` overlay; the same code path serves both
-through :meth:`Store._read` and the ``_write_*`` helpers.
+through :meth:`~.base.StoreBase._read` and :mod:`.node_write`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..wire import (
-    OK,
-    PAYLOAD_MAX,
-    TYPE_COUNT,
-    MsgType,
-    XsError,
-    c_atoi,
-    parse_domid,
-    split_strings,
-)
+from ..wire import OK, PAYLOAD_MAX, TYPE_COUNT, MsgType, XsError
 from . import control as ctl
 from . import quota as q
-from .base import (
-    Event,
-    Result,
-    StoreConfig,
-)
+from .base import Event, Result, StoreConfig
 from .connection import Connection
+from .control_ops import ControlOps
 from .domain import DomainHooks
 from .domain_ops import DomainOps
-from .features import feature_reply, parse_feature_value
+from .feature_quota_ops import FeatureQuotaOps
 from .node_ops import NodeOps
 from .transaction import Transaction
 from .transaction_ops import TransactionOps
@@ -61,11 +62,10 @@ PRIVILEGED_TYPES = frozenset(
 )
 _TX_IGNORED = frozenset({MsgType.WATCH, MsgType.UNWATCH})
 
-
 Handler = Callable[[Connection, "Transaction | None", bytes], Result]
 
 
-class Store(NodeOps, DomainOps, TransactionOps, WatchOps):
+class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, ControlOps):
     """The Xenstore database and its protocol operations."""
 
     def __init__(
@@ -104,7 +104,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps):
         ):
             self._handlers[msg_type] = handler
 
-    # --- connections -------------------------------------------------------------
+    # --- connections ---------------------------------------------------------
 
     def connect(self, conn_id: int, domid: int, *, is_socket: bool) -> None:
         """Register a connection; socket ones act as ``store_domid`` (digest 6.1)."""
@@ -127,6 +127,12 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps):
             return
         self._drop_watches(conn)
         self._drop_transactions(conn)
+
+    def op_reset_watches(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
+        """RESET_WATCHES: what a disconnect drops, the connection stays (C's do_reset_watches)."""
+        self._drop_watches(conn)
+        self._drop_transactions(conn)
+        return Result(MsgType.RESET_WATCHES, OK)
 
     def quota_for_conn(self, conn_id: int, name: str) -> int | None:
         """A connection's hard quota ``name`` (None: unlimited, as for privileged/socket)."""
@@ -162,7 +168,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps):
         dom.io_usage[index] += delta
         return True
 
-    # --- entry point -------------------------------------------------------------
+    # --- entry point ---------------------------------------------------------
 
     def handle(self, conn_id: int, msg_type: int, tx_id: int, payload: bytes) -> Result:
         """Process one request; never raises for bad input."""
@@ -186,96 +192,3 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps):
         if len(result.payload) > PAYLOAD_MAX:
             return Result(ERROR, b"E2BIG\0", result.events, result.events_before_reply)
         return result
-
-    # --- watches -------------------------------------------------------------------
-
-    def op_reset_watches(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        self._drop_watches(conn)
-        self._drop_transactions(conn)
-        return Result(MsgType.RESET_WATCHES, OK)
-
-    # --- features ------------------------------------------------------------------
-
-    def op_get_feature(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        parts = split_strings(payload)
-        if not parts:
-            return Result(MsgType.GET_FEATURE, feature_reply(conn.features))
-        if not conn.privileged:
-            raise XsError("EACCES", "GET_FEATURE with domid")
-        if len(parts) > 1:
-            raise XsError("EINVAL", "GET_FEATURE takes one domid")
-        dom = self._existing_domain(parse_domid(parts[0]))
-        return Result(MsgType.GET_FEATURE, feature_reply(dom.features))
-
-    def op_set_feature(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        parts = split_strings(payload)
-        if len(parts) != 2:
-            raise XsError("EINVAL", "SET_FEATURE needs domid and value")
-        domid = parse_domid(parts[0])
-        dom = self._existing_domain(domid)
-        if dom.introduced:
-            raise XsError("EBUSY", "domain already introduced")
-        dom.features = parse_feature_value(parts[1])
-        return Result(MsgType.SET_FEATURE, OK)
-
-    # --- quota -----------------------------------------------------------------------
-
-    def op_get_quota(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        parts = split_strings(payload)
-        if len(parts) > 2:
-            raise XsError("EINVAL", "GET_QUOTA takes at most two arguments")
-        if not parts:
-            return Result(
-                MsgType.GET_QUOTA, " ".join(self.config.quota.names()).encode("ascii") + b"\0"
-            )
-        table = self.config.quota
-        if len(parts) == 2:
-            table = self._existing_domain(parse_domid(parts[0])).quota
-        index, kind = q.parse_quota_name(table, parts[-1].decode("latin-1"))
-        return Result(MsgType.GET_QUOTA, b"%d\0" % table.get(index, kind))
-
-    def op_set_quota(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        parts = split_strings(payload)
-        if not 2 <= len(parts) <= 3:
-            raise XsError("EINVAL", "SET_QUOTA takes two or three arguments")
-        table = self.config.quota
-        if len(parts) == 3:
-            table = self._existing_domain(parse_domid(parts[0])).quota
-        index, kind = q.parse_quota_name(table, parts[-2].decode("latin-1"))
-        value = c_atoi(parts[-1]) & 0xFFFFFFFF
-        if value == q.DISABLED:
-            raise XsError("EINVAL", "quota value out of range")
-        table.set(index, kind, value)
-        return Result(MsgType.SET_QUOTA, OK)
-
-    # --- CONTROL ---------------------------------------------------------------------
-
-    def op_control(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
-        command, args = ctl.split_control(payload)
-        return Result(MsgType.CONTROL, ctl.run_control(self, command, args))
-
-    def global_maxima(self) -> list[int]:
-        """Per-quota maximum seen over unprivileged domains (``quota max``)."""
-        out = list(self._retired_max)
-        for dom in self.domains.values():
-            if dom.domid == self.config.priv_domid:
-                continue
-            for i, value in enumerate(dom.maxima):
-                if value > out[i]:
-                    out[i] = value
-        return out
-
-    def _reset_maxima(self) -> None:
-        self._retired_max = [0] * q.QUOTA_COUNT
-        for dom in self.domains.values():
-            dom.maxima = list(dom.usage)
-
-    # --- consistency check -------------------------------------------------------
-
-    def recount(self) -> dict[int, list[int]]:
-        """Usage counters recomputed from scratch (see ``control.recount``)."""
-        return ctl.recount(self)
-
-    def check(self) -> list[str]:
-        """Check the tree and the counters; returns the problems found (empty: fine)."""
-        return ctl.check_store(self)
