@@ -16,7 +16,7 @@ from . import quota as q
 from .node import child_path
 
 if TYPE_CHECKING:
-    from .core import Store
+    from .control_ops import ControlOps
 
 log = logging.getLogger("pyxenstored.store")
 
@@ -153,7 +153,7 @@ class DefaultControlHooks:
         return DOMAIN_STATE_UNSUPPORTED
 
 
-def run_control(store: Store, command: str, args: list[bytes]) -> bytes:
+def run_control(store: ControlOps, command: str, args: list[bytes]) -> bytes:
     """Run one CONTROL command; its reply payload (text + NUL) or XsError."""
     if command == "help":
         if args:
@@ -192,7 +192,7 @@ def run_control(store: Store, command: str, args: list[bytes]) -> bytes:
     return control_quota(store, args, q.SOFT)  # quota-soft
 
 
-def control_quota(store: Store, args: list[bytes], kind: int) -> bytes:
+def control_quota(store: ControlOps, args: list[bytes], kind: int) -> bytes:
     """``quota`` / ``quota-soft`` (digest 8.5)."""
     table = store.config.quota
     if not args:
@@ -224,7 +224,7 @@ def control_quota(store: Store, args: list[bytes], kind: int) -> bytes:
     return q.format_usage(dom.domid, dom.usage, dom.maxima).encode("ascii") + b"\0"
 
 
-def recount(store: Store) -> dict[int, list[int]]:
+def recount(store: ControlOps) -> dict[int, list[int]]:
     """Usage counters recomputed from scratch: domid -> [nodes, watches, memory, transactions]."""
     counts: dict[int, list[int]] = {}
     for path, node in store.nodes.items():
@@ -244,7 +244,7 @@ def recount(store: Store) -> dict[int, list[int]]:
     return counts
 
 
-def check_store(store: Store) -> list[str]:
+def check_store(store: ControlOps) -> list[str]:
     """CONTROL ``check``: the tree and the counters; the problems found (empty: fine).
 
     Reachability of every node from ``/``, child lists and their lengths,

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from ..wire import DOMID_ANY, XsError, canonicalize, implicit_path, parent_of
 from . import quota as q
-from .core import INTRODUCE_DOMAIN, RELEASE_DOMAIN, Store
+from .base import INTRODUCE_DOMAIN, RELEASE_DOMAIN
+from .core import Store
 from .domain import Domain
 from .node import NO_GENERATION, Node, child_path
 from .perms import PERM_IGNORE, Perms

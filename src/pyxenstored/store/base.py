@@ -1,0 +1,401 @@
+"""The store's shared state and the helpers every operation group uses.
+
+:class:`StoreBase` holds the database (nodes, domain records, connections,
+the watch index, the generation counter) and what all operations build on:
+validating request paths, finding a node as a request sees it (committed
+tree or a :class:`~.transaction.Transaction` overlay), permission checks,
+generations, and the accounting of the committed tree against the quota.
+The protocol operations live in mixins over this class (``*_ops.py``,
+``node_write.py``); :class:`~.core.Store` puts them together.
+
+Also here: what a request produces (:class:`Result`, :class:`Event`) and
+the store's start-up settings (:class:`StoreConfig`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ..wire import (
+    DOMID_ANY,
+    XsError,
+    canonicalize,
+    onearg,
+    parent_of,
+    relative_length,
+)
+from . import control as ctl
+from . import quota as q
+from .connection import Connection
+from .domain import Domain, DomainHooks
+from .node import Node
+from .perms import (
+    PERM_ALL,
+    PERM_IGNORE,
+    PERM_NONE,
+    PERM_READ,
+    PERM_RW,
+    Perms,
+    intern_perms,
+)
+from .transaction import Transaction
+from .watch import WatchIndex
+
+log = logging.getLogger("pyxenstored.store")
+
+RELEASE_DOMAIN = "@releaseDomain"
+INTRODUCE_DOMAIN = "@introduceDomain"
+PATH_CACHE_SIZE = 8192
+ANY_GENERATION = -2  # permission check without the domain-generation test
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """A watch event for connection ``conn_id``."""
+
+    conn_id: int
+    path: bytes
+    token: bytes
+
+    @property
+    def payload(self) -> bytes:
+        return self.path + b"\0" + self.token + b"\0"
+
+
+class Result(NamedTuple):
+    """A reply (type and payload) plus the watch events it caused.
+
+    Immutable like the agreed frozen dataclass, but a ``NamedTuple``: it is
+    built for every request and a tuple is several times cheaper to make.
+    ``events_before_reply``: C queues events for the *requesting*
+    connection before its own reply (WRITE, MKDIR, RM, SET_PERMS,
+    commit...), except the initial event of WATCH, which follows the OK.
+    """
+
+    reply_type: int
+    payload: bytes
+    events: Sequence[Event] = ()
+    events_before_reply: bool = False
+    deferred: bool = False
+
+
+@dataclass(slots=True)
+class StoreConfig:
+    """Start-up settings of a store."""
+
+    priv_domid: int = 0
+    store_domid: int = 0
+    keep_orphans: bool = False
+    quota: q.QuotaTable = field(default_factory=q.QuotaTable)
+    # Domids the "hypervisor" knows besides priv_domid and store_domid.
+    existing_domids: frozenset[int] = frozenset()
+    # Read when a connection opens its first transaction (no I/O: a clock).
+    clock: Callable[[], float] = time.monotonic
+
+
+class StoreBase:
+    """The database and the node-access and accounting helpers of all operations."""
+
+    def __init__(
+        self,
+        config: StoreConfig | None = None,
+        hooks: ctl.ControlHooks | None = None,
+        domain_hooks: DomainHooks | None = None,
+    ) -> None:
+        self.config = config if config is not None else StoreConfig()
+        self.hooks: ctl.ControlHooks = hooks if hooks is not None else ctl.DefaultControlHooks()
+        self.domain_hooks = domain_hooks
+        self.nodes: dict[str, Node] = {}
+        self.generation = 0
+        # Lazy generations (memory: one int shared by a run of writes instead of
+        # one per node).  A write bumps the counter only if somebody captured a
+        # generation since the last write; ``_gen_last`` is the node written
+        # last while nobody looked (None once somebody did).  See observe_generation.
+        self._gen_last: Node | None = None
+        self.domains: dict[int, Domain] = {}
+        self.conns: dict[int, Connection] = {}
+        self.watches = WatchIndex()
+        self._conn_seq = 0
+        self._watch_seq = 0
+        self._retired_max = [0] * q.QUOTA_COUNT  # maxima of destroyed domains
+        self._path_cache: dict[bytes, str] = {}
+        # Whole one-argument payloads (path and its NUL) of absolute paths
+        # that were valid, to their canonical form: the reads' quick path.
+        self._arg_cache: dict[bytes, str] = {}
+        self._setup_tree()
+
+    # --- set-up and domain records -------------------------------------------
+
+    def _setup_tree(self) -> None:
+        """The initial tree of C HEAD's ``setup_structure`` (digest 3.2)."""
+        priv = self.config.priv_domid
+        # C HEAD introduces the privileged domain (and the store domain) at start.
+        self._domain(priv).introduced = True
+        self._domain(self.config.store_domid).introduced = True
+        base: Perms = ((priv, PERM_NONE),)
+        layout: list[tuple[str, Perms, tuple[str, ...]]] = [
+            ("/", base, ("tool",)),
+            ("/tool", base, ("xenstored",)),
+            ("/tool/xenstored", base, ()),
+            (RELEASE_DOMAIN, ((priv, PERM_NONE), (DOMID_ANY, PERM_READ)), ()),
+            (INTRODUCE_DOMAIN, base, ()),
+        ]
+        for path, perms, children in layout:
+            node = Node(b"", perms, 0)
+            for name in children:
+                node.add_child(name)
+            self._account_write(path, node, None)
+
+    def domain_exists(self, domid: int) -> bool:
+        """Whether the "hypervisor" knows ``domid`` (config ``existing_domids``).
+
+        Without a hypervisor the privileged and store domains exist, and the
+        domids listed in the config, like the C daemon under the test shim
+        (``XS_SHIM_DOMAINS``, default "0").  Domains with a record
+        (introduced, connected, ...) are known anyway: callers look at the
+        records first.
+        """
+        return domid in self.config.existing_domids or domid in (
+            self.config.priv_domid,
+            self.config.store_domid,
+        )
+
+    def _domain(self, domid: int) -> Domain:
+        """The record of ``domid``, created (with the global quota) if missing."""
+        dom = self.domains.get(domid)
+        if dom is None:
+            self.observe_generation()
+            dom = Domain(domid, self.config.quota.copy(), self.generation)
+            self.domains[domid] = dom
+        return dom
+
+    def _existing_domain(self, domid: int) -> Domain:
+        """C's ``find_or_alloc_existing_domain``: ENOENT for unknown domids."""
+        dom = self.domains.get(domid)
+        if dom is not None:
+            return dom
+        if not self.domain_exists(domid):
+            raise XsError("ENOENT", f"domain {domid} does not exist")
+        return self._domain(domid)
+
+    # --- node access ---------------------------------------------------------
+
+    def _canon(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
+        """Validate and absolutise a request path (digest 2.5)."""
+        path = self._path_cache.get(raw)
+        if path is None:
+            path = canonicalize(raw, conn.domid, allow_special)
+            if raw[:1] == b"/":
+                # Absolute paths canonicalise the same for everybody: remember them.
+                if len(self._path_cache) >= PATH_CACHE_SIZE:
+                    self._path_cache.clear()
+                self._path_cache[raw] = path
+        dom = conn.limited
+        if dom is not None:
+            # Only unprivileged domains are length checked (digest 2.5).
+            length = relative_length(path)
+            if q.exceeds(dom.quota.hard(q.PATH_MAX), length):
+                raise XsError("EINVAL", "path too long")
+            dom.note_max(q.PATH_MAX, length)
+        return path
+
+    def _canon_arg(self, conn: Connection, payload: bytes, allow_special: bool = False) -> str:
+        """:meth:`_canon` of a one-argument payload (EINVAL unless exactly one)."""
+        path = self._canon(conn, onearg(payload), allow_special)
+        if payload[:1] == b"/":
+            cache = self._arg_cache
+            if len(cache) >= PATH_CACHE_SIZE:
+                cache.clear()
+            cache[payload] = path
+        return path
+
+    def _quick_node(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Node | None:
+        """The node a read request names, found without the general checks.
+
+        Only where those checks cannot fail: a privileged caller outside a
+        transaction, a payload seen before as a valid absolute path, an
+        existing node.  None means "take the general path", not ENOENT.
+        """
+        if tx is None and conn.privileged:
+            path = self._arg_cache.get(payload)
+            if path is not None:
+                return self.nodes.get(path)
+        return None
+
+    def _read(self, conn: Connection, tx: Transaction | None, path: str) -> Node | None:
+        """The node as this request sees it (a transaction records the access)."""
+        if tx is None:
+            return self.nodes.get(path)
+        nodes = tx.nodes
+        if path in nodes:
+            return nodes[path]
+        dom = conn.limited
+        if dom is not None:
+            count = len(nodes) + 1
+            if q.exceeds(dom.quota.hard(q.TRANSACTION_NODES), count):
+                tx.failed = True
+                raise XsError("ENOSPC", "transaction-nodes quota")
+            dom.note_max(q.TRANSACTION_NODES, count)
+        if self._gen_last is not None:
+            self.observe_generation()
+        return tx.first_access(path, self.nodes.get(path))
+
+    def observe_generation(self) -> None:
+        """Call before capturing the counter or a node's generation for later comparison.
+
+        Writes nobody has looked at since may share one generation value (C
+        gives each its own).  Comparisons still come out as in C because every
+        write after a capture bumps the counter first, and a capture first
+        gives the last unobserved write a value of its own, above the run it
+        shared (C's "domain younger than the node" test tells exactly that
+        write apart from the earlier ones).  Nobody holds the value replaced.
+        """
+        last = self._gen_last
+        if last is not None:
+            self.generation += 1
+            last.gen = self.generation
+            self._gen_last = None
+
+    def unobserved_run_ends_with(self, node: Node) -> None:
+        """``node`` was written last, with the counter's current value (a bulk restore)."""
+        self._gen_last = node
+
+    def _stale(self, domid: int, gen: int) -> bool:
+        """An entry for a domain unknown, or younger than the node (digest 3.3)."""
+        if gen == ANY_GENERATION:
+            return False
+        dom = self.domains.get(domid)
+        return dom is None or dom.generation > gen
+
+    def _perm(self, conn: Connection, perms: Perms, gen: int) -> int:
+        """C's ``perm_for_conn``: the rights ``conn`` has on a node."""
+        if conn.privileged:
+            return PERM_ALL
+        domid = conn.domid
+        target = conn.domain.target if conn.domain is not None else None
+        owner = perms[0][0]
+        if owner in (domid, DOMID_ANY) or (target is not None and owner == target):
+            return PERM_ALL
+        for entry, bits in perms[1:]:
+            if bits & PERM_IGNORE:
+                continue
+            if entry in (domid, DOMID_ANY) or (target is not None and entry == target):
+                if entry != DOMID_ANY and self._stale(entry, gen):
+                    continue
+                return bits & PERM_RW
+        return perms[0][1] & PERM_RW
+
+    def _parent_perm(self, conn: Connection, tx: Transaction | None, path: str) -> int:
+        """Rights on the nearest existing ancestor (C's ``ask_parents``)."""
+        if conn.privileged and tx is None:
+            return PERM_ALL
+        while path != "/":
+            path = parent_of(path)
+            node = self._read(conn, tx, path)
+            if node is not None:
+                return self._perm(conn, node.perms, node.gen)
+        return PERM_NONE
+
+    def _lookup(self, conn: Connection, tx: Transaction | None, path: str, perm: int) -> Node:
+        """An existing node the caller has ``perm`` on, else ENOENT/EACCES (digest 2.8)."""
+        node = self._read(conn, tx, path)
+        if node is not None:
+            if conn.privileged or (self._perm(conn, node.perms, node.gen) & perm) == perm:
+                return node
+            raise XsError("EACCES", path)
+        if self._parent_perm(conn, tx, path) & perm:
+            raise XsError("ENOENT", path)
+        raise XsError("EACCES", path)
+
+    # --- accounting of the committed tree ------------------------------------
+
+    def _persist_stale(self, node: Node) -> None:
+        """Flag entries of unknown or younger domains stale before a write."""
+        perms = node.perms
+        if len(perms) < 2:
+            return
+        changed = False
+        out = [perms[0]]
+        for entry, bits in perms[1:]:
+            if not bits & PERM_IGNORE and entry != DOMID_ANY and self._stale(entry, node.gen):
+                bits |= PERM_IGNORE
+                changed = True
+            out.append((entry, bits))
+        if changed:
+            node.perms = intern_perms(tuple(out))
+
+    def _stamp(self, node: Node) -> None:
+        """Give a written node its generation (a run of unobserved writes shares one)."""
+        if self._gen_last is None:
+            self.generation += 1
+        node.gen = self.generation
+        self._gen_last = node
+
+    def _account_write(self, path: str, node: Node, before: tuple[int, int] | None) -> None:
+        """Install ``node`` at ``path`` in the committed tree with a fresh generation.
+
+        ``before`` is (owner, memory) of the node this replaces, None for a
+        new node; counters of the owning domains follow.
+        """
+        self._stamp(node)
+        self.nodes[path] = node
+        owner = node.perms[0][0]
+        mem = node.memory(path)
+        if before is None:
+            dom = self._domain(owner)
+            dom.add(q.NODES, 1)
+            dom.add(q.MEMORY, mem)
+            return
+        old_owner, old_mem = before
+        if old_owner == owner:
+            if mem != old_mem:
+                self._domain(owner).add(q.MEMORY, mem - old_mem)
+            return
+        old = self._domain(old_owner)
+        old.add(q.NODES, -1)
+        old.add(q.MEMORY, -old_mem)
+        dom = self._domain(owner)
+        dom.add(q.NODES, 1)
+        dom.add(q.MEMORY, mem)
+
+    def _account_delete(self, path: str, node: Node) -> None:
+        del self.nodes[path]
+        dom = self._domain(node.perms[0][0])
+        dom.add(q.NODES, -1)
+        dom.add(q.MEMORY, -node.memory(path))
+
+    def _check_memory(self, conn: Connection, owner: int, delta: int) -> None:
+        """Memory quota of an unprivileged writer (C's ``domain_chk_quota``)."""
+        dom = conn.limited
+        if dom is None or delta <= 0:
+            return
+        charged = self.domains.get(owner)
+        value = (charged.usage[q.MEMORY] if charged is not None else 0) + delta
+        if q.exceeds(dom.quota.hard(q.MEMORY), value):
+            if not dom.hard_warned:
+                dom.hard_warned = True
+                log.error("Domain %d exceeds hard memory quota", dom.domid)
+            raise XsError("ENOMEM", "memory quota")
+        if dom.hard_warned:
+            dom.hard_warned = False
+            log.info("Domain %d below hard memory quota again", dom.domid)
+        soft = dom.quota.get(q.MEMORY, q.SOFT)
+        if soft not in (0, q.DISABLED):
+            if value >= soft and not dom.soft_warned:
+                dom.soft_warned = True
+                log.warning("Domain %d exceeds soft memory quota", dom.domid)
+            elif value < soft and dom.soft_warned:
+                dom.soft_warned = False
+                log.info("Domain %d below soft memory quota again", dom.domid)
+
+    def _check_node_size(self, conn: Connection, size: int) -> None:
+        dom = conn.limited
+        if dom is None:
+            return
+        if q.exceeds(dom.quota.hard(q.NODE_SIZE), size):
+            raise XsError("ENOSPC", "node-size quota")
+        dom.note_max(q.NODE_SIZE, size)

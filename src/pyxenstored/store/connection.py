@@ -1,0 +1,55 @@
+"""What the store knows of one client connection.
+
+Its domain, privilege, watches and open transactions; the server owns the
+socket or ring behind it.
+"""
+
+from __future__ import annotations
+
+from .domain import Domain
+from .features import SUPPORTED_FEATURES
+from .transaction import Transaction
+from .watch import Watch
+
+
+class Connection:
+    """What the store knows of one client connection."""
+
+    __slots__ = (
+        "conn_id",
+        "domid",
+        "is_socket",
+        "privileged",
+        "seq",
+        "watches",
+        "transactions",
+        "next_tx_id",
+        "domain",
+        "busy_since",
+    )
+
+    def __init__(
+        self, conn_id: int, domid: int, is_socket: bool, privileged: bool, seq: int
+    ) -> None:
+        self.conn_id = conn_id
+        self.domid = domid
+        self.is_socket = is_socket
+        self.privileged = privileged
+        self.seq = seq
+        self.watches: dict[tuple[str, bytes], Watch] = {}
+        self.transactions: dict[int, Transaction] = {}
+        self.next_tx_id = 1
+        # Socket connections have no domain record: no quota, all features.
+        self.domain: Domain | None = None
+        # Clock reading when the connection last went from no transaction to
+        # one (C's ta_start_time); 0.0 when unknown (restored transactions).
+        self.busy_since = 0.0
+
+    @property
+    def features(self) -> int:
+        return SUPPORTED_FEATURES if self.domain is None else self.domain.features
+
+    @property
+    def limited(self) -> Domain | None:
+        """The domain whose quota applies, or None (privileged or socket)."""
+        return None if self.privileged else self.domain

@@ -1,0 +1,189 @@
+"""Domain operations: the requests about domains, and domains going away.
+
+INTRODUCE, RELEASE, RESUME, SET_TARGET, GET_DOMAIN_PATH, IS_DOMAIN_INTRODUCED.
+Also what happens when a domain goes away (RELEASE, or death reported by
+the hypervisor through :meth:`DomainOps.domains_changed`): its connections
+lose their watches and transactions, its nodes leave the tree (digest 3.4)
+and ``@releaseDomain`` fires.  The records are :class:`~.domain.Domain`.
+"""
+
+from __future__ import annotations
+
+from ..wire import DOMID_SELF, OK, MsgType, XsError, c_atoi, onearg, parse_domid, split_strings
+from . import quota as q
+from .base import INTRODUCE_DOMAIN, RELEASE_DOMAIN, Event, Result
+from .connection import Connection
+from .domain import Domain
+from .node import Node, child_path
+from .node_write import NodeWrites
+from .perms import intern_perms
+from .transaction import Transaction
+from .transaction_ops import TransactionOps
+from .watch import MATCH_NODEPTH
+
+
+class DomainOps(NodeWrites, TransactionOps):
+    """Introducing, releasing and destroying domains."""
+
+    # --- domain requests -----------------------------------------------------
+
+    def op_get_domain_path(
+        self, conn: Connection, tx: Transaction | None, payload: bytes
+    ) -> Result:
+        domid = parse_domid(onearg(payload))
+        return Result(MsgType.GET_DOMAIN_PATH, b"/local/domain/%d\0" % domid)
+
+    def op_is_domain_introduced(
+        self, conn: Connection, tx: Transaction | None, payload: bytes
+    ) -> Result:
+        domid = parse_domid(onearg(payload))
+        if domid == DOMID_SELF:
+            return Result(MsgType.IS_DOMAIN_INTRODUCED, b"T\0")
+        dom = self.domains.get(domid)
+        introduced = dom is not None and dom.introduced
+        return Result(MsgType.IS_DOMAIN_INTRODUCED, b"T\0" if introduced else b"F\0")
+
+    def _connected_domain(self, domid: int) -> Domain:
+        dom = self.domains.get(domid)
+        if dom is None or not dom.introduced:
+            raise XsError("ENOENT", f"domain {domid} not introduced")
+        return dom
+
+    def _onearg_domain(self, payload: bytes) -> Domain:
+        domid = parse_domid(onearg(payload))
+        if domid in (self.config.store_domid, self.config.priv_domid):
+            raise XsError("EINVAL", "not for the store or privileged domain")
+        return self._connected_domain(domid)
+
+    def _reset_domain_connections(self, domid: int) -> None:
+        for conn in self.conns.values():
+            if conn.domid == domid and not conn.is_socket:
+                self._drop_watches(conn)
+                self._drop_transactions(conn)
+
+    def op_introduce(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
+        parts = split_strings(payload)
+        if len(parts) < 3:
+            raise XsError("EINVAL", "INTRODUCE needs domid, gfn, evtchn")
+        domid = parse_domid(parts[0])
+        evtchn = c_atoi(parts[2])
+        if evtchn <= 0:
+            raise XsError("EINVAL", "bad event channel")
+        if self.domain_hooks is not None:
+            self.domain_hooks.introduce(domid, c_atoi(parts[1]), evtchn)
+        dom = self._domain(domid)
+        events: list[Event] = []
+        if not dom.introduced:
+            dom.introduced = True
+            if domid != self.config.priv_domid:
+                self._fire_special(INTRODUCE_DOMAIN, domid, events)
+        self._reset_domain_connections(domid)
+        return Result(MsgType.INTRODUCE, OK, events, bool(events))
+
+    def op_release(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
+        dom = self._onearg_domain(payload)
+        events: list[Event] = []
+        self.destroy_domain(dom.domid, events)
+        if self.domain_hooks is not None:
+            self.domain_hooks.release(dom.domid)
+        return Result(MsgType.RELEASE, OK, events, bool(events))
+
+    def op_resume(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
+        self._onearg_domain(payload).shutdown = False
+        return Result(MsgType.RESUME, OK)
+
+    def op_set_target(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
+        parts = split_strings(payload)
+        if len(parts) < 2:
+            raise XsError("EINVAL", "SET_TARGET needs two domids")
+        domid = parse_domid(parts[0])
+        tdomid = parse_domid(parts[1])
+        dom = self._connected_domain(domid)
+        self._connected_domain(tdomid)
+        dom.target = tdomid
+        return Result(MsgType.SET_TARGET, OK)
+
+    # --- domains going away --------------------------------------------------
+
+    def destroy_domain(self, domid: int, events: list[Event]) -> None:
+        """A domain is gone (RELEASE or death): clean the tree, fire @releaseDomain."""
+        dom = self.domains.get(domid)
+        if dom is None:
+            return
+        # Its own watches go first, so its node removals do not notify it.
+        self._reset_domain_connections(domid)
+        self._remove_domain_from_tree(domid, events)
+        for i in range(q.QUOTA_COUNT):
+            self._retired_max[i] = max(self._retired_max[i], dom.maxima[i])
+        del self.domains[domid]
+        if dom.introduced:
+            self._fire_special(RELEASE_DOMAIN, domid, events)
+        # Connections that remain (the server closes them) get a fresh record.
+        for conn in self.conns.values():
+            if conn.domid == domid and not conn.is_socket:
+                conn.domain = self._domain(domid)
+
+    def _remove_domain_from_tree(self, domid: int, events: list[Event]) -> None:
+        """Digest 3.4: owned nodes go (or go to priv_domid with -K), entries go.
+
+        Walks the tree depth first from ``/`` like C, then the special nodes.
+        """
+        stack = ["/"]
+        while stack:
+            path = stack.pop()
+            node = self.nodes.get(path)
+            if node is None:
+                continue
+            if self._orphan_node(domid, path, node, events):
+                stack.extend(child_path(path, name) for name in reversed(node.children))
+        for path in (RELEASE_DOMAIN, INTRODUCE_DOMAIN):
+            node = self.nodes.get(path)
+            if node is not None:
+                self._orphan_node(domid, path, node, events, removable=False)
+
+    def _orphan_node(
+        self, domid: int, path: str, node: Node, events: list[Event], removable: bool = True
+    ) -> bool:
+        """Clean one node of a dead domain; False when it was removed with its subtree."""
+        perms = node.perms
+        if perms[0][0] == domid:
+            if removable and path != "/" and not self.config.keep_orphans:
+                self._remove(None, None, path, node, events)
+                return False
+            perms = ((self.config.priv_domid, perms[0][1]),) + perms[1:]
+        stripped = (perms[0],) + tuple(e for e in perms[1:] if e[0] != domid)
+        if stripped != node.perms:
+            before = (node.perms[0][0], node.memory(path))
+            node.perms = intern_perms(stripped)
+            self._account_write(path, node, before)
+        return True
+
+    def domains_changed(self, shutdown: set[int], dead: set[int]) -> list[Event]:
+        """What the hypervisor reported (C's ``do_check_domains``, digest 6.4).
+
+        A newly shut-down introduced domain fires ``@releaseDomain/<domid>`` at
+        once (once per shutdown until RESUME); a dead one is destroyed; one
+        plain ``@releaseDomain`` follows when any domain newly shut down.
+        """
+        events: list[Event] = []
+        notify = False
+        for domid in sorted(shutdown | dead):
+            dom = self.domains.get(domid)
+            if dom is None:
+                continue
+            if not dom.introduced:
+                if domid in dead:
+                    del self.domains[domid]
+                continue
+            if domid in shutdown and not dom.shutdown:
+                dom.shutdown = True
+                self._fire_special(RELEASE_DOMAIN, domid, events, nodomid=False)
+                notify = True
+            if domid in dead:
+                self.destroy_domain(domid, events)
+                notify = False  # destroying fired the plain event already
+        if notify:
+            node = self.nodes.get(RELEASE_DOMAIN)
+            if node is not None:
+                self._fire(RELEASE_DOMAIN, MATCH_NODEPTH, node, None, events)
+        return events

@@ -1,0 +1,100 @@
+"""Transaction operations: TRANSACTION_START, TRANSACTION_END and the commit.
+
+The overlay itself is :class:`~.transaction.Transaction`; here a
+connection opens one (with its quota), ends it, and a commit checks the
+quota and the conflicts, installs the modified nodes in the committed tree
+and fires the queued watch events (digest 5.2).
+"""
+
+from __future__ import annotations
+
+from ..wire import OK, MsgType, XsError, onearg
+from . import quota as q
+from .base import Event, Result
+from .connection import Connection
+from .transaction import Transaction
+from .watch_ops import WatchOps
+
+
+class TransactionOps(WatchOps):
+    """Opening, ending and committing transactions."""
+
+    def op_transaction_start(
+        self, conn: Connection, tx: Transaction | None, payload: bytes
+    ) -> Result:
+        if tx is not None:
+            raise XsError("EBUSY", "no nested transactions")
+        dom = conn.domain
+        if (
+            conn.limited is not None
+            and dom is not None
+            and q.exceeds(dom.quota.hard(q.TRANSACTIONS), dom.usage[q.TRANSACTIONS] + 1)
+        ):
+            raise XsError("ENOSPC", "transactions quota")
+        tx_id = conn.next_tx_id
+        while tx_id == 0 or tx_id in conn.transactions:
+            tx_id = (tx_id + 1) & 0xFFFFFFFF
+        conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
+        if not conn.transactions:
+            conn.busy_since = self.config.clock()
+        self.observe_generation()
+        self.generation += 1
+        conn.transactions[tx_id] = Transaction(tx_id, conn.conn_id, self.generation)
+        if dom is not None:
+            dom.add(q.TRANSACTIONS, 1)
+        return Result(MsgType.TRANSACTION_START, b"%d\0" % tx_id)
+
+    def op_transaction_end(
+        self, conn: Connection, tx: Transaction | None, payload: bytes
+    ) -> Result:
+        arg = onearg(payload)
+        if arg not in (b"T", b"F"):
+            raise XsError("EINVAL", "TRANSACTION_END takes T or F")
+        if tx is None:
+            raise XsError("ENOENT", "no transaction")
+        del conn.transactions[tx.tx_id]
+        if conn.domain is not None:
+            conn.domain.add(q.TRANSACTIONS, -1)
+        if arg == b"F":
+            return Result(MsgType.TRANSACTION_END, OK)
+        events = self._commit(conn, tx)
+        return Result(MsgType.TRANSACTION_END, OK, events, bool(events))
+
+    def _commit(self, conn: Connection, tx: Transaction) -> list[Event]:
+        """Finalize a transaction (digest 5.2)."""
+        if tx.failed:
+            raise XsError("ENOMEM", "transaction failed earlier")
+        if conn.limited is not None:
+            for domid, delta in tx.node_delta.items():
+                if delta > 0:
+                    dom = self._domain(domid)
+                    if q.exceeds(dom.quota.hard(q.NODES), dom.usage[q.NODES] + delta):
+                        raise XsError("ENOSPC", "nodes quota at commit")
+        if tx.conflicts(self.nodes):
+            raise XsError("EAGAIN", "transaction conflict")
+        committed = self.nodes
+        for path, node in tx.nodes.items():
+            if path not in tx.modified:
+                continue
+            old = committed.get(path)
+            if node is None:
+                if old is not None:
+                    self._account_delete(path, old)
+                continue
+            before = None if old is None else (old.perms[0][0], old.memory(path))
+            self._persist_stale(node)
+            self._account_write(path, node, before)
+        events: list[Event] = []
+        if self.watches.count:
+            for path in tx.nodes:
+                mode = tx.events.get(path)
+                if mode is not None:
+                    # C checks the watcher against the permissions the node had
+                    # when the transaction first saw it, or re-reads the node.
+                    self._fire(path, mode, None, tx.first_perms.get(path), events)
+        return events
+
+    def _drop_transactions(self, conn: Connection) -> None:
+        if conn.domain is not None and conn.transactions:
+            conn.domain.add(q.TRANSACTIONS, -len(conn.transactions))
+        conn.transactions.clear()
