@@ -131,6 +131,8 @@ class Server:
         # Called at the end of every loop turn (rings re-check guests held
         # back by their memory quota, as C does on every main-loop pass).
         self.after_turn: list[Callable[[], None]] = []
+        # Monotonic time by which the loop must take a turn (see wake_in).
+        self._wake_at: float | None = None
 
     @property
     def intercepted(self) -> frozenset[int]:
@@ -266,10 +268,23 @@ class Server:
                 timeout = self.ticker(timeout)
             if self._woken:
                 timeout = 0.0
+            wake_at = self._wake_at
+            if wake_at is not None:
+                left = wake_at - time.monotonic()
+                if left <= 0:
+                    self._wake_at = None
+                    left = 0.0
+                timeout = left if timeout is None else min(timeout, left)
             self.run_once(timeout)
 
     def stop(self) -> None:
         self._running = False
+
+    def wake_in(self, seconds: float) -> None:
+        """Take a loop turn (and run the ``after_turn`` hooks) within ``seconds`` at the latest."""
+        at = time.monotonic() + seconds
+        if self._wake_at is None or at < self._wake_at:
+            self._wake_at = at
 
     def _select_timeout(self) -> float | None:
         if not self._timed:

@@ -147,7 +147,7 @@ class RingDomains:
             self._adopt(ring)
             record = self.store.domains.get(ring.domid)
             if record is not None:
-                record.introduced = True
+                self.store.mark_introduced(ring.domid)
                 if ring.unique_id:
                     record.unique_id = ring.unique_id
         # Their domains may have died or been replaced meanwhile (C
@@ -172,9 +172,8 @@ class RingDomains:
             except XsError as exc:
                 log.warning("cannot serve the ring of domain %d at start: %s", domid, exc)
                 continue
-            record = self.store.domains.get(domid)
-            if record is not None:
-                record.introduced = True  # nobody watches yet: no event to fire
+            if domid in self.store.domains:
+                self.store.mark_introduced(domid)  # nobody watches yet: no event to fire
 
     def adopt_inherited_evtchn(self, fd: int) -> None:
         """The event channel descriptor a live update handed over (GLOBAL_DATA).
@@ -424,9 +423,9 @@ class RingDomains:
         # Guests kick after taking replies too: most such kicks find nothing
         # to do, and cost no more than these looks at the page.
         readable = transport.has_input() or transport.doomed
-        if readable and not transport.doomed and self._memory_full(ring, conn):
-            # C does not read a domain at its memory quota; it looks again
-            # after every loop turn (see _recheck_held).
+        if readable and not transport.doomed and self._held_back(ring, conn):
+            # C does not read a domain at its memory quota or out of write
+            # credits; it looks again after every loop turn (see _recheck_held).
             readable = False
             self._held[ring.domid] = ring
         mask = (EVENT_READ if readable and conn.can_process() else 0) | (
@@ -446,15 +445,28 @@ class RingDomains:
         record = self.store.domains.get(ring.domid)
         return record is not None and record.usage[q.MEMORY] >= limit
 
+    def _held_back(self, ring: Ring, conn: Connection) -> bool:
+        """Whether a domain's requests must wait: memory quota full, or write credits spent."""
+        if self._memory_full(ring, conn):
+            return True
+        if conn.charge is None:
+            return False  # privileged: never rate limited
+        delay = self.store.read_delay(ring.domid)
+        if delay:
+            self.server.wake_in(delay)  # when the credit is back
+            return True
+        return False
+
     def _recheck_held(self) -> None:
-        """After each loop turn: serve rings held back by memory that now fit."""
+        """After each loop turn: serve rings held back that may go on now."""
+        self.store.log_write_rate()
         if not self._held:
             return
         for domid, ring in list(self._held.items()):
             conn = ring.conn
             if self._rings.get(domid) is not ring or conn is None or conn.closed:
                 del self._held[domid]
-            elif not self._memory_full(ring, conn):
+            elif not self._held_back(ring, conn):
                 del self._held[domid]
                 self._ready[domid] = ring
         self._serve_ready()

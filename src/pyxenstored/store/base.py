@@ -44,6 +44,7 @@ from .perms import (
 )
 from .transaction import Transaction
 from .watch import WatchIndex
+from .wrl import WriteRateLimit
 
 log = logging.getLogger("pyxenstored.store")
 
@@ -126,6 +127,12 @@ class StoreBase:
         # Whole one-argument payloads (path and its NUL) of absolute paths
         # that were valid, to their canonical form: the reads' quick path.
         self._arg_cache: dict[bytes, str] = {}
+        # Write-rate limiting: credits of introduced domains; open
+        # transactions everywhere (None: count them again, e.g. after a
+        # restore added some); committed nodes written or deleted so far.
+        self.wrl = WriteRateLimit()
+        self._open_tx: int | None = 0
+        self._node_writes = 0
         self._setup_tree()
 
     # --- set-up and domain records -------------------------------------------
@@ -134,8 +141,8 @@ class StoreBase:
         """The initial tree of C HEAD's ``setup_structure`` (digest 3.2)."""
         priv = self.config.priv_domid
         # C HEAD introduces the privileged domain (and the store domain) at start.
-        self._domain(priv).introduced = True
-        self._domain(self.config.store_domid).introduced = True
+        self.mark_introduced(priv)
+        self.mark_introduced(self.config.store_domid)
         base: Perms = ((priv, PERM_NONE),)
         layout: list[tuple[str, Perms, tuple[str, ...]]] = [
             ("/", base, ("tool",)),
@@ -149,6 +156,13 @@ class StoreBase:
             for name in children:
                 node.add_child(name)
             self._account_write(path, node, None)
+
+    def mark_introduced(self, domid: int) -> Domain:
+        """``domid`` is introduced (its record made if need be); it gets write-rate credits."""
+        dom = self._domain(domid)
+        dom.introduced = True
+        self.wrl.add_domain(domid, self._now_ms())
+        return dom
 
     def domain_exists(self, domid: int) -> bool:
         """Whether the "hypervisor" knows ``domid`` (config ``existing_domids``).
@@ -330,6 +344,7 @@ class StoreBase:
 
     def _stamp(self, node: Node) -> None:
         """Give a written node its generation (a run of unobserved writes shares one)."""
+        self._node_writes += 1
         if self._gen_last is None:
             self.generation += 1
         node.gen = self.generation
@@ -363,6 +378,7 @@ class StoreBase:
         dom.add(q.MEMORY, mem)
 
     def _account_delete(self, path: str, node: Node) -> None:
+        self._node_writes += 1
         del self.nodes[path]
         dom = self._domain(node.perms[0][0])
         dom.add(q.NODES, -1)
@@ -399,3 +415,32 @@ class StoreBase:
         if q.exceeds(dom.quota.hard(q.NODE_SIZE), size):
             raise XsError("ENOSPC", "node-size quota")
         dom.note_max(q.NODE_SIZE, size)
+
+    # --- write-rate limiting (digest 5.3, store/wrl.py) ------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self.config.clock() * 1000)
+
+    def open_transactions(self) -> int:
+        """Transactions open on every connection."""
+        if self._open_tx is None:
+            self._open_tx = sum(len(c.transactions) for c in self.conns.values())
+        return self._open_tx
+
+    def transactions_restored(self) -> None:
+        """Transactions were added behind the store's back (a restore): count again."""
+        self._open_tx = None
+
+    def _debit_writes(self, conn: Connection, count: int) -> None:
+        """Charge the nodes an unprivileged domain's request wrote, while others may conflict."""
+        if count and self.open_transactions():
+            self.wrl.debit(conn.domid, self._now_ms(), count)
+
+    def read_delay(self, domid: int) -> float:
+        """Seconds before ``domid``'s requests may be read again (0.0: now)."""
+        delay = self.wrl.delay_ms(domid, self._now_ms())
+        return delay / 1000 if delay else 0.0
+
+    def log_write_rate(self) -> None:
+        """Once per loop turn, as C: say when rate limiting has not been in force for a while."""
+        self.wrl.periodic(self._now_ms())

@@ -305,4 +305,12 @@ def check_store(store: ControlOps) -> list[str]:
                 problems.append(f"watch {watch.path} of connection {conn.conn_id} not indexed")
     if seen != store.watches.count:
         problems.append(f"watch index holds {store.watches.count} watches, connections {seen}")
+    open_tx = sum(len(conn.transactions) for conn in store.conns.values())
+    if store.open_transactions() != open_tx:
+        problems.append(
+            f"{store.open_transactions()} open transactions counted, connections hold {open_tx}"
+        )
+    for domid, dom in store.domains.items():
+        if dom.introduced and domid not in store.wrl:
+            problems.append(f"domain {domid}: introduced without write-rate credits")
     return problems

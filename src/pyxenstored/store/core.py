@@ -61,6 +61,8 @@ PRIVILEGED_TYPES = frozenset(
     }
 )
 _TX_IGNORED = frozenset({MsgType.WATCH, MsgType.UNWATCH})
+# Requests whose node writes cost write-rate credits (digest 5.3).
+_WRL_WRITES = frozenset({MsgType.WRITE, MsgType.MKDIR, MsgType.RM, MsgType.SET_PERMS})
 
 Handler = Callable[[Connection, "Transaction | None", bytes], Result]
 
@@ -186,7 +188,12 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
                 tx = conn.transactions.get(tx_id)
                 if tx is None:
                     raise XsError("ENOENT", f"no transaction {tx_id}")
-            result = handler(conn, tx, payload)
+            if tx is None and not conn.privileged and msg_type in _WRL_WRITES and conn.domain:
+                written = self._node_writes
+                result = handler(conn, tx, payload)
+                self._debit_writes(conn, self._node_writes - written)
+            else:
+                result = handler(conn, tx, payload)
         except XsError as err:
             return Result(ERROR, err.payload)
         if len(result.payload) > PAYLOAD_MAX:

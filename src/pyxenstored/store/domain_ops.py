@@ -74,7 +74,7 @@ class DomainOps(NodeWrites, TransactionOps):
         dom = self._domain(domid)
         events: list[Event] = []
         if not dom.introduced:
-            dom.introduced = True
+            self.mark_introduced(domid)
             if domid != self.config.priv_domid:
                 self._fire_special(INTRODUCE_DOMAIN, domid, events)
         self._reset_domain_connections(domid)
@@ -116,6 +116,7 @@ class DomainOps(NodeWrites, TransactionOps):
         for i in range(q.QUOTA_COUNT):
             self._retired_max[i] = max(self._retired_max[i], dom.maxima[i])
         del self.domains[domid]
+        self.wrl.remove_domain(domid)
         if dom.introduced:
             self._fire_special(RELEASE_DOMAIN, domid, events)
         # Connections that remain (the server closes them) get a fresh record.

@@ -330,6 +330,7 @@ def import_transaction(
                 tx.queue_event(p.path, p.event)
     conn.transactions[tx_id] = tx
     conn.next_tx_id = max(conn.next_tx_id, (tx_id + 1) & 0xFFFFFFFF)
+    store.transactions_restored()
 
 
 def _copy(node: Node | None) -> Node | None:

@@ -40,6 +40,8 @@ class TransactionOps(WatchOps):
         self.observe_generation()
         self.generation += 1
         conn.transactions[tx_id] = Transaction(tx_id, conn.conn_id, self.generation)
+        if self._open_tx is not None:
+            self._open_tx += 1
         if dom is not None:
             dom.add(q.TRANSACTIONS, 1)
         return Result(MsgType.TRANSACTION_START, b"%d\0" % tx_id)
@@ -53,11 +55,16 @@ class TransactionOps(WatchOps):
         if tx is None:
             raise XsError("ENOENT", "no transaction")
         del conn.transactions[tx.tx_id]
+        if self._open_tx is not None:
+            self._open_tx -= 1
         if conn.domain is not None:
             conn.domain.add(q.TRANSACTIONS, -1)
         if arg == b"F":
             return Result(MsgType.TRANSACTION_END, OK)
         events = self._commit(conn, tx)
+        if conn.limited is not None and self.open_transactions():
+            # C charges a commit that others' open transactions may conflict with.
+            self.wrl.debit(conn.domid, self._now_ms())
         return Result(MsgType.TRANSACTION_END, OK, events, bool(events))
 
     def _commit(self, conn: Connection, tx: Transaction) -> list[Event]:
@@ -97,4 +104,6 @@ class TransactionOps(WatchOps):
     def _drop_transactions(self, conn: Connection) -> None:
         if conn.domain is not None and conn.transactions:
             conn.domain.add(q.TRANSACTIONS, -len(conn.transactions))
+        if self._open_tx is not None:
+            self._open_tx -= len(conn.transactions)
         conn.transactions.clear()
