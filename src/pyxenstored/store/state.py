@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..wire import DOMID_ANY, XsError, canonicalize, implicit_path, parent_of
 from . import quota as q
@@ -233,14 +234,33 @@ def import_watch(store: Store, conn_id: int, wpath: str, token: bytes, depth: in
         path = canonicalize(wpath.encode("ascii"), conn.domid, allow_special=True)
     except (XsError, UnicodeEncodeError):
         raise StateError(f"watch path {wpath!r} is not valid") from None
-    if (path, token) in conn.watches:
+    key = (path, token)
+    watches = conn.watches
+    if key in watches:
         raise StateError(f"watch {wpath!r} token {token!r} of connection {conn_id} twice")
     relative = not wpath.startswith(("/", "@"))
     prefix = len(implicit_path(conn.domid)) + 1 if relative else 0
-    store._watch_seq += 1
-    watch = Watch(conn_id, conn.seq, store._watch_seq, path, token, depth, prefix)
-    conn.watches[(path, token)] = watch
+    seq = store._watch_seq = store._watch_seq + 1
+    # Watch(conn_id, conn.seq, seq, path, token, depth, prefix) without the
+    # frozen dataclass __init__ (a restore makes one per watch).
+    watch = _new_watch(Watch)
+    set_conn, set_conn_seq, set_seq, set_path, set_token, set_depth, set_prefix = _WATCH_SETTERS
+    set_conn(watch, conn_id)
+    set_conn_seq(watch, conn.seq)
+    set_seq(watch, seq)
+    set_path(watch, path)
+    set_token(watch, token)
+    set_depth(watch, depth)
+    set_prefix(watch, prefix)
+    watches[key] = watch
     store.watches.add(watch)
+
+
+_new_watch = object.__new__
+_WATCH_SETTERS: tuple[Any, ...] = tuple(
+    Watch.__dict__[name].__set__
+    for name in ("conn_id", "conn_seq", "seq", "path", "token", "depth", "prefix_len")
+)
 
 
 def import_transaction(

@@ -226,6 +226,8 @@ class _Codec:
         self.node = struct.Struct(e + "IIHHHH")
         # Record header and NODE_DATA fixed part in one (the bulk path).
         self.node_record = struct.Struct(e + "IIIIHHHH")
+        # Record header and WATCH_DATA fixed part in one.
+        self.watch_record = struct.Struct(e + "IIIHH")
         self.hh = struct.Struct(e + "HH")
         self.domain = struct.Struct(e + "HHI")
         self._prefix = e
@@ -493,6 +495,10 @@ _RAW_SETTERS: tuple[Any, ...] = tuple(
 _NODE_SETTERS: tuple[Any, ...] = tuple(
     NodeData.__dict__[name].__set__
     for name in ("conn_id", "tx_id", "access", "perms", "path", "value")
+)
+
+_WATCH_SETTERS: tuple[Any, ...] = tuple(
+    WatchData.__dict__[name].__set__ for name in ("conn_id", "wpath", "token")
 )
 
 
@@ -931,13 +937,18 @@ class StreamReader:
         nodes have none); every other record, or any anomaly, comes as a
         record, exactly as iteration gives it (with its precise errors).
         For bulk consumers (a live-update restore): no record object and no
-        generator step per node.  Records keep their stream order, END last.
+        generator step per node.  WATCH_DATA records lying whole in the
+        buffer are decoded inline too (one per watch, many per stream).
+        Records keep their stream order, END last.
         """
         self._begin()
         codec = self._codec
         unpack_node_record = codec.node_record.unpack_from
+        unpack_watch_record = codec.watch_record.unpack_from
         perm_cache = codec._perms
         decode_perms = codec._decode_perms
+        new = object.__new__
+        set_conn, set_wpath, set_token = _WATCH_SETTERS
         index = 0
         while True:
             buf = self._buf
@@ -975,6 +986,41 @@ class StreamReader:
                 index += len(run)
                 self._pos = pos
                 yield run
+            # WATCH_DATA, checked as Codec.decode_watch does (else decoded by it).
+            watches = pos
+            while pos + 16 <= size:
+                rtype, length, conn_id, plen, tlen = unpack_watch_record(buf, pos)
+                if rtype != 3:
+                    break
+                start = pos + 16
+                pe = start + plen
+                te = pe + tlen
+                stop = pos + 8 + length
+                nxt = stop + (-(base + stop) & 7)
+                if (
+                    length < 8
+                    or nxt > size
+                    or te > stop
+                    or plen == 0
+                    or tlen == 0
+                    or buf[pe - 1] != 0
+                    or buf[te - 1] != 0
+                ):
+                    break
+                try:
+                    wpath = buf[start : pe - 1].decode()
+                    token = buf[pe : te - 1].decode()
+                except UnicodeDecodeError:
+                    break
+                watch = new(WatchData)  # WatchData(...) without the frozen __init__
+                set_conn(watch, conn_id)
+                set_wpath(watch, wpath)
+                set_token(watch, token)
+                pos = self._pos = nxt
+                index += 1
+                yield watch
+            if pos != watches:
+                continue  # node runs may follow
             _, offset, rtype, _length, buf, start, stop, _pad_end, _quirk = self._frame_one(index)
             yield self._decode_frame(index, offset, rtype, buf, start, stop)
             if rtype == RecordType.END:
