@@ -11,6 +11,7 @@ plain iteration gives, or the same error.
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -38,6 +39,8 @@ from pyxenstored.stream import (
     SocketSpec,
     StreamError,
     StreamReader,
+    StreamWriteError,
+    StreamWriter,
     WatchData,
     write_stream,
 )
@@ -251,3 +254,35 @@ def test_inline_watches_restore_like_records() -> None:
     restore_stream(data, bulk, StoreOnlySink(bulk))
     restore_state(records, plain, StoreOnlySink(plain))
     assert list(bulk.conns[1].watches.values()) == list(plain.conns[1].watches.values())
+
+
+# --- the writer's committed-node runs ---------------------------------------------------
+
+committed_st = st.tuples(
+    st.text(st.characters(codec="utf-8"), max_size=6),
+    st.sampled_from(PERMS),
+    st.binary(max_size=9),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(committed_st, max_size=20), st.booleans())
+def test_node_runs_write_the_bytes_of_records(
+    run: list[tuple[str, tuple[NodePerm, ...], bytes]], big_endian: bool
+) -> None:
+    records: list[Record] = [NodeData(0, 0, 0, perms, path, value) for path, perms, value in run]
+    by_record = io.BytesIO()
+    with StreamWriter(by_record, big_endian=big_endian) as writer:
+        writer.write_all(records)
+    by_run = io.BytesIO()
+    with StreamWriter(by_run, big_endian=big_endian) as writer:
+        writer.write_all([run[:3], run[3:]])
+    assert by_run.getvalue() == by_record.getvalue()
+
+
+def test_node_runs_refuse_what_records_refuse() -> None:
+    for bad in [("/\udc80", PERMS[0], b""), ("/a", PERMS[0], b"x" * 70000)]:
+        with pytest.raises(StreamWriteError):
+            StreamWriter(io.BytesIO()).write_all([NodeData(0, 0, 0, bad[1], bad[0], bad[2])])
+        with pytest.raises(StreamWriteError):
+            StreamWriter(io.BytesIO()).write_all([[bad]])

@@ -72,6 +72,7 @@ from pyxenstored.store import Store
 from pyxenstored.store import quota as q
 from pyxenstored.store.features import SUPPORTED_FEATURES
 from pyxenstored.stream import (
+    CommittedNode,
     ConnectionData,
     DomainData,
     GlobalData,
@@ -536,7 +537,7 @@ class LiveUpdate:
 
     def build_records(
         self, session: Session | None, *, pyxenstored: bool = True
-    ) -> tuple[Iterable[Record], str, int, list[str]]:
+    ) -> tuple[Iterable[Record | list[CommittedNode]], str, int, list[str]]:
         """The records to write, their target and version, and what the target loses.
 
         Towards pyxenstored (version 2) the records are produced while they
@@ -548,9 +549,17 @@ class LiveUpdate:
         conns = self.connection_records(session)
         version = session.version if session is not None and session.version else None
         if pyxenstored:
-            lazy = dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
             if version != 1:
-                return lazy, "spec", version or 2, []
+                # Committed nodes in runs: no record object per node.
+                runs = dump_state(
+                    self.store,
+                    conns,
+                    global_data=global_data,
+                    preserved=self.preserved,
+                    node_runs=True,
+                )
+                return runs, "spec", version or 2, []
+            lazy = dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
             # Asked for explicitly: what version 1 cannot carry is a loss.
             adapted, lost = adapt_for_target(lazy, 1, "spec", lossy=True)
             return adapted, "spec", 1, lost
@@ -753,7 +762,7 @@ class _Tee:
 
 def write_state(
     path: str,
-    records: Iterable[Record],
+    records: Iterable[Record | list[CommittedNode]],
     version: int,
     target: str,
     checker: Checker | None = None,

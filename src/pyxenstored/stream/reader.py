@@ -38,6 +38,7 @@ from .records import (
     STREAM_IDENT,
     SUPPORTED_VERSIONS,
     VERSION_1,
+    CommittedNode,
     ConnectionData,
     DomainData,
     End,
@@ -58,9 +59,6 @@ from .records import (
     WatchDataExtended,
     type_name,
 )
-
-#: A committed node as :meth:`StreamReader.iter_node_runs` gives it: path, perms, value.
-CommittedNode = tuple[str, tuple[NodePerm, ...], bytes]
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 
@@ -1055,6 +1053,7 @@ def iter_records(source: Source) -> Iterator[Record]:
 
 __all__ = [
     "CHUNK_SIZE",
+    "CommittedNode",
     "DecodeInfo",
     "LAYOUT_C_HEAD_WRITER",
     "LAYOUT_C_READER",
