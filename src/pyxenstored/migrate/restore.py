@@ -311,6 +311,11 @@ def _restore_records(
     last_prefix: str | None = None
     kids = Children()
     parent_usage: list[int] = [0, 0]
+    # Length of the child names added to ``kids`` and not yet counted.
+    grown = 0
+    # The permissions of the last node and their entry.
+    last_raw: tuple[NodePerm, ...] | None = None
+    hit: tuple[Perms, list[int], int, tuple[NodePerm, ...]] | None = None
     # Node names seen valid, interned (one lookup validates and interns).
     names: dict[str, str] = {}
     names_get = names.get
@@ -352,19 +357,25 @@ def _restore_records(
             node_count += len(run)
             scan_from = 0
             for path, raw_perms, value in run:
-                hit = perms_by_id.get(id(raw_perms))
-                if hit is None:
-                    converted = store_perms(raw_perms)
-                    if converted:
-                        hit = perms_by_id[id(raw_perms)] = (
-                            converted,
-                            usage.setdefault(converted[0][0], [0, 0]),
-                            16 + 8 * len(converted),
-                            raw_perms,
-                        )
+                if raw_perms is not last_raw:  # neighbours mostly share them
+                    last_raw = raw_perms
+                    hit = perms_by_id.get(id(raw_perms))
+                    if hit is None:
+                        converted = store_perms(raw_perms)
+                        if converted:
+                            hit = perms_by_id[id(raw_perms)] = (
+                                converted,
+                                usage.setdefault(converted[0][0], [0, 0]),
+                                16 + 8 * len(converted),
+                                raw_perms,
+                            )
                 cut = path.rfind("/")
                 prefix = path[: cut + 1]
                 if prefix != last_prefix:
+                    # The child names counted for the previous parent.
+                    kids.clen += grown
+                    parent_usage[1] += grown
+                    grown = 0
                     # "/" or a node's path plus "/" (a node, hence valid,
                     # and not "/" itself: no empty component).
                     parent = None
@@ -386,18 +397,15 @@ def _restore_records(
                 if name is None and _NODE_NAME(path[cut + 1 :]) is not None:
                     name = names[path[cut + 1 :]] = intern(path[cut + 1 :])
                 if hit is not None and name is not None and prefix == last_prefix:
-                    perms = hit[0]
                     node = new_node(Node)
                     node.value = value
-                    node.perms = perms
+                    node.perms = hit[0]
                     node.gen = gen
                     node.children = NO_CHILDREN
                     if nodes.setdefault(path, node) is node:
                         last_restored = node
                         kids[name] = None
-                        grow = len(name) + 1
-                        kids.clen += grow
-                        parent_usage[1] += grow
+                        grown += len(name) + 1
                         u = hit[1]
                         u[0] += 1
                         u[1] += hit[2] + len(value) + len(path)
@@ -413,6 +421,9 @@ def _restore_records(
                 if slow_node is None:
                     exact_usage = False
                 index = first + len(run) - 1
+            kids.clen += grown
+            parent_usage[1] += grown
+            grown = 0
             if record is _NODE_RUN or run:
                 continue
             if cls is NodeData:

@@ -222,8 +222,9 @@ class _Codec:
         self.u16 = struct.Struct(e + "H")
         self.ta = struct.Struct(e + "II")
         self.node = struct.Struct(e + "IIHHHH")
-        # Record header and NODE_DATA fixed part in one (the bulk path).
-        self.node_record = struct.Struct(e + "IIIIHHHH")
+        # Record header, NODE_DATA fixed part and (if any) first permission
+        # entry in one (the bulk path).
+        self.node_record = struct.Struct(e + "IIIIHHHHI")
         # Record header and WATCH_DATA fixed part in one.
         self.watch_record = struct.Struct(e + "IIIHH")
         self.hh = struct.Struct(e + "HH")
@@ -947,6 +948,7 @@ class StreamReader:
         decode_perms = codec._decode_perms
         new = object.__new__
         set_conn, set_wpath, set_token = _WATCH_SETTERS
+        single_perms: dict[int, tuple[NodePerm, ...]] = {}
         index = 0
         while True:
             buf = self._buf
@@ -955,9 +957,9 @@ class StreamReader:
             base = self._base
             run: list[CommittedNode] = []
             add = run.append
-            while pos + 24 <= size:
-                rtype, length, conn_id, tx_id, plen, vlen, _access, nperms = unpack_node_record(
-                    buf, pos
+            while pos + 28 <= size:
+                rtype, length, conn_id, tx_id, plen, vlen, _access, nperms, perm0 = (
+                    unpack_node_record(buf, pos)
                 )
                 if rtype != 5 or length < 16:
                     break
@@ -970,10 +972,18 @@ class StreamReader:
                 pe = p + plen
                 if conn_id or tx_id or pe + vlen > stop or plen == 0 or buf[pe - 1] != 0:
                     break
-                raw_perms = buf[start + 16 : p]
-                perms = perm_cache.get(raw_perms)
-                if perms is None:
-                    perms = decode_perms(raw_perms, nperms)
+                if nperms == 1:
+                    # The usual single entry, by its value (no bytes object).
+                    perms = single_perms.get(perm0)
+                    if perms is None:
+                        raw_perms = buf[start + 16 : p]
+                        perms = perm_cache.get(raw_perms) or decode_perms(raw_perms, 1)
+                        single_perms[perm0] = perms
+                else:
+                    raw_perms = buf[start + 16 : p]
+                    perms = perm_cache.get(raw_perms)
+                    if perms is None:
+                        perms = decode_perms(raw_perms, nperms)
                 try:
                     path = buf[p : pe - 1].decode()
                 except UnicodeDecodeError:
