@@ -306,9 +306,8 @@ def _restore_records(
     # so its id cannot be reused meanwhile).
     perms_by_id: dict[int, tuple[Perms, list[int], int, tuple[NodePerm, ...]]] = {}
     # Siblings follow each other: their parent is looked up once per run of
-    # them, by the path's prefix up to and including its last "/".
-    # (None: no parent known; never equal to a prefix.)
-    last_prefix: str | None = None
+    # them, by its path ("" for "/"; None: no parent known, equal to none).
+    last_parent_path: str | None = None
     kids = Children()
     parent_usage: list[int] = [0, 0]
     # Length of the child names added to ``kids`` and not yet counted.
@@ -369,22 +368,21 @@ def _restore_records(
                                 16 + 8 * len(converted),
                                 raw_perms,
                             )
-                cut = path.rfind("/")
-                prefix = path[: cut + 1]
-                if prefix != last_prefix:
+                parent_path, slash, name = path.rpartition("/")
+                if parent_path != last_parent_path:
                     # The child names counted for the previous parent.
                     kids.clen += grown
                     parent_usage[1] += grown
                     grown = 0
-                    # "/" or a node's path plus "/" (a node, hence valid,
-                    # and not "/" itself: no empty component).
+                    # "" for "/", else a node's path (a node, hence valid;
+                    # "/" itself would make an empty component).
                     parent = None
-                    if prefix == "/":
+                    if not parent_path:
                         parent = nodes.get("/")
-                    elif prefix[:1] == "/" and prefix != "//":
-                        parent = nodes.get(prefix[:-1])
+                    elif parent_path[0] == "/" and parent_path != "/":
+                        parent = nodes.get(parent_path)
                     if parent is not None:
-                        last_prefix = prefix
+                        last_parent_path = parent_path
                         children = parent.children
                         if not children:
                             children = parent.children = Children()
@@ -392,11 +390,16 @@ def _restore_records(
                         kids = children
                         parent_usage = usage.setdefault(parent.perms[0][0], [0, 0])
                     else:
-                        last_prefix = None
-                name = names_get(path[cut + 1 :])
-                if name is None and _NODE_NAME(path[cut + 1 :]) is not None:
-                    name = names[path[cut + 1 :]] = intern(path[cut + 1 :])
-                if hit is not None and name is not None and prefix == last_prefix:
+                        last_parent_path = None
+                iname = names_get(name)
+                if iname is None and _NODE_NAME(name) is not None:
+                    iname = names[name] = intern(name)
+                if (
+                    hit is not None
+                    and iname is not None
+                    and parent_path == last_parent_path
+                    and slash  # (a path without "/" has the parent path "" of "/x")
+                ):
                     node = new_node(Node)
                     node.value = value
                     node.perms = hit[0]
@@ -404,8 +407,8 @@ def _restore_records(
                     node.children = NO_CHILDREN
                     if nodes.setdefault(path, node) is node:
                         last_restored = node
-                        kids[name] = None
-                        grown += len(name) + 1
+                        kids[iname] = None
+                        grown += len(iname) + 1
                         u = hit[1]
                         u[0] += 1
                         u[1] += hit[2] + len(value) + len(path)
