@@ -286,3 +286,56 @@ def test_node_runs_refuse_what_records_refuse() -> None:
             StreamWriter(io.BytesIO()).write_all([NodeData(0, 0, 0, bad[1], bad[0], bad[2])])
         with pytest.raises(StreamWriteError):
             StreamWriter(io.BytesIO()).write_all([[bad]])
+
+
+# --- the reader's bulk NODE_DATA -----------------------------------------------------------
+
+
+@st.composite
+def raw_node(draw: st.DrawFn) -> bytes:
+    """A NODE_DATA record, often well formed, sometimes lying or unusual.
+
+    ``len`` with or without its padding (C counts it, the spec need not),
+    a transaction's node, several or no permission entries, lengths that
+    overrun, a path without its NUL or not UTF-8.
+    """
+    path = draw(st.sampled_from([b"/\0", b"/a\0", b"/a/b\0", b"/\xff\0", b"/a", b"\0"]))
+    value = draw(st.sampled_from([b"", b"v", b"value\0with nul"]))
+    nperms = draw(st.sampled_from([1, 1, 1, 0, 2, 3]))
+    perms = b"".join(
+        bytes([draw(st.sampled_from(b"nrwbx")), draw(st.integers(0, 1))])
+        + draw(st.sampled_from([0, 5, 0x7FF0])).to_bytes(2, "little")
+        for _ in range(nperms)
+    )
+    conn_id, tx_id = draw(st.sampled_from([(0, 0), (0, 0), (1, 0), (0, 2)]))
+    plen = len(path) + draw(st.sampled_from([0, 0, 0, 1, -1, 100]))
+    vlen = len(value) + draw(st.sampled_from([0, 0, 0, 1, 100]))
+    nperms_field = nperms + draw(st.sampled_from([0, 0, 0, 1, 50]))
+    body = (
+        conn_id.to_bytes(4, "little")
+        + tx_id.to_bytes(4, "little")
+        + max(plen, 0).to_bytes(2, "little")
+        + vlen.to_bytes(2, "little")
+        + b"\0\0"
+        + nperms_field.to_bytes(2, "little")
+        + perms
+        + path
+        + value
+    )
+    length = len(body)
+    padded = (length + 7) & ~7
+    if draw(st.booleans()):
+        length = padded  # C: len counts the padding
+    length += draw(st.sampled_from([0, 0, 0, -3, 8]))
+    length = max(length, 0)
+    body = body[:length].ljust(max(length, padded), b"\0")
+    body = body.ljust((len(body) + 7) & ~7, b"\0")
+    return (5).to_bytes(4, "little") + length.to_bytes(4, "little") + body
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(raw_node(), max_size=8), st.lists(raw_watch(), max_size=2))
+def test_bulk_nodes_read_like_plain_iteration(nodes: list[bytes], watches: list[bytes]) -> None:
+    data = write_stream([SOCKET]) + b"".join(watches) + b"".join(nodes)
+    data += write_stream([End()])[16:]
+    assert outcome(data, True) == outcome(data, False)

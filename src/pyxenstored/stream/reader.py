@@ -961,26 +961,28 @@ class StreamReader:
                 rtype, length, conn_id, tx_id, plen, vlen, _access, nperms, perm0 = (
                     unpack_node_record(buf, pos)
                 )
-                if rtype != 5 or length < 16:
-                    break
-                start = pos + 8
-                stop = start + length
-                nxt = stop + (-(base + stop) & 7)
-                if nxt > size:
-                    break
-                p = start + 16 + 4 * nperms
-                pe = p + plen
-                if conn_id or tx_id or pe + vlen > stop or plen == 0 or buf[pe - 1] != 0:
+                # Records start 8-aligned; a len that counts its padding (as
+                # every writer's here does) ends the record 8-aligned too.
+                nxt = pos + 8 + length
+                if rtype != 5 or length & 7 or nxt > size:
                     break
                 if nperms == 1:
                     # The usual single entry, by its value (no bytes object).
+                    p = pos + 28
                     perms = single_perms.get(perm0)
                     if perms is None:
-                        raw_perms = buf[start + 16 : p]
+                        raw_perms = buf[pos + 24 : p]
                         perms = perm_cache.get(raw_perms) or decode_perms(raw_perms, 1)
                         single_perms[perm0] = perms
+                    pe = p + plen
+                    if conn_id or tx_id or pe + vlen > nxt or plen == 0 or buf[pe - 1] != 0:
+                        break
                 else:
-                    raw_perms = buf[start + 16 : p]
+                    p = pos + 24 + 4 * nperms
+                    pe = p + plen
+                    if conn_id or tx_id or pe + vlen > nxt or plen == 0 or buf[pe - 1] != 0:
+                        break
+                    raw_perms = buf[pos + 24 : p]
                     perms = perm_cache.get(raw_perms)
                     if perms is None:
                         perms = decode_perms(raw_perms, nperms)
