@@ -37,22 +37,21 @@ restores the store, deletes the file and runs requests that were pending.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
-import queue
-import select
-import shlex
 import socket
 import stat
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    # Only the old daemon's side of a switch uses these (imported there): a
+    # new daemon's start-up, part of the blackout, does without them.
+    import queue
+
 
 from pyxenstored.migrate import (
     DumpError,
@@ -450,7 +449,7 @@ class LiveUpdate:
             self.last_switch.dump_seconds,
             self.last_switch.check_seconds,
             time.monotonic(),
-            shlex.join(argv),
+            _shlex_join(argv),
         )
         self.server.inherit_fds()
         # Hand the sockets over in blocking mode, as the C daemon creates them:
@@ -693,6 +692,12 @@ def _atoi(raw: bytes) -> int:
     return sign * n
 
 
+def _shlex_join(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(argv)
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -801,6 +806,12 @@ class Checker:
     """
 
     def __init__(self, program: str) -> None:
+        import fcntl
+        import queue
+        import subprocess
+        import tempfile
+        import threading
+
         self.program = program
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by result()/cancel()
         self.proc = subprocess.Popen(
@@ -850,6 +861,9 @@ class Checker:
         exits, closing its output.  (``Popen.wait`` with a timeout polls,
         sleeping up to 50 ms at a time: that much added to every blackout.)
         """
+        import select
+        import subprocess
+
         self.done()
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -905,6 +919,8 @@ class Checker:
 
 def run_check(program: str, path: str) -> str | None:
     """Run ``program --check-state path``; None when it restored cleanly, else why not."""
+    import subprocess
+
     try:
         done = subprocess.run(
             [program, "--check-state", path],
