@@ -45,6 +45,7 @@ from pyxenstored.stream import (
     write_stream,
 )
 from pyxenstored.stream.records import CONN_TYPE_SOCKET
+from pyxenstored.wire import XsError, canonicalize, implicit_path
 
 VALID_PATH = re.compile(r"/|(?:/[A-Za-z0-9_@\-]+)+|@[A-Za-z0-9_@/\-]+").fullmatch
 
@@ -339,3 +340,31 @@ def test_bulk_nodes_read_like_plain_iteration(nodes: list[bytes], watches: list[
     data = write_stream([SOCKET]) + b"".join(watches) + b"".join(nodes)
     data += write_stream([End()])[16:]
     assert outcome(data, True) == outcome(data, False)
+
+
+# --- import_watch's absolute-path shortcut -------------------------------------------------
+
+
+def reference_watch(domid: int, wpath: str) -> tuple[str, int] | None:
+    """What import_watch installs (canonical path, prefix) by wire.canonicalize, or None."""
+    try:
+        path = canonicalize(wpath.encode("ascii"), domid, allow_special=True)
+    except (XsError, UnicodeEncodeError):
+        return None
+    relative = not wpath.startswith(("/", "@"))
+    return path, (len(implicit_path(domid)) + 1 if relative else 0)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from("/@a0-_ü \n."), max_size=8), st.sampled_from([0, 7]))
+def test_watch_paths_canonical_as_wire(wpath: str, domid: int) -> None:
+    store = Store()
+    store.connect(1, domid, is_socket=domid == 0)
+    expected = reference_watch(domid, wpath)
+    try:
+        import_watch(store, 1, wpath, b"t", -1)
+    except StateError:
+        assert expected is None
+        return
+    (watch,) = store.conns[1].watches.values()
+    assert (watch.path, watch.prefix_len) == expected
