@@ -131,6 +131,7 @@ def test_bulk_nodes_restore_like_import_node(
     nodes = [(path, PERMS[p], value) for path, p, value in drawn]
     if rooted:
         nodes.insert(0, ("/", PERMS[0], b""))
+        nodes += [("@releaseDomain", PERMS[0], b""), ("@introduceDomain", PERMS[0], b"")]
     compare(nodes)
 
 
@@ -146,7 +147,9 @@ def test_valid_trees_restore_like_import_node(drawn: list[tuple[list[str], bytes
     for parts, value in drawn:
         for n in range(1, len(parts) + 1):
             nodes.append(("/" + "/".join(parts[:n]), PERMS[n % 3], value))
+    # Both special nodes: the restore keeps the usage it counted (no walk).
     nodes.append(("@releaseDomain", PERMS[0], b""))
+    nodes.append(("@introduceDomain", PERMS[0], b""))
     compare(nodes)
 
 

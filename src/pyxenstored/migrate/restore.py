@@ -312,9 +312,13 @@ def _restore_records(
     parent_usage: list[int] = [0, 0]
     # Length of the child names added to ``kids`` and not yet counted.
     grown = 0
-    # The permissions of the last node and their entry.
+    # The permissions of the last node, their store form (() for none: the
+    # slow path refuses them), their owner's usage, the fixed part of a
+    # node's memory, and the nodes and memory counted for them not yet added.
     last_raw: tuple[NodePerm, ...] | None = None
-    hit: tuple[Perms, list[int], int, tuple[NodePerm, ...]] | None = None
+    perms: Perms = ()
+    owner_usage: list[int] = [0, 0]
+    fixed = counted = memory = 0
     # Node names seen valid, interned (one lookup validates and interns).
     names: dict[str, str] = {}
     names_get = names.get
@@ -357,6 +361,10 @@ def _restore_records(
             scan_from = 0
             for path, raw_perms, value in run:
                 if raw_perms is not last_raw:  # neighbours mostly share them
+                    # The nodes counted for the previous permissions' owner.
+                    owner_usage[0] += counted
+                    owner_usage[1] += memory
+                    counted = memory = 0
                     last_raw = raw_perms
                     hit = perms_by_id.get(id(raw_perms))
                     if hit is None:
@@ -368,6 +376,10 @@ def _restore_records(
                                 16 + 8 * len(converted),
                                 raw_perms,
                             )
+                    if hit is not None:
+                        perms, owner_usage, fixed = hit[0], hit[1], hit[2]
+                    else:
+                        perms = ()
                 parent_path, slash, name = path.rpartition("/")
                 if parent_path != last_parent_path:
                     # The child names counted for the previous parent.
@@ -395,23 +407,22 @@ def _restore_records(
                 if iname is None and _NODE_NAME(name) is not None:
                     iname = names[name] = intern(name)
                 if (
-                    hit is not None
+                    perms
                     and iname is not None
-                    and parent_path == last_parent_path
                     and slash  # (a path without "/" has the parent path "" of "/x")
+                    and last_parent_path is not None
                 ):
                     node = new_node(Node)
                     node.value = value
-                    node.perms = hit[0]
+                    node.perms = perms
                     node.gen = gen
                     node.children = NO_CHILDREN
                     if nodes.setdefault(path, node) is node:
                         last_restored = node
                         kids[iname] = None
                         grown += len(iname) + 1
-                        u = hit[1]
-                        u[0] += 1
-                        u[1] += hit[2] + len(value) + len(path)
+                        counted += 1
+                        memory += fixed + len(value) + len(path)
                         continue
                 # The record by record way, with its precise errors.
                 pos = scan_from
@@ -427,6 +438,9 @@ def _restore_records(
             kids.clen += grown
             parent_usage[1] += grown
             grown = 0
+            owner_usage[0] += counted
+            owner_usage[1] += memory
+            counted = memory = 0
             if record is _NODE_RUN or run:
                 continue
             if cls is NodeData:
