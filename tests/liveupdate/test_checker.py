@@ -63,3 +63,29 @@ def test_exit_without_verdict(tmp_path: Path) -> None:
     checker = Checker(script(tmp_path, "cat > /dev/null\necho oops >&2\nexit 3\n"))
     verdict = checker.result(timeout=60)
     assert verdict is not None and "status 3" in verdict and "oops" in verdict
+
+
+def test_descriptors_above_1024(tmp_path: Path) -> None:
+    """A daemon with many connections: the check run's pipes land above select's limit."""
+    import resource
+
+    import pytest
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"hard limit on descriptors is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    spare: list[int] = []
+    try:
+        base = os.open(os.devnull, os.O_RDONLY)
+        spare.append(base)
+        while len(spare) < 1100:
+            spare.append(os.dup(base))
+        checker = Checker(script(tmp_path, f'cat > /dev/null\necho "{CHECK_OK}"\n'))
+        assert checker.proc.stdout is not None and checker.proc.stdout.fileno() > 1024
+        checker.feed(b"x")
+        assert checker.result(timeout=60) is None
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -888,10 +888,16 @@ class Checker:
         with contextlib.suppress(OSError, AttributeError):
             pidfd = os.pidfd_open(self.proc.pid)
         chunks = []
+        # poll, not select: a daemon with many connections has descriptors
+        # above select's limit of 1024.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if pidfd >= 0:
+            poller.register(pidfd, select.POLLIN)
         try:
             while True:
                 left = deadline - time.monotonic()
-                ready = select.select([fd] if pidfd < 0 else [fd, pidfd], [], [], max(left, 0))[0]
+                ready = [r for r, _ in poller.poll(max(left, 0) * 1000)] if left > 0 else []
                 if not ready:
                     raise subprocess.TimeoutExpired(self.program, timeout)
                 if fd not in ready:
