@@ -142,3 +142,22 @@ def test_collector_resumes_after_the_first_turn(tmp_path: Path) -> None:
     finally:
         gc.enable()
         server.close()
+
+
+def test_collector_back_on_after_a_failed_restore(tmp_path: Path) -> None:
+    import gc
+
+    import pytest
+
+    from pyxenstored.migrate import RestoreError
+
+    state = tmp_path / "state_dump"
+    state.write_bytes(b"not a stream at all")
+    server, _store, lu = make_server(tmp_path, "socket")
+    try:
+        with pytest.raises(RestoreError):
+            lu.restore(str(state))
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+        server.close()

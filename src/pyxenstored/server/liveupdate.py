@@ -608,7 +608,13 @@ class LiveUpdate:
         if gc.isenabled() and self.server.ticker == self.tick:
             gc.disable()
             self._gc_turns = 2  # ticks: before the first turn, after it
-        restored = restore_stream(path, self.store, self, verify=False)
+        try:
+            restored = restore_stream(path, self.store, self, verify=False)
+        except BaseException:
+            if self._gc_turns:
+                self._gc_turns = 0
+                gc.enable()
+            raise
         self.preserved = restored.preserved
         gd = restored.global_data
         if gd is not None and gd.socket_fd >= 0:
