@@ -222,9 +222,10 @@ class _Codec:
         self.u16 = struct.Struct(e + "H")
         self.ta = struct.Struct(e + "II")
         self.node = struct.Struct(e + "IIHHHH")
-        # Record header, NODE_DATA fixed part and (if any) first permission
-        # entry in one (the bulk path).
-        self.node_record = struct.Struct(e + "IIIIHHHHI")
+        # Record header, NODE_DATA fixed part (conn-id and tx-id as one u64,
+        # access skipped) and (if any) first permission entry in one (the
+        # bulk path).
+        self.node_record = struct.Struct(e + "IIQHH2xHI")
         # Record header and WATCH_DATA fixed part in one.
         self.watch_record = struct.Struct(e + "IIIHH")
         self.hh = struct.Struct(e + "HH")
@@ -949,6 +950,8 @@ class StreamReader:
         new = object.__new__
         set_conn, set_wpath, set_token = _WATCH_SETTERS
         single_perms: dict[int, tuple[NodePerm, ...]] = {}
+        last_perm0 = -1  # (a u32 never is)
+        last_perms: tuple[NodePerm, ...] = ()
         index = 0
         while True:
             buf = self._buf
@@ -958,9 +961,8 @@ class StreamReader:
             run: list[CommittedNode] = []
             add = run.append
             while pos + 28 <= size:
-                rtype, length, conn_id, tx_id, plen, vlen, _access, nperms, perm0 = (
-                    unpack_node_record(buf, pos)
-                )
+                # conn-id and tx-id as one number (both 0 for a committed node).
+                rtype, length, ids, plen, vlen, nperms, perm0 = unpack_node_record(buf, pos)
                 # Records start 8-aligned; a len that counts its padding (as
                 # every writer's here does) ends the record 8-aligned too.
                 nxt = pos + 8 + length
@@ -969,18 +971,23 @@ class StreamReader:
                 if nperms == 1:
                     # The usual single entry, by its value (no bytes object).
                     p = pos + 28
-                    perms = single_perms.get(perm0)
-                    if perms is None:
-                        raw_perms = buf[pos + 24 : p]
-                        perms = perm_cache.get(raw_perms) or decode_perms(raw_perms, 1)
-                        single_perms[perm0] = perms
+                    if perm0 != last_perm0:
+                        perms = single_perms.get(perm0)
+                        if perms is None:
+                            raw_perms = buf[pos + 24 : p]
+                            perms = perm_cache.get(raw_perms) or decode_perms(raw_perms, 1)
+                            single_perms[perm0] = perms
+                        last_perm0 = perm0
+                        last_perms = perms
+                    else:
+                        perms = last_perms
                     pe = p + plen
-                    if conn_id or tx_id or pe + vlen > nxt or plen == 0 or buf[pe - 1] != 0:
+                    if ids or pe + vlen > nxt or plen == 0 or buf[pe - 1] != 0:
                         break
                 else:
                     p = pos + 24 + 4 * nperms
                     pe = p + plen
-                    if conn_id or tx_id or pe + vlen > nxt or plen == 0 or buf[pe - 1] != 0:
+                    if ids or pe + vlen > nxt or plen == 0 or buf[pe - 1] != 0:
                         break
                     raw_perms = buf[pos + 24 : p]
                     perms = perm_cache.get(raw_perms)
