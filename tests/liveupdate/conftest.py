@@ -10,6 +10,7 @@ names pyxenstored, so the old daemon recognises it and runs its
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import signal
@@ -141,6 +142,16 @@ def start_pyxenstored(
         proc.wait()
         pytest.fail(f"pyxenstored did not start:\n{log.read_text(errors='replace')}")
     return LuDaemon(proc, rundir, program, tmp / "dumps", log, env or {})
+
+
+@pytest.fixture(autouse=True)
+def _collector_back_on() -> Iterator[None]:
+    """An in-process restore pauses the cyclic collector until its loop turns (see
+    LiveUpdate.restore); tests that drive the loop by hand leave it to this."""
+    was = gc.isenabled()
+    yield
+    if was:
+        gc.enable()
 
 
 @pytest.fixture

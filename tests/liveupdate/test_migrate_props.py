@@ -10,13 +10,22 @@ events in both stores, after which both stores dump alike again.
 
 from __future__ import annotations
 
+import io
+
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pyxenstored.migrate import StoreOnlySink, dump_state, restore_state
 from pyxenstored.store import Store, StoreConfig
 from pyxenstored.store import quota as q
-from pyxenstored.stream import ConnectionData, RingSpec, SocketSpec, read_records, write_stream
+from pyxenstored.stream import (
+    ConnectionData,
+    RingSpec,
+    SocketSpec,
+    StreamWriter,
+    read_records,
+    write_stream,
+)
 from pyxenstored.wire import MsgType
 
 CONNS = {1: 0, 2: 5, 3: 6}  # conn id -> domid (1 is a socket, privileged)
@@ -116,7 +125,13 @@ def test_any_state_survives_and_behaves_alike(
 ) -> None:
     store = build(ops)
     records = list(dump_state(store, conn_records(store)))
-    _, back = read_records(write_stream(records))
+    data = write_stream(records)
+    # The live update's way: committed nodes in runs, written in one loop.
+    out = io.BytesIO()
+    with StreamWriter(out) as writer:
+        writer.write_all(dump_state(store, conn_records(store), node_runs=True))
+    assert out.getvalue() == data
+    _, back = read_records(data)
     fresh = Store(StoreConfig(existing_domids=frozenset({5, 6, 9})))
     sink = StoreOnlySink(fresh)
     restore_state(back, fresh, sink)

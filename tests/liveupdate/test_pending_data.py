@@ -118,3 +118,46 @@ def test_partial_output_and_input_survive(tmp_path: Path) -> None:
     server2.close()
     server.close()
     peer.close()
+
+
+def test_collector_resumes_after_the_first_turn(tmp_path: Path) -> None:
+    """The restore pauses the cyclic collector; the loop's second tick resumes it."""
+    import gc
+
+    from pyxenstored.stream import End, NodeData, NodePerm, write_stream
+
+    state = tmp_path / "state_dump"
+    state.write_bytes(write_stream([NodeData(0, 0, 0, (NodePerm("n", 0, 0),), "/", b""), End()]))
+    server, _store, lu = make_server(tmp_path, "socket")
+    try:
+        assert gc.isenabled()
+        lu.restore(str(state))
+        assert not gc.isenabled()
+        lu.tick(None)  # before the first turn (replies restored as pending go out in it)
+        assert not gc.isenabled()
+        lu.tick(None)  # after it
+        assert gc.isenabled()
+        lu.tick(None)
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+        server.close()
+
+
+def test_collector_back_on_after_a_failed_restore(tmp_path: Path) -> None:
+    import gc
+
+    import pytest
+
+    from pyxenstored.migrate import RestoreError
+
+    state = tmp_path / "state_dump"
+    state.write_bytes(b"not a stream at all")
+    server, _store, lu = make_server(tmp_path, "socket")
+    try:
+        with pytest.raises(RestoreError):
+            lu.restore(str(state))
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+        server.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..store import Store
 from ..store import quota as q
@@ -31,6 +31,7 @@ from ..stream.records import (
     ACCESS_WRITTEN,
     DEPTH_UNLIMITED,
     PERM_FLAG_STALE,
+    CommittedNode,
     ConnectionData,
     DomainData,
     End,
@@ -100,52 +101,73 @@ def stream_perms(perms: Perms) -> tuple[NodePerm, ...]:
     return out
 
 
-def _committed_records(store: Store, top: str = "/") -> Iterator[NodeData]:
-    """NODE_DATA of the committed tree in C's order (see ``store.state.committed_nodes``).
+#: Committed nodes per run when a dump gives them in runs (``node_runs``).
+RUN_SIZE = 2048
 
-    With ``top`` other than ``/``: only that subtree, without the special
-    nodes (one domain's home for domain migration).
 
-    The walk is inlined here, and records are built without the frozen
-    dataclass ``__init__``: this loop is most of a dump.  Permission tuples
-    are shared between nodes, so their stream form is memoised by identity.
+def _committed_runs(store: Store, top: str = "/") -> Iterator[list[CommittedNode]]:
+    """The committed tree in C's order (see ``store.state.committed_nodes``), in runs.
+
+    Each run is a list of up to :data:`RUN_SIZE` ``(path, perms, value)``
+    tuples.  With ``top`` other than ``/``: only that subtree, without the
+    special nodes (one domain's home for domain migration).
+
+    The walk is inlined here: this loop is most of a dump.  Permission
+    tuples are shared between nodes, so their stream form is memoised by
+    identity (the entry holds the tuple: its id stays its own).
     """
     nodes = store.nodes
-    new = object.__new__
-    set_conn, set_tx, set_access, set_perms, set_path, set_value = _NODE_SETTERS
-    by_id: dict[int, tuple[Perms, tuple[NodePerm, ...]]] = {}
+    by_id: dict[int, tuple[tuple[NodePerm, ...], Perms]] = {}
     get = nodes.get
     root = get(top)
     stack: list[tuple[str, Node]] = [(top, root)] if root is not None else []
     specials = [(p, n) for p in SPECIAL_NODES if (n := get(p)) is not None] if top == "/" else []
     pop = stack.pop
-    while stack or specials:
-        path, node = pop() if stack else specials.pop(0)
+    push = stack.extend
+    run: list[CommittedNode] = []
+    add = run.append
+    while stack:
+        path, node = pop()
         perms = node.perms
         if len(perms) > 1:
             perms = effective_perms(store, perms, node.gen)
         hit = by_id.get(id(perms))
-        if hit is None or hit[0] is not perms:
-            hit = by_id[id(perms)] = (perms, stream_perms(perms))
-        rec = new(NodeData)
-        set_conn(rec, 0)
-        set_tx(rec, 0)
-        set_access(rec, 0)
-        set_perms(rec, hit[1])
-        set_path(rec, path)
-        set_value(rec, node.value)
-        yield rec
+        if hit is None:
+            hit = by_id[id(perms)] = (stream_perms(perms), perms)
+        add((path, hit[0], node.value))
         children = node.children
-        if children and path[0] != "@":
-            prefix = "" if path == "/" else path
-            kids = []
-            for name in children:
-                cp = prefix + "/" + name
-                child = get(cp)
-                if child is not None:
-                    kids.append((cp, child))
+        if children:
+            prefix = "/" if path == "/" else path + "/"
+            kids = [(cp, child) for name in children if (child := get(cp := prefix + name))]
             kids.reverse()
-            stack.extend(kids)
+            push(kids)
+        if len(run) >= RUN_SIZE:
+            yield run
+            run = []
+            add = run.append
+    for path, node in specials:
+        perms = node.perms
+        if len(perms) > 1:
+            perms = effective_perms(store, perms, node.gen)
+        add((path, stream_perms(perms), node.value))
+    if run:
+        yield run
+
+
+def _committed_records(store: Store, top: str = "/") -> Iterator[NodeData]:
+    """The committed nodes of :func:`_committed_runs` as NODE_DATA records."""
+    new = object.__new__
+    set_conn, set_tx, set_access, set_perms, set_path, set_value = _NODE_SETTERS
+    for run in _committed_runs(store, top):
+        for path, perms, value in run:
+            rec = new(NodeData)  # NodeData(0, 0, 0, ...) without the frozen __init__
+            set_conn(rec, 0)
+            set_tx(rec, 0)
+            set_access(rec, 0)
+            set_perms(rec, perms)
+            set_path(rec, path)
+            set_value(rec, value)
+            yield rec
 
 
 def quota_values(table: q.QuotaTable) -> tuple[QuotaValue, ...]:
@@ -167,6 +189,32 @@ def _text(raw: bytes, what: str) -> str:
         raise DumpError(f"{what} {raw!r} is not UTF-8: the stream cannot carry it") from None
 
 
+@overload
+def dump_state(
+    store: Store,
+    connections: Iterable[ConnectionData],
+    *,
+    global_data: GlobalData | None = ...,
+    preserved: Preserved | None = ...,
+    transactions: bool = ...,
+    subtree: str = ...,
+    node_runs: Literal[False] = ...,
+) -> Iterator[Record]: ...
+
+
+@overload
+def dump_state(
+    store: Store,
+    connections: Iterable[ConnectionData],
+    *,
+    global_data: GlobalData | None = ...,
+    preserved: Preserved | None = ...,
+    transactions: bool = ...,
+    subtree: str = ...,
+    node_runs: bool,
+) -> Iterator[Record | list[CommittedNode]]: ...
+
+
 def dump_state(
     store: Store,
     connections: Iterable[ConnectionData],
@@ -175,13 +223,18 @@ def dump_state(
     preserved: Preserved | None = None,
     transactions: bool = True,
     subtree: str = "/",
-) -> Iterator[Record]:
+    node_runs: bool = False,
+) -> Iterator[Record | list[CommittedNode]]:
     """All records of a live-update stream for ``store``, END last.
 
     ``connections`` are in the order to restore them (creation order); each
     is followed by its watches.  With ``transactions`` False open
     transactions are left out (what C does).  ``subtree`` limits the
     committed nodes to that subtree (domain migration: one domain's home).
+    With ``node_runs`` the committed nodes come as lists of ``(path, perms,
+    value)`` tuples instead of NODE_DATA records, for
+    :meth:`~pyxenstored.stream.StreamWriter.write_all` (the same bytes,
+    without a record object per node).
     """
     kept = preserved or Preserved()
     conns = list(connections)
@@ -198,7 +251,10 @@ def dump_state(
                 yield WatchDataExtended(
                     cd.conn_id, w.wpath, token, min(w.depth, DEPTH_UNLIMITED - 1)
                 )
-    yield from _committed_records(store, subtree)
+    if node_runs:
+        yield from _committed_runs(store, subtree)
+    else:
+        yield from _committed_records(store, subtree)
     if transactions:
         for cd in conns:
             for tx in transactions_of(store, cd.conn_id):

@@ -79,6 +79,8 @@ _NODE_RUN = NodeData(0, 0, 0, (), "/", b"")
 # Node paths the protocol can name (xenstore.txt): "/", absolute paths without
 # empty components, or special "@" paths.
 _NODE_PATH = re.compile(r"/|(?:/[A-Za-z0-9_@\-]+)+|@[A-Za-z0-9_@/\-]+").fullmatch
+# One component of such a path.
+_NODE_NAME = re.compile(r"[A-Za-z0-9_@\-]+").fullmatch
 _BITS = {"n": PERM_NONE, "r": PERM_READ, "w": PERM_WRITE, "b": PERM_RW}
 
 
@@ -237,6 +239,44 @@ def restore_state(
             gc.enable()
 
 
+def _restore_node_slowly(
+    store: Store,
+    usage: dict[int, list[int]],
+    path: str,
+    raw_perms: tuple[NodePerm, ...],
+    value: bytes,
+    gen: int,
+) -> tuple[int, Node | None]:
+    """One committed node, checked step by step (the bulk path's exceptions).
+
+    Returns the generation to go on with and the new node, or None when
+    :func:`import_node` installed it (an existing node replaced; then the
+    usage counted while importing is no longer exact).
+    """
+    if _NODE_PATH(path) is None:
+        raise StateError(f"node path {path!r} is not valid")
+    perms = store_perms(raw_perms)
+    if path in store.nodes or not perms:
+        store.generation = gen
+        import_node(store, path, value, perms)
+        return store.generation, None
+    if path[0] != "@" and path != "/":
+        cut = path.rfind("/")
+        parent_path = path[:cut] or "/"
+        parent = store.nodes.get(parent_path)
+        if parent is None:
+            raise StateError(f"node {path!r}: parent {parent_path!r} missing")
+        name = path[cut + 1 :]
+        parent.add_child(name)
+        usage.setdefault(parent.perms[0][0], [0, 0])[1] += len(name) + 1
+    node = Node(value, perms, gen)
+    store.nodes[path] = node
+    u = usage.setdefault(perms[0][0], [0, 0])
+    u[0] += 1
+    u[1] += node.memory(path)
+    return gen, node
+
+
 def _restore_records(
     records: Iterable[Record], store: Store, sink: ConnectionSink, version: int, *, verify: bool
 ) -> Restored:
@@ -261,12 +301,27 @@ def _restore_records(
     gen = store.generation + 1
     last_restored: Node | None = None
     # Permission tuples are shared between records (the reader memoises
-    # them): their store form and their owner's usage counters, by identity.
-    perms_by_id: dict[int, tuple[tuple[NodePerm, ...], Perms, list[int]]] = {}
-    # Siblings follow each other: their parent is looked up once.
-    last_parent_path = ""
-    last_parent = Node(b"", (), 0)
+    # them): their store form, their owner's usage counters and the fixed
+    # part of a node's memory, by identity (the entry keeps the tuple alive,
+    # so its id cannot be reused meanwhile).
+    perms_by_id: dict[int, tuple[Perms, list[int], int, tuple[NodePerm, ...]]] = {}
+    # Siblings follow each other: their parent is looked up once per run of
+    # them, by its path ("" for "/"; None: no parent known, equal to none).
+    last_parent_path: str | None = None
+    kids = Children()
     parent_usage: list[int] = [0, 0]
+    # Length of the child names added to ``kids`` and not yet counted.
+    grown = 0
+    # The permissions of the last node, their store form (() for none: the
+    # slow path refuses them), their owner's usage, the fixed part of a
+    # node's memory, and the nodes and memory counted for them not yet added.
+    last_raw: tuple[NodePerm, ...] | None = None
+    perms: Perms = ()
+    owner_usage: list[int] = [0, 0]
+    fixed = counted = memory = 0
+    # Node names seen valid, interned (one lookup validates and interns).
+    names: dict[str, str] = {}
+    names_get = names.get
     new_node = Node.__new__
     node_count = 0
     try:
@@ -280,6 +335,13 @@ def _restore_records(
                 assert isinstance(item, list)
                 run: list[CommittedNode] = item
                 record = _NODE_RUN
+            elif cls is WatchData:
+                # Many, each after its connection: first after the node runs.
+                assert isinstance(item, WatchData)
+                record = item
+                index += 1
+                import_watch(store, item.conn_id, item.wpath, item.token.encode(), -1)
+                continue
             elif cls is NodeData and item.conn_id == 0:  # type: ignore[union-attr]
                 assert isinstance(item, NodeData)
                 run = [(item.path, item.perms, item.value)]
@@ -289,55 +351,96 @@ def _restore_records(
                 record = item
                 index += 1
                 run = []
+            # Inline for the bulk of the stream (see store.state.import_node):
+            # a node whose parent is known, under a valid name, with
+            # permissions, not there yet.  Anything else (``/``, ``@`` nodes,
+            # errors) goes through _restore_node_slowly, record by record.
+            first = index + 1
+            index += len(run)
+            node_count += len(run)
+            scan_from = 0
             for path, raw_perms, value in run:
-                # Inline for the bulk of the stream; see store.state.import_node.
-                index += 1
-                if _NODE_PATH(path) is None:
-                    raise StateError(f"node path {path!r} is not valid")
-                hit = perms_by_id.get(id(raw_perms))
-                if hit is None or hit[0] is not raw_perms:
-                    converted = store_perms(raw_perms)
-                    # Empty permissions take the slow path below (and fail there).
-                    owner = converted[0][0] if converted else -1
-                    owner_usage = usage.setdefault(owner, [0, 0])
-                    hit = perms_by_id[id(raw_perms)] = (raw_perms, converted, owner_usage)
-                perms = hit[1]
-                if path in nodes or not perms:
-                    store.generation = gen
-                    import_node(store, path, value, perms)
-                    gen = store.generation
-                    last_restored = None  # import_node gave its node a value of its own
-                    exact_usage = False
-                    node_count += 1
-                    continue
-                if path[0] != "@" and path != "/":
-                    cut = path.rfind("/")
-                    parent_path = path[:cut] or "/"
-                    if parent_path != last_parent_path:
+                if raw_perms is not last_raw:  # neighbours mostly share them
+                    # The nodes counted for the previous permissions' owner.
+                    owner_usage[0] += counted
+                    owner_usage[1] += memory
+                    counted = memory = 0
+                    last_raw = raw_perms
+                    hit = perms_by_id.get(id(raw_perms))
+                    if hit is None:
+                        converted = store_perms(raw_perms)
+                        if converted:
+                            hit = perms_by_id[id(raw_perms)] = (
+                                converted,
+                                usage.setdefault(converted[0][0], [0, 0]),
+                                16 + 8 * len(converted),
+                                raw_perms,
+                            )
+                    if hit is not None:
+                        perms, owner_usage, fixed = hit[0], hit[1], hit[2]
+                    else:
+                        perms = ()
+                parent_path, slash, name = path.rpartition("/")
+                if parent_path != last_parent_path:
+                    # The child names counted for the previous parent.
+                    kids.clen += grown
+                    parent_usage[1] += grown
+                    grown = 0
+                    # "" for "/", else a node's path (a node, hence valid;
+                    # "/" itself would make an empty component).
+                    parent = None
+                    if not parent_path:
+                        parent = nodes.get("/")
+                    elif parent_path[0] == "/" and parent_path != "/":
                         parent = nodes.get(parent_path)
-                        if parent is None:
-                            raise StateError(f"node {path!r}: parent {parent_path!r} missing")
+                    if parent is not None:
                         last_parent_path = parent_path
-                        last_parent = parent
+                        children = parent.children
+                        if not children:
+                            children = parent.children = Children()
+                        assert isinstance(children, Children)
+                        kids = children
                         parent_usage = usage.setdefault(parent.perms[0][0], [0, 0])
-                    name = path[cut + 1 :]
-                    kids = last_parent.children
-                    if not kids:
-                        kids = last_parent.children = Children()
-                    kids[intern(name)] = None
-                    grow = len(name) + 1
-                    kids.clen += grow
-                    parent_usage[1] += grow
-                node = last_restored = new_node(Node)
-                node.value = value
-                node.perms = perms
-                node.gen = gen
-                node.children = NO_CHILDREN
-                nodes[path] = node
-                u = hit[2]
-                u[0] += 1
-                u[1] += 16 + 8 * len(perms) + len(value) + len(path)
-                node_count += 1
+                    else:
+                        last_parent_path = None
+                iname = names_get(name)
+                if iname is None and _NODE_NAME(name) is not None:
+                    iname = names[name] = intern(name)
+                if (
+                    perms
+                    and iname is not None
+                    and slash  # (a path without "/" has the parent path "" of "/x")
+                    and last_parent_path is not None
+                ):
+                    node = new_node(Node)
+                    node.value = value
+                    node.perms = perms
+                    node.gen = gen
+                    node.children = NO_CHILDREN
+                    if nodes.setdefault(path, node) is node:
+                        last_restored = node
+                        kids[iname] = None
+                        grown += len(iname) + 1
+                        counted += 1
+                        memory += fixed + len(value) + len(path)
+                        continue
+                # The record by record way, with its precise errors.
+                pos = scan_from
+                while run[pos][0] is not path:
+                    pos += 1
+                scan_from = pos + 1
+                index = first + pos
+                gen, slow_node = _restore_node_slowly(store, usage, path, raw_perms, value, gen)
+                last_restored = slow_node
+                if slow_node is None:
+                    exact_usage = False
+                index = first + len(run) - 1
+            kids.clen += grown
+            parent_usage[1] += grown
+            grown = 0
+            owner_usage[0] += counted
+            owner_usage[1] += memory
+            counted = memory = 0
             if record is _NODE_RUN or run:
                 continue
             if cls is NodeData:

@@ -37,21 +37,22 @@ restores the store, deletes the file and runs requests that were pending.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import gc
 import logging
 import os
-import queue
-import shlex
 import socket
 import stat
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    # Only the old daemon's side of a switch uses these (imported there): a
+    # new daemon's start-up, part of the blackout, does without them.
+    import queue
+
 
 from pyxenstored.migrate import (
     DumpError,
@@ -72,6 +73,7 @@ from pyxenstored.store import Store
 from pyxenstored.store import quota as q
 from pyxenstored.store.features import SUPPORTED_FEATURES
 from pyxenstored.stream import (
+    CommittedNode,
     ConnectionData,
     DomainData,
     GlobalData,
@@ -193,6 +195,9 @@ class LiveUpdate:
         self.startup_quota = store.config.quota.copy()
         self.evtchn_fd = -1
         self.last_switch = Switch()
+        # Loop turns to wait, after a restore, before the cyclic collector
+        # runs again (see restore()); 0: nothing deferred.
+        self._gc_turns = 0
 
     def install(self, hooks: ServerControlHooks) -> None:
         """Hook into the server (interceptor, ticker) and the CONTROL hooks."""
@@ -348,6 +353,10 @@ class LiveUpdate:
     # --- the ticker: evaluate a pending -s ---------------------------------------------
 
     def tick(self, timeout: float | None) -> float | None:
+        if self._gc_turns:
+            self._gc_turns -= 1
+            if not self._gc_turns:
+                gc.enable()
         session = self.session
         if session is None:
             return timeout
@@ -454,7 +463,7 @@ class LiveUpdate:
             self.last_switch.dump_seconds,
             self.last_switch.check_seconds,
             time.monotonic(),
-            shlex.join(argv),
+            _shlex_join(argv),
         )
         self.server.inherit_fds()
         # Hand the sockets over in blocking mode, as the C daemon creates them:
@@ -542,7 +551,7 @@ class LiveUpdate:
 
     def build_records(
         self, session: Session | None, *, pyxenstored: bool = True
-    ) -> tuple[Iterable[Record], str, int, list[str]]:
+    ) -> tuple[Iterable[Record | list[CommittedNode]], str, int, list[str]]:
         """The records to write, their target and version, and what the target loses.
 
         Towards pyxenstored (version 2) the records are produced while they
@@ -554,9 +563,17 @@ class LiveUpdate:
         conns = self.connection_records(session)
         version = session.version if session is not None and session.version else None
         if pyxenstored:
-            lazy = dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
             if version != 1:
-                return lazy, "spec", version or 2, []
+                # Committed nodes in runs: no record object per node.
+                runs = dump_state(
+                    self.store,
+                    conns,
+                    global_data=global_data,
+                    preserved=self.preserved,
+                    node_runs=True,
+                )
+                return runs, "spec", version or 2, []
+            lazy = dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
             # Asked for explicitly: what version 1 cannot carry is a loss.
             adapted, lost = adapt_for_target(lazy, 1, "spec", lossy=True)
             return adapted, "spec", 1, lost
@@ -590,7 +607,20 @@ class LiveUpdate:
         path = path or self.state_path()
         if not os.path.exists(path):
             raise RestoreError(f"no state file {path}")
-        restored = restore_stream(path, self.store, self, verify=False)
+        # The cyclic collector stays paused until the loop has turned once
+        # (replies restored as pending, the -s OK among them, are sent):
+        # its first pass after a restore walks every new object (~10 ms for
+        # 100 000 nodes) and would come first.  The ticker resumes it.
+        if gc.isenabled() and self.server.ticker == self.tick:
+            gc.disable()
+            self._gc_turns = 2  # ticks: before the first turn, after it
+        try:
+            restored = restore_stream(path, self.store, self, verify=False)
+        except BaseException:
+            if self._gc_turns:
+                self._gc_turns = 0
+                gc.enable()
+            raise
         self.preserved = restored.preserved
         gd = restored.global_data
         if gd is not None and gd.socket_fd >= 0:
@@ -689,6 +719,12 @@ def _atoi(raw: bytes) -> int:
     return sign * n
 
 
+def _shlex_join(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(argv)
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -759,7 +795,7 @@ class _Tee:
 
 def write_state(
     path: str,
-    records: Iterable[Record],
+    records: Iterable[Record | list[CommittedNode]],
     version: int,
     target: str,
     checker: Checker | None = None,
@@ -797,6 +833,12 @@ class Checker:
     """
 
     def __init__(self, program: str) -> None:
+        import fcntl
+        import queue
+        import subprocess
+        import tempfile
+        import threading
+
         self.program = program
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by result()/cancel()
         self.proc = subprocess.Popen(
@@ -840,16 +882,56 @@ class Checker:
             self._queue.put(None)
 
     def result(self, timeout: float = CHECK_TIMEOUT) -> str | None:
-        """None when the successor restored the state cleanly, else why not."""
+        """None when the successor restored the state cleanly, else why not.
+
+        Its verdict is read as soon as it comes: the check run prints it and
+        exits, closing its output.  (``Popen.wait`` with a timeout polls,
+        sleeping up to 50 ms at a time: that much added to every blackout.)
+        """
+        import select
+        import subprocess
+
         self.done()
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        # Its exit counts too (something it started may keep the pipe open).
+        pidfd = -1
+        with contextlib.suppress(OSError, AttributeError):
+            pidfd = os.pidfd_open(self.proc.pid)
+        chunks = []
+        # poll, not select: a daemon with many connections has descriptors
+        # above select's limit of 1024.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if pidfd >= 0:
+            poller.register(pidfd, select.POLLIN)
         try:
-            self.proc.wait(timeout)
+            while True:
+                left = deadline - time.monotonic()
+                ready = [r for r, _ in poller.poll(max(left, 0) * 1000)] if left > 0 else []
+                if not ready:
+                    raise subprocess.TimeoutExpired(self.program, timeout)
+                if fd not in ready:
+                    # It exited: what it wrote is in the pipe already.
+                    os.set_blocking(fd, False)
+                    with contextlib.suppress(BlockingIOError):
+                        while chunk := os.read(fd, 1 << 16):
+                            chunks.append(chunk)
+                    break
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            self.proc.wait(max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
             self.cancel()
             return f"{self.program} --check-state did not finish within {timeout:.0f} s"
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
         self._feeder.join()
-        assert self.proc.stdout is not None
-        out = self.proc.stdout.read().decode("utf-8", "replace")
+        out = b"".join(chunks).decode("utf-8", "replace")
         self.proc.stdout.close()
         self._err.seek(0)
         err = self._err.read().decode("utf-8", "replace")
@@ -870,6 +952,8 @@ class Checker:
 
 def run_check(program: str, path: str) -> str | None:
     """Run ``program --check-state path``; None when it restored cleanly, else why not."""
+    import subprocess
+
     try:
         done = subprocess.run(
             [program, "--check-state", path],

@@ -15,8 +15,10 @@ whether the committed node has changed since the transaction first saw it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..wire import DOMID_ANY, XsError, canonicalize, implicit_path, parent_of
 from . import quota as q
@@ -230,18 +232,43 @@ def import_watch(store: Store, conn_id: int, wpath: str, token: bytes, depth: in
     conn = store.conns.get(conn_id)
     if conn is None:
         raise StateError(f"watch {wpath!r} of unknown connection {conn_id}")
-    try:
-        path = canonicalize(wpath.encode("ascii"), conn.domid, allow_special=True)
-    except (XsError, UnicodeEncodeError):
-        raise StateError(f"watch path {wpath!r} is not valid") from None
-    if (path, token) in conn.watches:
+    prefix = 0
+    if _ABSOLUTE_PATH(wpath) is not None:
+        path = wpath  # what canonicalize gives an absolute path, without its round trip
+    else:
+        try:
+            path = canonicalize(wpath.encode("ascii"), conn.domid, allow_special=True)
+        except (XsError, UnicodeEncodeError):
+            raise StateError(f"watch path {wpath!r} is not valid") from None
+        if not wpath.startswith(("/", "@")):  # relative: reported relative
+            prefix = len(implicit_path(conn.domid)) + 1
+    key = (path, token)
+    watches = conn.watches
+    if key in watches:
         raise StateError(f"watch {wpath!r} token {token!r} of connection {conn_id} twice")
-    relative = not wpath.startswith(("/", "@"))
-    prefix = len(implicit_path(conn.domid)) + 1 if relative else 0
-    store._watch_seq += 1
-    watch = Watch(conn_id, conn.seq, store._watch_seq, path, token, depth, prefix)
-    conn.watches[(path, token)] = watch
+    seq = store._watch_seq = store._watch_seq + 1
+    # Watch(conn_id, conn.seq, seq, path, token, depth, prefix) without the
+    # frozen dataclass __init__ (a restore makes one per watch).
+    watch = _new_watch(Watch)
+    set_conn, set_conn_seq, set_seq, set_path, set_token, set_depth, set_prefix = _WATCH_SETTERS
+    set_conn(watch, conn_id)
+    set_conn_seq(watch, conn.seq)
+    set_seq(watch, seq)
+    set_path(watch, path)
+    set_token(watch, token)
+    set_depth(watch, depth)
+    set_prefix(watch, prefix)
+    watches[key] = watch
     store.watches.add(watch)
+
+
+# The absolute paths wire.canonicalize accepts (ASCII only: the ranges are).
+_ABSOLUTE_PATH = re.compile(r"/|(?:/[A-Za-z0-9\-_@]+)+").fullmatch
+_new_watch = object.__new__
+_WATCH_SETTERS: tuple[Any, ...] = tuple(
+    Watch.__dict__[name].__set__
+    for name in ("conn_id", "conn_seq", "seq", "path", "token", "depth", "prefix_len")
+)
 
 
 def import_transaction(

@@ -17,6 +17,7 @@ from .reader import (
 from .records import (
     DEPTH_UNLIMITED,
     STREAM_IDENT,
+    CommittedNode,
     ConnectionData,
     DomainData,
     End,
@@ -56,6 +57,7 @@ __all__ = [
     "adapt_for_target",
     "encode_record",
     "write_stream",
+    "CommittedNode",
     "ConnectionData",
     "DecodeInfo",
     "DomainData",

@@ -38,6 +38,7 @@ from .records import (
     STREAM_IDENT,
     SUPPORTED_VERSIONS,
     VERSION_1,
+    CommittedNode,
     ConnectionData,
     DomainData,
     End,
@@ -58,9 +59,6 @@ from .records import (
     WatchDataExtended,
     type_name,
 )
-
-#: A committed node as :meth:`StreamReader.iter_node_runs` gives it: path, perms, value.
-CommittedNode = tuple[str, tuple[NodePerm, ...], bytes]
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 
@@ -224,8 +222,12 @@ class _Codec:
         self.u16 = struct.Struct(e + "H")
         self.ta = struct.Struct(e + "II")
         self.node = struct.Struct(e + "IIHHHH")
-        # Record header and NODE_DATA fixed part in one (the bulk path).
-        self.node_record = struct.Struct(e + "IIIIHHHH")
+        # Record header, NODE_DATA fixed part (conn-id and tx-id as one u64,
+        # access skipped) and (if any) first permission entry in one (the
+        # bulk path).
+        self.node_record = struct.Struct(e + "IIQHH2xHI")
+        # Record header and WATCH_DATA fixed part in one.
+        self.watch_record = struct.Struct(e + "IIIHH")
         self.hh = struct.Struct(e + "HH")
         self.domain = struct.Struct(e + "HHI")
         self._prefix = e
@@ -493,6 +495,10 @@ _RAW_SETTERS: tuple[Any, ...] = tuple(
 _NODE_SETTERS: tuple[Any, ...] = tuple(
     NodeData.__dict__[name].__set__
     for name in ("conn_id", "tx_id", "access", "perms", "path", "value")
+)
+
+_WATCH_SETTERS: tuple[Any, ...] = tuple(
+    WatchData.__dict__[name].__set__ for name in ("conn_id", "wpath", "token")
 )
 
 
@@ -931,13 +937,21 @@ class StreamReader:
         nodes have none); every other record, or any anomaly, comes as a
         record, exactly as iteration gives it (with its precise errors).
         For bulk consumers (a live-update restore): no record object and no
-        generator step per node.  Records keep their stream order, END last.
+        generator step per node.  WATCH_DATA records lying whole in the
+        buffer are decoded inline too (one per watch, many per stream).
+        Records keep their stream order, END last.
         """
         self._begin()
         codec = self._codec
         unpack_node_record = codec.node_record.unpack_from
+        unpack_watch_record = codec.watch_record.unpack_from
         perm_cache = codec._perms
         decode_perms = codec._decode_perms
+        new = object.__new__
+        set_conn, set_wpath, set_token = _WATCH_SETTERS
+        single_perms: dict[int, tuple[NodePerm, ...]] = {}
+        last_perm0 = -1  # (a u32 never is)
+        last_perms: tuple[NodePerm, ...] = ()
         index = 0
         while True:
             buf = self._buf
@@ -946,25 +960,39 @@ class StreamReader:
             base = self._base
             run: list[CommittedNode] = []
             add = run.append
-            while pos + 24 <= size:
-                rtype, length, conn_id, tx_id, plen, vlen, _access, nperms = unpack_node_record(
-                    buf, pos
-                )
-                if rtype != 5 or length < 16:
+            while pos + 28 <= size:
+                # conn-id and tx-id as one number (both 0 for a committed node).
+                rtype, length, ids, plen, vlen, nperms, perm0 = unpack_node_record(buf, pos)
+                # Records start 8-aligned; a len that counts its padding (as
+                # every writer's here does) ends the record 8-aligned too.
+                nxt = pos + 8 + length
+                if rtype != 5 or length & 7 or nxt > size:
                     break
-                start = pos + 8
-                stop = start + length
-                nxt = stop + (-(base + stop) & 7)
-                if nxt > size:
-                    break
-                p = start + 16 + 4 * nperms
-                pe = p + plen
-                if conn_id or tx_id or pe + vlen > stop or plen == 0 or buf[pe - 1] != 0:
-                    break
-                raw_perms = buf[start + 16 : p]
-                perms = perm_cache.get(raw_perms)
-                if perms is None:
-                    perms = decode_perms(raw_perms, nperms)
+                if nperms == 1:
+                    # The usual single entry, by its value (no bytes object).
+                    p = pos + 28
+                    if perm0 != last_perm0:
+                        perms = single_perms.get(perm0)
+                        if perms is None:
+                            raw_perms = buf[pos + 24 : p]
+                            perms = perm_cache.get(raw_perms) or decode_perms(raw_perms, 1)
+                            single_perms[perm0] = perms
+                        last_perm0 = perm0
+                        last_perms = perms
+                    else:
+                        perms = last_perms
+                    pe = p + plen
+                    if ids or pe + vlen > nxt or plen == 0 or buf[pe - 1] != 0:
+                        break
+                else:
+                    p = pos + 24 + 4 * nperms
+                    pe = p + plen
+                    if ids or pe + vlen > nxt or plen == 0 or buf[pe - 1] != 0:
+                        break
+                    raw_perms = buf[pos + 24 : p]
+                    perms = perm_cache.get(raw_perms)
+                    if perms is None:
+                        perms = decode_perms(raw_perms, nperms)
                 try:
                     path = buf[p : pe - 1].decode()
                 except UnicodeDecodeError:
@@ -975,6 +1003,41 @@ class StreamReader:
                 index += len(run)
                 self._pos = pos
                 yield run
+            # WATCH_DATA, checked as Codec.decode_watch does (else decoded by it).
+            watches = pos
+            while pos + 16 <= size:
+                rtype, length, conn_id, plen, tlen = unpack_watch_record(buf, pos)
+                if rtype != 3:
+                    break
+                start = pos + 16
+                pe = start + plen
+                te = pe + tlen
+                stop = pos + 8 + length
+                nxt = stop + (-(base + stop) & 7)
+                if (
+                    length < 8
+                    or nxt > size
+                    or te > stop
+                    or plen == 0
+                    or tlen == 0
+                    or buf[pe - 1] != 0
+                    or buf[te - 1] != 0
+                ):
+                    break
+                try:
+                    wpath = buf[start : pe - 1].decode()
+                    token = buf[pe : te - 1].decode()
+                except UnicodeDecodeError:
+                    break
+                watch = new(WatchData)  # WatchData(...) without the frozen __init__
+                set_conn(watch, conn_id)
+                set_wpath(watch, wpath)
+                set_token(watch, token)
+                pos = self._pos = nxt
+                index += 1
+                yield watch
+            if pos != watches:
+                continue  # node runs may follow
             _, offset, rtype, _length, buf, start, stop, _pad_end, _quirk = self._frame_one(index)
             yield self._decode_frame(index, offset, rtype, buf, start, stop)
             if rtype == RecordType.END:
@@ -1009,6 +1072,7 @@ def iter_records(source: Source) -> Iterator[Record]:
 
 __all__ = [
     "CHUNK_SIZE",
+    "CommittedNode",
     "DecodeInfo",
     "LAYOUT_C_HEAD_WRITER",
     "LAYOUT_C_READER",

@@ -272,6 +272,12 @@ Record = (
     | UnknownRecord
 )
 
+#: A committed node (NODE_DATA with ``conn_id``, ``tx_id`` and ``access`` 0) as
+#: bulk producers and consumers pass it: ``(path, perms, value)``.  See
+#: :meth:`.reader.StreamReader.iter_node_runs` and
+#: :meth:`.writer.StreamWriter.write_all`.
+CommittedNode = tuple[str, tuple[NodePerm, ...], bytes]
+
 #: Record class -> type number (UnknownRecord carries its own).
 RECORD_TYPES: dict[type, RecordType] = {
     End: RecordType.END,

@@ -37,6 +37,7 @@ from .records import (
     SUPPORTED_VERSIONS,
     VERSION_1,
     VERSION_2,
+    CommittedNode,
     ConnectionData,
     DomainData,
     End,
@@ -122,6 +123,8 @@ class _Encoder:
         self._prefix = e
         self._u32s: dict[int, struct.Struct] = {}
         self._perms: dict[tuple[NodePerm, ...], bytes] = {}
+        # Header and fixed part of a committed NODE_DATA (conn-id, tx-id, access 0).
+        self.committed = struct.Struct(e + "II8xHH2xH")
 
     def u32s(self, n: int) -> struct.Struct:
         s = self._u32s.get(n)
@@ -171,6 +174,44 @@ class _Encoder:
                 _ZEROS[padded - size],
             )
         )
+
+    def committed_nodes(self, run: Iterable[CommittedNode]) -> bytes:
+        """NODE_DATA records of committed nodes, ``(path, perms, value)`` each.
+
+        The same bytes as :meth:`node_data` gives for each node, in one loop
+        (a dump's bulk).  Permission tuples repeat: their encoding is looked
+        up by identity (the cache holds the tuple, so its id stays its own).
+        """
+        pack = self.committed.pack
+        by_id: dict[int, tuple[bytes, int, tuple[NodePerm, ...]]] = {}
+        parts: list[bytes] = []
+        add = parts.extend
+        zeros = _ZEROS
+        for path, perms, value in run:
+            hit = by_id.get(id(perms))
+            if hit is None:
+                raw = self._perms.get(perms)
+                if raw is None:
+                    raw = self._encode_perms(perms)
+                hit = by_id[id(perms)] = (raw, len(perms), perms)
+            try:
+                raw_path = path.encode()
+            except UnicodeEncodeError:
+                raise StreamWriteError(f"path {path!r} cannot be encoded as UTF-8") from None
+            vlen = len(value)
+            size = 17 + len(hit[0]) + len(raw_path) + vlen
+            padded = (size + 7) & ~7
+            add(
+                (
+                    pack(5, padded, len(raw_path) + 1, vlen, hit[1]),
+                    hit[0],
+                    raw_path,
+                    b"\0",
+                    value,
+                    zeros[padded - size],
+                )
+            )
+        return b"".join(parts)
 
     def _encode_perms(self, perms: tuple[NodePerm, ...]) -> bytes:
         parts = []
@@ -416,10 +457,32 @@ class StreamWriter:
             self._domains.see(record)
         self._write(self._encoder.encode(record, self.version, self.target))
 
-    def write_all(self, records: Iterable[Record]) -> None:
-        """Write every record of ``records`` in order."""
+    def write_all(self, records: Iterable[Record | list[CommittedNode]]) -> None:
+        """Write every record of ``records`` in order.
+
+        A list among them is a run of committed nodes (see
+        :meth:`write_node_run`), as :func:`pyxenstored.migrate.dump_state`
+        gives them with ``node_runs``.
+        """
         for record in records:
-            self.write(record)
+            if record.__class__ is list:
+                assert isinstance(record, list)
+                self.write_node_run(record)
+            else:
+                assert not isinstance(record, list)
+                self.write(record)
+
+    def write_node_run(self, run: list[CommittedNode]) -> None:
+        """Write committed nodes ``(path, perms, value)`` as NODE_DATA records."""
+        if self._domains is not None:
+            for _path, perms, _value in run:
+                if perms:
+                    self._domains.known.add(perms[0].domid)
+        try:
+            data = self._encoder.committed_nodes(run)
+        except struct.error as exc:
+            raise StreamWriteError(f"NodeData: field out of range ({exc})") from None
+        self._write(data)
 
     def close(self) -> None:
         """Flush, and close the file if the writer opened it."""
