@@ -291,3 +291,21 @@ def test_rm_of_child_unknown_to_the_parent_copy_is_eio(
     assert dom0.err(M.RM, b"/c\0", tx=tx) == "EIO"
     assert dom0.end(tx).payload == b"EAGAIN\0"
     assert_consistent(dom0.store)
+
+
+def test_eacces_inside_a_transaction_checks_the_parent(
+    dom0: Client, connect: ClientFactory
+) -> None:
+    """C asks the parents before answering EACCES (errno_from_parents): an access."""
+    dom0.ok(M.INTRODUCE, b"5\0" + b"1\0" + b"15\0")
+    guest = connect(domid=5)
+    tx = guest.start()
+    dom0.write("/b")
+    assert guest.err(M.WRITE, b"/b\0mine", tx) == "EACCES"
+    dom0.write("/a")  # a new child of /, which the refused write consulted
+    assert guest.end(tx).payload == b"EAGAIN\0"
+    # Without the outside change the same refused write commits fine.
+    tx = guest.start()
+    assert guest.err(M.WRITE, b"/b\0mine", tx) == "EACCES"
+    assert guest.end(tx).payload == b"OK\0"
+    assert_consistent(dom0.store)

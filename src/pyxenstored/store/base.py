@@ -320,6 +320,11 @@ class StoreBase:
         if node is not None:
             if conn.privileged or (self._perm(conn, node.perms, node.gen) & perm) == perm:
                 return node
+            if tx is not None:
+                # C asks the parents before it answers EACCES too (the answer
+                # stays EACCES): inside a transaction that is an access the
+                # commit checks (digest 5.1), so a later change there is EAGAIN.
+                self._parent_perm(conn, tx, path)
             raise XsError("EACCES", path)
         if self._parent_perm(conn, tx, path) & perm:
             raise XsError("ENOENT", path)
