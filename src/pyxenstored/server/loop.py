@@ -389,10 +389,11 @@ class Server:
 
         Only for a connection that is only readable, has nothing queued
         either way, no accounting (privileged clients), is not stalled, and
-        while nothing is traced (see :meth:`run_once`).  Anything else -- several or partial
-        messages, watch events, an intercepted or limit-changing type, a
-        reply the socket does not take whole -- continues on the general
-        path from where this one stopped, so the result is the same.
+        while nothing is traced (see :meth:`run_once`).  Anything else --
+        several or partial messages, watch events, an intercepted or
+        limit-changing type, a reply the socket does not take whole --
+        continues on the general path from where this one stopped, so the
+        result is the same.
         """
         transport = conn.transport
         # A socket's own methods save a call level on every request.
