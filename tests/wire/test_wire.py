@@ -62,8 +62,16 @@ def test_split_strings_ignores_tail() -> None:
 
 @pytest.mark.parametrize(
     "arg,value",
-    [(b"0", 0), (b"", 0), (b"5", 5), (b"65535", 65535), (b"65536", None), (b"5x", None),
-     (b"-1", None), (b"x", None)],
+    [
+        (b"0", 0),
+        (b"", 0),
+        (b"5", 5),
+        (b"65535", 65535),
+        (b"65536", None),
+        (b"5x", None),
+        (b"-1", None),
+        (b"x", None),
+    ],
 )
 def test_parse_domid(arg: bytes, value: int | None) -> None:
     if value is None:
@@ -74,8 +82,17 @@ def test_parse_domid(arg: bytes, value: int | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "arg,value", [(b"0x1f", 31), (b"017", 15), (b"0", 0), (b"12", 12), (b"-3", -3),
-                  (b"", None), (b"1a", None), (b"08", None)],
+    "arg,value",
+    [
+        (b"0x1f", 31),
+        (b"017", 15),
+        (b"0", 0),
+        (b"12", 12),
+        (b"-3", -3),
+        (b"", None),
+        (b"1a", None),
+        (b"08", None),
+    ],
 )
 def test_strtol_base0(arg: bytes, value: int | None) -> None:
     assert wire.c_strtol0(arg) == value
@@ -121,10 +138,18 @@ def test_relative_length_strips_domain_home() -> None:
 @pytest.mark.parametrize(
     "path,parent,depth,expect",
     [
-        ("/a", "/a", -1, True), ("/a", "/a", 0, True), ("/a/b", "/a", 0, False),
-        ("/a/b", "/a", 1, True), ("/a/b/c", "/a", 1, False), ("/a/b/c", "/a", 2, True),
-        ("/ab", "/a", -1, False), ("/x", "/", -1, True), ("/x", "/", 0, False),
-        ("/x", "/", 1, True), ("/x/y", "/", 1, False), ("/x/y", "/", 2, True),
+        ("/a", "/a", -1, True),
+        ("/a", "/a", 0, True),
+        ("/a/b", "/a", 0, False),
+        ("/a/b", "/a", 1, True),
+        ("/a/b/c", "/a", 1, False),
+        ("/a/b/c", "/a", 2, True),
+        ("/ab", "/a", -1, False),
+        ("/x", "/", -1, True),
+        ("/x", "/", 0, False),
+        ("/x", "/", 1, True),
+        ("/x/y", "/", 1, False),
+        ("/x/y", "/", 2, True),
         ("@releaseDomain/5", "@releaseDomain", 1, True),
         ("@releaseDomain/5", "@releaseDomain", 0, False),
     ],
