@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import BinaryIO
 
 from ..store import Store, StoreConfig
-from ..stream.reader import StreamError, StreamReader
-from .restore import Restored, RestoreError, StoreOnlySink, restore_state, restore_stream
+from .restore import RestoreError, StoreOnlySink, restore_stream
 
 #: What ``--check-state`` prints on its first output line when the state is good.
 CHECK_OK = "pyxenstored check-state: OK"
@@ -31,10 +29,8 @@ def check_state_main(path: str, config: StoreConfig | None = None) -> int:
     store = Store(config or StoreConfig())
     started = time.monotonic()
     try:
-        if path == "-":
-            restored = restore_file(sys.stdin.buffer, store)
-        else:
-            restored = restore_stream(path, store, StoreOnlySink(store), verify=False)
+        source = sys.stdin.buffer if path == "-" else path
+        restored = restore_stream(source, store, StoreOnlySink(store), verify=False)
     except RestoreError as exc:
         print(f"{CHECK_FAILED}: {exc}", flush=True)
         return 1
@@ -45,16 +41,3 @@ def check_state_main(path: str, config: StoreConfig | None = None) -> int:
         flush=True,
     )
     return 0
-
-
-def restore_file(f: BinaryIO, store: Store) -> Restored:
-    """Restore a stream read from an open binary file (e.g. a pipe) into ``store``."""
-    try:
-        reader = StreamReader(f)
-    except StreamError as exc:
-        raise RestoreError(f"not a readable stream: {exc}", offset=exc.offset) from None
-    with reader:
-        version = reader.header.version
-        restored = restore_state(reader, store, StoreOnlySink(store), version, verify=False)
-        restored.version = version
-        return restored

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from sys import intern
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from ..store import Store
 from ..store import quota as q
@@ -175,8 +175,13 @@ def _set_quota(table: q.QuotaTable, values: Iterable[QuotaValue]) -> tuple[Quota
     return tuple(unknown)
 
 
-def _record_offset(source: str | bytes, index: int) -> int | None:
-    """Byte offset of record ``index`` of a stream (located again after an error)."""
+def _record_offset(source: str | bytes | BinaryIO, index: int) -> int | None:
+    """Byte offset of record ``index`` of a stream (located again after an error).
+
+    None for an open file: a pipe cannot be read a second time.
+    """
+    if not isinstance(source, str | bytes):
+        return None
     try:
         with StreamReader(source) as reader:
             for raw in reader.iter_raw():
@@ -188,9 +193,9 @@ def _record_offset(source: str | bytes, index: int) -> int | None:
 
 
 def restore_stream(
-    source: str | bytes, store: Store, sink: ConnectionSink, *, verify: bool = True
+    source: str | bytes | BinaryIO, store: Store, sink: ConnectionSink, *, verify: bool = True
 ) -> Restored:
-    """Restore from a stream file (path) or buffer; see :func:`restore_state`.
+    """Restore from a stream file (path), buffer or open file; see :func:`restore_state`.
 
     Errors name the record and its byte offset.
     """
