@@ -29,6 +29,7 @@ class FakeResult:
     reply_type: int
     payload: bytes
     events: list[FakeEvent] = field(default_factory=list)
+    events_before_reply: bool = False
 
 
 def _error(name: str) -> FakeResult:

@@ -60,6 +60,7 @@ class _ErrorResult:
     reply_type: int
     payload: bytes
     events: tuple[()] = ()
+    events_before_reply: bool = False
 
 
 _INTERNAL_ERROR = _ErrorResult(int(MsgType.ERROR), b"EIO\0")
@@ -552,7 +553,7 @@ class Server:
         says so (C queues them while it works, and the reply when done).
         """
         events = result.events
-        if events and getattr(result, "events_before_reply", False):
+        if events and result.events_before_reply:
             mine = [ev for ev in events if ev.conn_id == conn.conn_id]
             if mine:
                 token = conn.open_request()

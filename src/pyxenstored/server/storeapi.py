@@ -34,6 +34,11 @@ class ResultLike(Protocol):
     @property
     def events(self) -> Sequence[EventLike]: ...
 
+    @property
+    def events_before_reply(self) -> bool:
+        """The requester's own events go out before its reply (C's order)."""
+        ...
+
 
 class StoreLike(Protocol):
     """The store's entry points used by the server."""

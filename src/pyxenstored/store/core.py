@@ -188,12 +188,10 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
                 tx = conn.transactions.get(tx_id)
                 if tx is None:
                     raise XsError("ENOENT", f"no transaction {tx_id}")
+            written = self._node_writes
+            result = handler(conn, tx, payload)
             if tx is None and not conn.privileged and msg_type in _WRL_WRITES and conn.domain:
-                written = self._node_writes
-                result = handler(conn, tx, payload)
                 self._debit_writes(conn, self._node_writes - written)
-            else:
-                result = handler(conn, tx, payload)
         except XsError as err:
             return Result(ERROR, err.payload)
         if len(result.payload) > PAYLOAD_MAX:
