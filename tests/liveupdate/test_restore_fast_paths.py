@@ -17,6 +17,7 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.liveupdate.test_restore_bulk import flatten
 
 from pyxenstored.migrate import RestoreError, StoreOnlySink, restore_state, restore_stream
 from pyxenstored.migrate.restore import store_perms
@@ -215,16 +216,6 @@ def raw_watch(draw: st.DrawFn) -> bytes:
     body = body[:length].ljust(length, b"\0")
     pad = -length & 7
     return (3).to_bytes(4, "little") + length.to_bytes(4, "little") + body + b"\0" * pad
-
-
-def flatten(items: list[object]) -> list[object]:
-    out: list[object] = []
-    for item in items:
-        if isinstance(item, list):
-            out += [NodeData(0, 0, 0, perms, path, value) for path, perms, value in item]
-        else:
-            out.append(item)
-    return out
 
 
 def outcome(data: bytes, bulk: bool) -> object:
