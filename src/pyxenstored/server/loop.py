@@ -269,13 +269,6 @@ class Server:
                 timeout = self.ticker(timeout)
             if self._woken:
                 timeout = 0.0
-            wake_at = self._wake_at
-            if wake_at is not None:
-                left = wake_at - time.monotonic()
-                if left <= 0:
-                    self._wake_at = None
-                    left = 0.0
-                timeout = left if timeout is None else min(timeout, left)
             self.run_once(timeout)
 
     def stop(self) -> None:
@@ -288,9 +281,13 @@ class Server:
             self._wake_at = at
 
     def _select_timeout(self) -> float | None:
-        if not self._timed:
-            return None
+        """Until the earliest event deadline or :meth:`wake_in` time; None: no limit."""
+        if not self._timed and self._wake_at is None:
+            return None  # the usual case, on every turn
         deadlines = [d for d in (c.next_deadline() for c in self._timed) if d]
+        if self._wake_at is not None:
+            deadlines.append(self._wake_at)
+            self._wake_at = None  # one turn then; whoever still waits asks again
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
