@@ -67,6 +67,9 @@ class FakeStore:
         self.charges[key] = value
         return True
 
+    def quick_read(self, conn_id: int, msg_type: int, payload: bytes) -> bytes | None:
+        return None  # every request goes through handle (and is counted)
+
     def handle(self, conn_id: int, msg_type: int, tx_id: int, payload: bytes) -> FakeResult:
         self.handled += 1
         args = split_strings(payload)

@@ -58,6 +58,19 @@ def _new_store() -> Store:
     return store
 
 
+def assert_quick_reads_agree(store: Store) -> None:
+    """``quick_read`` either declines or answers as ``handle`` does, event-free."""
+    for conn_id in store.conns:
+        for raw in PATHS + RELS + ["@releaseDomain", "/a//b", "/nonexistent"]:
+            payload = raw.encode() + b"\0"
+            for msg_type in (M.READ, M.DIRECTORY, M.GET_PERMS):
+                quick = store.quick_read(conn_id, msg_type, payload)
+                if quick is None:
+                    continue
+                result = store.handle(conn_id, msg_type, 0, payload)
+                assert (result.reply_type, result.payload, result.events) == (msg_type, quick, ())
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(step, max_size=40))
 def test_random_sequences_keep_the_store_consistent(
@@ -76,6 +89,7 @@ def test_random_sequences_keep_the_store_consistent(
         for event in result.events:
             assert event.conn_id in store.conns
         assert store.check() == [], (msg_type, payload)
+        assert_quick_reads_agree(store)
     # A connection going away leaves nothing behind.
     store.disconnect(1)
     store.disconnect(2)

@@ -404,6 +404,7 @@ def _restore_records(
                         if not children:
                             children = parent.children = Children()
                         assert isinstance(children, Children)
+                        children.listing = None  # names are added below
                         kids = children
                         parent_usage = usage.setdefault(parent.perms[0][0], [0, 0])
                     else:

@@ -65,6 +65,9 @@ class _ErrorResult:
 
 _INTERNAL_ERROR = _ErrorResult(int(MsgType.ERROR), b"EIO\0")
 
+# Requests the quick path first offers to the store's ``quick_read``.
+_PLAIN_READS = frozenset(int(t) for t in (MsgType.READ, MsgType.DIRECTORY, MsgType.GET_PERMS))
+
 # Requests after which per-connection limits are looked up again: they may
 # change quota values or a connection's domain/privilege.
 _LIMIT_CHANGERS = frozenset(
@@ -419,29 +422,39 @@ class Server:
                 and length <= PAYLOAD_MAX
                 and type_ not in self._not_quick
             ):
-                try:
-                    result = self.store.handle(conn.conn_id, type_, tx_id, data[HEADER_SIZE:])
-                except Exception:
-                    log.exception("connection %d: request type %d failed", conn.conn_id, type_)
-                    result = _INTERNAL_ERROR
-                payload = result.payload
-                length = len(payload)
-                if result.events or length > PAYLOAD_MAX:
-                    self._queue_result(conn, req_id, tx_id, result)
-                    self._flush(conn)
+                body = data[HEADER_SIZE:]
+                payload = None
+                if not tx_id and type_ in _PLAIN_READS:
+                    # A plain read needs no Result: the store answers with
+                    # the payload alone, under the request's type.
+                    payload = self.store.quick_read(conn.conn_id, type_, body)
+                if payload is not None and len(payload) <= PAYLOAD_MAX:
+                    reply_type = type_
                 else:
-                    out = _pack_header(result.reply_type, req_id, tx_id, length) + payload
                     try:
-                        sent = sock.send(out) if sock is not None else transport.write((out,))
-                    except (BlockingIOError, InterruptedError):
-                        sent = 0
-                    except OSError as exc:
-                        self.close_connection(conn, f"write failed: {exc}")
+                        result = self.store.handle(conn.conn_id, type_, tx_id, body)
+                    except Exception:
+                        log.exception("connection %d: request type %d failed", conn.conn_id, type_)
+                        result = _INTERNAL_ERROR
+                    payload = result.payload
+                    if result.events or len(payload) > PAYLOAD_MAX:
+                        self._queue_result(conn, req_id, tx_id, result)
+                        self._flush(conn)
+                        self._after_io(conn)
                         return
-                    if sent == len(out):
-                        return  # nothing queued, nothing changed: same interest
-                    conn.queue_reply(result.reply_type, req_id, tx_id, payload)
-                    conn.consume_sent(sent)
+                    reply_type = result.reply_type
+                out = _pack_header(reply_type, req_id, tx_id, len(payload)) + payload
+                try:
+                    sent = sock.send(out) if sock is not None else transport.write((out,))
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self.close_connection(conn, f"write failed: {exc}")
+                    return
+                if sent == len(out):
+                    return  # nothing queued, nothing changed: same interest
+                conn.queue_reply(reply_type, req_id, tx_id, payload)
+                conn.consume_sent(sent)
                 self._after_io(conn)
                 return
         self._take_input(conn, data)

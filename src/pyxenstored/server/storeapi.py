@@ -49,6 +49,14 @@ class StoreLike(Protocol):
 
     def handle(self, conn_id: int, msg_type: int, tx_id: int, payload: bytes) -> ResultLike: ...
 
+    def quick_read(self, conn_id: int, msg_type: int, payload: bytes) -> bytes | None:
+        """The reply payload of a READ/DIRECTORY/GET_PERMS outside a transaction.
+
+        Only where :meth:`handle` would reply with that payload under the
+        request's own type and no events; None: call :meth:`handle`.
+        """
+        ...
+
     def quota_for_conn(self, conn_id: int, name: str) -> int | None:
         """The connection's domain's quota ``name``; None when unlimited."""
         ...

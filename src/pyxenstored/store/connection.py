@@ -24,7 +24,8 @@ class Connection:
         "watches",
         "transactions",
         "next_tx_id",
-        "domain",
+        "_domain",
+        "limited",
         "busy_since",
     )
 
@@ -40,7 +41,10 @@ class Connection:
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
         # Socket connections have no domain record: no quota, all features.
-        self.domain: Domain | None = None
+        self._domain: Domain | None = None
+        # The domain whose quota applies, or None (privileged or socket):
+        # an attribute, kept by the ``domain`` setter, as every write asks.
+        self.limited: Domain | None = None
         # Clock reading when the connection last went from no transaction to
         # one (C's ta_start_time); 0.0 when unknown (restored transactions).
         self.busy_since = 0.0
@@ -50,6 +54,11 @@ class Connection:
         return SUPPORTED_FEATURES if self.domain is None else self.domain.features
 
     @property
-    def limited(self) -> Domain | None:
-        """The domain whose quota applies, or None (privileged or socket)."""
-        return None if self.privileged else self.domain
+    def domain(self) -> Domain | None:
+        """The connection's domain record (None for sockets)."""
+        return self._domain
+
+    @domain.setter
+    def domain(self, domain: Domain | None) -> None:
+        self._domain = domain
+        self.limited = None if self.privileged else domain

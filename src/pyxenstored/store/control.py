@@ -264,6 +264,9 @@ def check_store(store: ControlOps) -> list[str]:
             problems.append(f"{path}: no permissions")
         if node.clen != sum(len(n) + 1 for n in node.children):
             problems.append(f"{path}: child list length {node.clen} is wrong")
+        listing = node.children.listing if node.children else None
+        if listing is not None and listing != "".join(n + "\0" for n in node.children).encode():
+            problems.append(f"{path}: remembered DIRECTORY reply is out of date")
         for name in node.children:
             child = child_path(path, name)
             if child not in nodes:

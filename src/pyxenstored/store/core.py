@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..wire import OK, PAYLOAD_MAX, TYPE_COUNT, MsgType, XsError
+from ..wire import OK, PAYLOAD_MAX, MsgType, XsError
 from . import control as ctl
 from . import quota as q
 from .base import Event, Result, StoreConfig
@@ -60,9 +60,14 @@ PRIVILEGED_TYPES = frozenset(
         MsgType.SET_QUOTA,
     }
 )
-_TX_IGNORED = frozenset({MsgType.WATCH, MsgType.UNWATCH})
+# Plain ints, not enum members: these are looked up with every request's type.
+_PRIVILEGED = frozenset(int(t) for t in PRIVILEGED_TYPES)
+_TX_IGNORED = frozenset(int(t) for t in (MsgType.WATCH, MsgType.UNWATCH))
 # Requests whose node writes cost write-rate credits (digest 5.3).
-_WRL_WRITES = frozenset({MsgType.WRITE, MsgType.MKDIR, MsgType.RM, MsgType.SET_PERMS})
+_WRL_WRITES = frozenset(
+    int(t) for t in (MsgType.WRITE, MsgType.MKDIR, MsgType.RM, MsgType.SET_PERMS)
+)
+_NO_CONNECTION = Result(ERROR, b"EINVAL\0")
 
 Handler = Callable[[Connection, "Transaction | None", bytes], Result]
 
@@ -77,7 +82,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
         domain_hooks: DomainHooks | None = None,
     ) -> None:
         super().__init__(config, hooks, domain_hooks)
-        self._handlers: list[Handler | None] = [None] * TYPE_COUNT
+        self._handlers: dict[int, Handler] = {}
         for msg_type, handler in (
             (MsgType.CONTROL, self.op_control),
             (MsgType.DIRECTORY, self.op_directory),
@@ -104,7 +109,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
             (MsgType.GET_QUOTA, self.op_get_quota),
             (MsgType.SET_QUOTA, self.op_set_quota),
         ):
-            self._handlers[msg_type] = handler
+            self._handlers[int(msg_type)] = handler
 
     # --- connections ---------------------------------------------------------
 
@@ -176,22 +181,26 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
         """Process one request; never raises for bad input."""
         conn = self.conns.get(conn_id)
         if conn is None:
-            return Result(ERROR, b"EINVAL\0")
+            return _NO_CONNECTION
+        handler = self._handlers.get(msg_type)
         try:
-            handler = self._handlers[msg_type] if 0 <= msg_type < TYPE_COUNT else None
             if handler is None:
                 raise XsError("ENOSYS", f"type {msg_type}")
-            if not conn.privileged and msg_type in PRIVILEGED_TYPES:
+            privileged = conn.privileged
+            if not privileged and msg_type in _PRIVILEGED:
                 raise XsError("EACCES", "privileged operation")
             tx = None
             if tx_id and msg_type not in _TX_IGNORED:
                 tx = conn.transactions.get(tx_id)
                 if tx is None:
                     raise XsError("ENOENT", f"no transaction {tx_id}")
-            written = self._node_writes
-            result = handler(conn, tx, payload)
-            if tx is None and not conn.privileged and msg_type in _WRL_WRITES and conn.domain:
-                self._debit_writes(conn, self._node_writes - written)
+            if privileged:
+                result = handler(conn, tx, payload)
+            else:
+                written = self._node_writes
+                result = handler(conn, tx, payload)
+                if tx is None and msg_type in _WRL_WRITES and conn.domain:
+                    self._debit_writes(conn, self._node_writes - written)
         except XsError as err:
             return Result(ERROR, err.payload)
         if len(result.payload) > PAYLOAD_MAX:

@@ -26,14 +26,18 @@ class Children(dict[str, None]):
     """Child names of a node in creation order, with C's list length.
 
     ``clen`` is the length of the child-name list as C stores it (every name
-    NUL-terminated), kept up to date so size checks are O(1).
+    NUL-terminated), kept up to date so size checks are O(1).  ``listing``
+    is the DIRECTORY reply once built, until the names change: whoever adds
+    or removes a name resets it to None (:meth:`Node.add_child`,
+    :meth:`Node.remove_child`, the bulk restore).
     """
 
-    __slots__ = ("clen",)
+    __slots__ = ("clen", "listing")
 
     def __init__(self) -> None:
         super().__init__()
         self.clen = 0
+        self.listing: bytes | None = None
 
 
 # Shared by every node without children: iterable, falsy, ``in`` works, and
@@ -69,6 +73,7 @@ class Node:
             kids = Children()
             kids.update(children)
             kids.clen = children.clen
+            kids.listing = children.listing
             node.children = kids
         return node
 
@@ -83,20 +88,28 @@ class Node:
             return
         children[intern(name)] = None
         children.clen += len(name) + 1
+        children.listing = None
 
     def remove_child(self, name: str) -> None:
         children = self.children
         if children and children.pop(name, 0) is None:
             if children:
                 children.clen -= len(name) + 1
+                children.listing = None
             else:
                 self.children = NO_CHILDREN
 
     def children_payload(self) -> bytes:
         """DIRECTORY reply: names NUL-terminated, in creation order."""
-        if not self.children:
+        children = self.children
+        if not children:
             return b""
-        return ("\0".join(self.children) + "\0").encode("ascii")
+        listing = children.listing
+        if listing is None:
+            # Built once per change of the names: listings are read far
+            # more often than they change.
+            listing = children.listing = ("\0".join(children) + "\0").encode("ascii")
+        return listing
 
     def size(self) -> int:
         """What the ``node-size`` quota measures (digest 8.3)."""

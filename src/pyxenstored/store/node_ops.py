@@ -47,12 +47,39 @@ _READ = int(MsgType.READ)
 _DIRECTORY = int(MsgType.DIRECTORY)
 _GET_PERMS = int(MsgType.GET_PERMS)
 _WRITE = int(MsgType.WRITE)
+_WRITE_OK = Result(_WRITE, OK)  # a write that raised no event (the usual one)
 
 
 class NodeOps(NodeWrites):
     """The operations on nodes, values and permissions."""
 
     # --- READ / DIRECTORY / GET_PERMS ----------------------------------------
+
+    def quick_read(self, conn_id: int, msg_type: int, payload: bytes) -> bytes | None:
+        """The reply payload of a READ, DIRECTORY or GET_PERMS outside a transaction.
+
+        The event loop's short cut for the most frequent requests, without a
+        :class:`Result`: only where :meth:`handle` could not fail, raise
+        events or charge anything (the cases of :meth:`_quick_node`), and
+        then with the payload :meth:`handle` would reply, under the request's
+        own type.  None: ask :meth:`handle`.
+        """
+        conn = self.conns.get(conn_id)
+        if conn is None or not conn.privileged:
+            return None
+        path = self._arg_cache.get(payload)
+        if path is None:
+            return None
+        node = self.nodes.get(path)
+        if node is None:
+            return None
+        if msg_type == _READ:
+            return node.value
+        if msg_type == _DIRECTORY:
+            return node.children_payload()
+        if msg_type == _GET_PERMS:
+            return perms_payload(node.perms)
+        return None
 
     def op_read(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
         node = self._quick_node(conn, tx, payload)
@@ -125,12 +152,14 @@ class NodeOps(NodeWrites):
             node = None
         else:
             self._modify(conn, tx, path, node, value)
-        events: list[Event] = []
         if tx is not None:
             tx.queue_event(path, MATCH_SUBTREE)
         elif self.watches.count:
+            events: list[Event] = []
             self._fire(path, MATCH_SUBTREE, node, None, events)
-        return Result(_WRITE, OK, events, bool(events))
+            if events:
+                return Result(_WRITE, OK, events, True)
+        return _WRITE_OK
 
     def op_mkdir(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
         path = self._canon(conn, onearg(payload))

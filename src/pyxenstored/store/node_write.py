@@ -43,7 +43,8 @@ class NodeWrites(WatchOps):
         # length changes what the owner is charged.
         grow = len(value) - len(node.value)
         node.value = value
-        self._persist_stale(node)
+        if len(node.perms) > 1:  # an owner alone is never stale
+            self._persist_stale(node)
         self._stamp(node)
         if grow:
             self._domain(node.perms[0][0]).add(q.MEMORY, grow)

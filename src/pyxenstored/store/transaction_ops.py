@@ -15,6 +15,9 @@ from .connection import Connection
 from .transaction import Transaction
 from .watch_ops import WatchOps
 
+_START = int(MsgType.TRANSACTION_START)
+_END_OK = Result(int(MsgType.TRANSACTION_END), OK)  # an abort, or a commit without events
+
 
 class TransactionOps(WatchOps):
     """Opening, ending and committing transactions."""
@@ -44,7 +47,7 @@ class TransactionOps(WatchOps):
             self._open_tx += 1
         if dom is not None:
             dom.add(q.TRANSACTIONS, 1)
-        return Result(MsgType.TRANSACTION_START, b"%d\0" % tx_id)
+        return Result(_START, b"%d\0" % tx_id)
 
     def op_transaction_end(
         self, conn: Connection, tx: Transaction | None, payload: bytes
@@ -60,12 +63,12 @@ class TransactionOps(WatchOps):
         if conn.domain is not None:
             conn.domain.add(q.TRANSACTIONS, -1)
         if arg == b"F":
-            return Result(MsgType.TRANSACTION_END, OK)
+            return _END_OK
         events = self._commit(conn, tx)
         if conn.limited is not None and self.open_transactions():
             # C charges a commit that others' open transactions may conflict with.
             self.wrl.debit(conn.domid, self._now_ms())
-        return Result(MsgType.TRANSACTION_END, OK, events, bool(events))
+        return Result(_END_OK.reply_type, OK, events, True) if events else _END_OK
 
     def _commit(self, conn: Connection, tx: Transaction) -> list[Event]:
         """Finalize a transaction (digest 5.2)."""
