@@ -32,7 +32,7 @@ from . import control as ctl
 from . import quota as q
 from .connection import Connection
 from .domain import Domain, DomainHooks
-from .node import Node
+from .node import INTRODUCE_DOMAIN, RELEASE_DOMAIN, Node
 from .perms import (
     PERM_ALL,
     PERM_IGNORE,
@@ -48,8 +48,6 @@ from .wrl import WriteRateLimit
 
 log = logging.getLogger("pyxenstored.store")
 
-RELEASE_DOMAIN = "@releaseDomain"
-INTRODUCE_DOMAIN = "@introduceDomain"
 PATH_CACHE_SIZE = 8192
 ANY_GENERATION = -2  # permission check without the domain-generation test
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..wire import DOMID_ANY, OK, XsError, c_atoi, split_strings
 from . import quota as q
-from .node import child_path
+from .node import SPECIAL_NODES, child_path
 
 if TYPE_CHECKING:
     from .control_ops import ControlOps
@@ -279,7 +279,7 @@ def check_store(store: ControlOps) -> list[str]:
     for path in nodes:
         if path not in reachable and not path.startswith("@"):
             problems.append(f"{path}: not reachable from /")
-    for special in ("@releaseDomain", "@introduceDomain"):
+    for special in SPECIAL_NODES:
         if special not in nodes:
             problems.append(f"{special}: special node missing")
     counts = recount(store)

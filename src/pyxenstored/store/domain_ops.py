@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from ..wire import DOMID_SELF, OK, MsgType, XsError, c_atoi, onearg, parse_domid, split_strings
 from . import quota as q
-from .base import INTRODUCE_DOMAIN, RELEASE_DOMAIN, Event, Result
+from .base import Event, Result
 from .connection import Connection
 from .domain import Domain
-from .node import Node, child_path
+from .node import INTRODUCE_DOMAIN, RELEASE_DOMAIN, Node, child_path
 from .node_write import NodeWrites
 from .perms import intern_perms
 from .transaction import Transaction

@@ -21,6 +21,11 @@ from .perms import Perms
 
 NO_GENERATION = -1  # C's ~0: "the node did not exist" in a transaction record
 
+# The special nodes: in the tree's dict, nobody's children (digest 3.2).
+RELEASE_DOMAIN = "@releaseDomain"
+INTRODUCE_DOMAIN = "@introduceDomain"
+SPECIAL_NODES = (RELEASE_DOMAIN, INTRODUCE_DOMAIN)
+
 
 class Children(dict[str, None]):
     """Child names of a node in creation order, with C's list length.

@@ -22,15 +22,19 @@ from typing import Any
 
 from ..wire import DOMID_ANY, XsError, canonicalize, implicit_path, parent_of
 from . import quota as q
-from .base import INTRODUCE_DOMAIN, RELEASE_DOMAIN
 from .core import Store
 from .domain import Domain
-from .node import NO_GENERATION, Node, child_path
+from .node import (
+    INTRODUCE_DOMAIN,
+    NO_GENERATION,
+    RELEASE_DOMAIN,
+    SPECIAL_NODES,
+    Node,
+    child_path,
+)
 from .perms import PERM_IGNORE, Perms
 from .transaction import Transaction
 from .watch import MATCH_EXACT, MATCH_SUBTREE, Watch
-
-SPECIAL_NODES = (RELEASE_DOMAIN, INTRODUCE_DOMAIN)
 
 
 class StateError(ValueError):
