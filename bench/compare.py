@@ -142,30 +142,33 @@ def ops_rows(daemons: dict[str, Daemon], args: argparse.Namespace) -> list[Row]:
         for mode in ("seq", "pipe"):
             for conns in (1, 8):
                 cell = ops_bench.Cell(op, mode, conns)
+                measured: dict[str, list[tuple[float, int, float]]] = {k: [] for k in daemons}
+                spent = dict.fromkeys(daemons, 0.0)
+                # The daemons take turns run by run, so that a burst of other
+                # load on the machine hits both rather than one of them.
+                for _ in range(args.repeat):
+                    for kind, daemon in daemons.items():
+                        before = cpu_seconds(daemon.pid)
+                        measured[kind].append(
+                            ops_bench.measure(
+                                daemon.socket,
+                                cell,
+                                args.depth,
+                                args.duration,
+                                args.client_cpu,
+                                args.client_procs,
+                            )
+                        )
+                        spent[kind] += cpu_seconds(daemon.pid) - before
                 rates = {}
                 cpu_per_op = {}
                 client_load = {}
-                for kind, daemon in daemons.items():
-                    before = cpu_seconds(daemon.pid)
-                    measured = [
-                        ops_bench.measure(
-                            daemon.socket,
-                            cell,
-                            args.depth,
-                            args.duration,
-                            args.client_cpu,
-                            args.client_procs,
-                        )
-                        for _ in range(args.repeat)
-                    ]
-                    spent = cpu_seconds(daemon.pid) - before
-                    runs = [rate for rate, _errors, _client in measured]
-                    rates[kind] = statistics.median(runs)
-                    client_load[kind] = (
-                        statistics.median(c for _r, _e, c in measured) / args.duration
-                    )
+                for kind, runs in measured.items():
+                    rates[kind] = statistics.median(rate for rate, _e, _c in runs)
+                    client_load[kind] = statistics.median(c for _r, _e, c in runs) / args.duration
                     # setup and clean-up requests are included: a slight overestimate
-                    cpu_per_op[kind] = spent / max(1.0, sum(runs) * args.duration) * 1e6
+                    done = sum(rate for rate, _e, _c in runs) * args.duration
+                    cpu_per_op[kind] = spent[kind] / max(1.0, done) * 1e6
                 name = f"ops {op} {mode} {conns}c"
                 # Near 100 %: the one client CPU, not the daemon, set the pace.
                 load = f"client CPU {client_load[REFERENCE]:.0%}/{client_load[PYXENSTORED]:.0%}"
