@@ -35,7 +35,6 @@ import os
 import platform
 import re
 import select
-import socket
 import statistics
 import struct
 import subprocess
@@ -78,22 +77,11 @@ class Row:
 # --- a tiny raw client -------------------------------------------------------------
 
 
-class Raw:
+class Raw(ops_bench.Client):
+    """ops_bench's client, patient while connecting, with watch events in view."""
+
     def __init__(self, path: str) -> None:
-        deadline = time.monotonic() + 5
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(path)
-                break
-            except ConnectionRefusedError:  # C's listen backlog is 1
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.002)
-        self.buf = bytearray()
-        # One receive buffer: a fresh 256 KiB bytes per recv is costly (see ops_bench.Client).
-        self._chunk = memoryview(bytearray(262144))
+        super().__init__(path, retry_for=5.0)
 
     def send(self, type_: int, payload: bytes, tx_id: int = 0, req_id: int = 0) -> None:
         self.sock.sendall(HDR.pack(type_, req_id, tx_id, len(payload)) + payload)
@@ -107,13 +95,6 @@ class Raw:
                     del self.buf[: 16 + length]
                     return type_, tx_id, body
             self.fill()
-
-    def fill(self) -> None:
-        """Append what one recv brings to ``buf``."""
-        got = self.sock.recv_into(self._chunk)
-        if not got:
-            raise EOFError("daemon closed the connection")
-        self.buf += self._chunk[:got]
 
     def reply(self) -> tuple[int, bytes]:
         while True:

@@ -54,9 +54,18 @@ class Cell:
 class Client:
     """One raw connection with a reply parser that works on any split."""
 
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
+    def __init__(self, path: str, retry_for: float = 0.0) -> None:
+        deadline = time.monotonic() + retry_for
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(path)
+                break
+            except ConnectionRefusedError:  # a full listen backlog (C's is 1)
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
         self.buf = bytearray()
         # One receive buffer for the connection's life: a fresh 256 KiB
         # bytes object per recv costs an mmap/munmap pair in glibc and made
