@@ -76,6 +76,10 @@ def test_loop_bench_prints_every_op() -> None:
     out = run_bench("loop_bench.py", "--requests", "400", "--runs", "1")
     ops = [line.split()[0] for line in out.splitlines()[2:]]
     assert ops == ["read", "write", "directory", "get_perms", "transaction"]
+    out = run_bench("loop_bench.py", "--interpreter-only", "--requests", "400", "--runs", "1")
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["read", "write", "directory", "get_perms"]
+    assert all(float(row[1]) > 0 for row in rows)
 
 
 def test_floor_server_answers_ops_bench(tmp_path: Path) -> None:
