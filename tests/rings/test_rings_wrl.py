@@ -70,6 +70,29 @@ def test_guest_writes_wait_for_credits_while_a_transaction_is_open(
     assert dom0.control("check") == "OK"
 
 
+def test_wrl_trace_lines(setup: tuple[Daemon, Client, Guest], tmp_path: Path) -> None:
+    # The "wrl" switch, turned on at run time, writes C's lines (domain.c).
+    daemon, dom0, guest = setup
+    trace = tmp_path / "trace"
+    dom0.control("logfile", str(trace))
+    dom0.control("log", "-io")
+    dom0.control("log", "+wrl")
+    tx = dom0.start_transaction()
+    rewrite(guest, 20)
+    tx.commit()
+    lines = [line for line in trace.read_text().splitlines() if line.startswith("wrl: ")]
+    debits = [line for line in lines if line.startswith("wrl: domain 5 credit=")]
+    updates = [line for line in lines if line.startswith("wrl: dom    5 ")]
+    assert len(debits) >= 20 and updates, lines
+    assert all(line.endswith(" discard") for line in updates), updates
+    dom0.control("log", "-wrl")
+    size = trace.stat().st_size
+    tx = dom0.start_transaction()
+    rewrite(guest, 5)
+    tx.commit()
+    assert "wrl: " not in trace.read_text()[size:]
+
+
 def test_no_open_transaction_no_charge(setup: tuple[Daemon, Client, Guest]) -> None:
     daemon, dom0, guest = setup
     rewrite(guest, WRITES)

@@ -64,9 +64,12 @@ def test_the_reserve_tops_up_a_domain_below_zero() -> None:
     w = WriteRateLimit()
     w.add_domain(5, 0)
     w.delay_ms(5, 1000)  # reserve now 190 credits
-    w.debit(5, 1000, count=15)  # 10 - 15 = -5, and the reserve pays it back at once
-    assert w.credit(5) == -5 * FACTOR  # the debit itself is not refunded...
-    assert w.delay_ms(5, 1000) == 0  # ...until the next look: the reserve covers it
+    # Fifteen nodes in one request are fifteen debits, as in C: the first ten
+    # spend the burst, the eleventh goes to -1, and before each of the last
+    # four the reserve brings the credit back to zero.
+    w.debit(5, 1000, count=15)
+    assert w.credit(5) == -FACTOR and w.reserve == 186 * FACTOR
+    assert w.delay_ms(5, 1000) == 0  # the next look: the reserve covers the last one
     assert w.credit(5) == 0
     assert w.reserve == 185 * FACTOR
 
@@ -75,10 +78,13 @@ def test_idle_domains_surplus_reaches_the_reserve_before_it_lends() -> None:
     w = WriteRateLimit()
     w.add_domain(1, 0)
     w.add_domain(2, 0)  # both borrow their burst: reserve -20
-    w.debit(1, 5_000, count=600)  # 5 s at 100/s each: 1 gave 500 to the reserve
-    assert w.credit(1) == -590 * FACTOR and w.reserve == 480 * FACTOR
-    # Domain 2's 5 s are in the reserve too before domain 1 is topped up (C
-    # updates every domain on each main-loop pass): 480 + 500 = 980, 590 lent.
+    # 5 s at 100/s each: domain 1's surplus of 500 goes to the reserve (480).
+    # Its burst pays ten debits; from the twelfth on the reserve tops it up,
+    # and by then domain 2's 5 s are in the reserve too (C updates every
+    # domain on each main-loop pass): 480 + 500 = 980, of which 589 are lent
+    # during the request and the last one at the next look.
+    w.debit(1, 5_000, count=600)
+    assert w.credit(1) == -FACTOR and w.reserve == 391 * FACTOR
     assert w.delay_ms(1, 5_000) == 0
     assert w.credit(1) == 0 and w.credit(2) == DOMAIN_BURST
     assert w.reserve == 390 * FACTOR
@@ -92,6 +98,23 @@ def test_whole_milliseconds_only() -> None:
     # 3 domains: 200/3 credits per second each, i.e. 66 fixed-point units per ms.
     assert w.delay_ms(1, 1) == 14  # -934 units left: 934*3000/200000 = 14.01
     assert w.credit(1) == -FACTOR + 66
+
+
+def test_trace_lines_as_c() -> None:
+    # domain.c's trace_wrl formats: the credit update, each debit, a delay.
+    lines: list[str] = []
+    w = WriteRateLimit()
+    w.trace = lines.append
+    w.add_domain(5, 0)  # borrows a burst: reserve -10
+    w.debit(5, 20, count=11)
+    assert w.delay_ms(5, 20) == 5
+    assert (
+        lines[0] == "dom    5     20 msec     10000 credit      -6000 reserve         0 discard\n"
+    )
+    assert lines[1] == "domain 5 credit=9000 (reserve=-6000)\n"
+    assert lines[21] == "domain 5 credit=-1000 (reserve=-6000)\n"
+    assert lines[-1] == "domain 5 credit=-1000 (reserve=-6000) SLEEPING for 5\n"
+    assert len(lines) == 2 * 11 + 2  # 11 x (update, debit), then update and delay
 
 
 def test_remove_returns_at_most_a_burst() -> None:

@@ -221,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"illegal trace switch {switch!r}", 2)
     hooks = ServerControlHooks(tracer)
     store = Store(config, hooks)
+    store.wrl.trace = tracer.wrl
     server_config = ServerConfig(store_domid=config.store_domid)
     if watch_timeout is not None:
         server_config.watch_event_timeout = watch_timeout

@@ -3,8 +3,9 @@
 Diagnostics go through :mod:`logging` (``pyxenstored.*`` loggers, level from
 ``-v``/``--log-level``).  The trace file is separate, as in C: one line per
 message in and out, plus connection creation/destruction, with the switches
-``obj io wrl acc tdb`` that CONTROL ``log`` shows and toggles (only ``obj``
-and ``io`` produce output here; the others are accepted for compatibility).
+``obj io wrl acc tdb`` that CONTROL ``log`` shows and toggles (``obj``,
+``io`` and ``wrl`` produce output here; ``acc`` and ``tdb`` are accepted for
+compatibility).
 A line looks like C's::
 
     io: IN conn3 (d0) 20261125 18:30:00 WRITE (/a/b value )
@@ -140,6 +141,11 @@ class Tracer:
         name = _TYPE_NAMES.get(type_, "**UNKNOWN**")
         body = payload.translate(_NUL_TO_BLANK).decode("latin-1")
         self.write(f"io: {direction} conn{conn_id} (d{domid}) {stamp} {name} ({body})\n")
+
+    def wrl(self, line: str) -> None:
+        """A write-rate line from the store (``store/wrl.py``), when ``wrl`` is on."""
+        if self._fd >= 0 and "wrl" in self._switches:
+            self.write("wrl: " + line)
 
     def obj(self, event: str, what: str, ident: int) -> None:
         if self._fd >= 0 and "obj" in self._switches:

@@ -12,12 +12,15 @@ read until it is back at zero -- its requests wait in its ring.
 
 Everything is in C's fixed point (1000 per credit) and whole milliseconds,
 so the same history gives the same credits as there.  Pure logic: the
-caller passes the clock (milliseconds) and acts on what it is told.
+caller passes the clock (milliseconds) and acts on what it is told, and
+may install :attr:`WriteRateLimit.trace` to get C's ``wrl:`` trace lines
+(without the prefix).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 log = logging.getLogger("pyxenstored.store")
 
@@ -40,9 +43,10 @@ def _move(src: int, floor: int, dst: int, ceil: int) -> tuple[int, int]:
 
 
 class _Account:
-    __slots__ = ("credit", "stamp_ms", "delay_logged")
+    __slots__ = ("domid", "credit", "stamp_ms", "delay_logged")
 
-    def __init__(self, now_ms: int) -> None:
+    def __init__(self, domid: int, now_ms: int) -> None:
+        self.domid = domid
         self.credit = 0
         self.stamp_ms = now_ms
         self.delay_logged = False
@@ -51,13 +55,15 @@ class _Account:
 class WriteRateLimit:
     """Credits of every introduced domain, and the global reserve."""
 
-    __slots__ = ("_accounts", "reserve", "_last_warning_s", "_collecting")
+    __slots__ = ("_accounts", "reserve", "_last_warning_s", "_collecting", "trace")
 
     def __init__(self) -> None:
         self._accounts: dict[int, _Account] = {}
         self.reserve = 0
         self._last_warning_s = 0  # 0: no delay since the last "not in force" line
         self._collecting = False
+        # Gets each of C's "wrl" trace lines (domain.c), when installed.
+        self.trace: Callable[[str], None] | None = None
 
     def __contains__(self, domid: int) -> bool:
         return domid in self._accounts
@@ -71,7 +77,7 @@ class WriteRateLimit:
         """A domain is introduced: it borrows up to a burst from the reserve."""
         if domid in self._accounts:
             return
-        account = _Account(now_ms)
+        account = _Account(domid, now_ms)
         self._accounts[domid] = account
         self.reserve, account.credit = _move(
             self.reserve, -NEW_DOMAINS_DEBT, account.credit, DOMAIN_BURST
@@ -106,21 +112,34 @@ class WriteRateLimit:
         surplus, self.reserve = _move(surplus, 0, self.reserve, GLOBAL_BURST)
         account.credit = credit
         account.stamp_ms = now_ms
+        if self.trace is not None:
+            self.trace(
+                f"dom {account.domid:4d} {elapsed:6d} msec {credit:9d} credit "
+                f" {self.reserve:9d} reserve {surplus:9d} discard\n"
+            )
 
     def debit(self, domid: int, now_ms: int, count: int = 1) -> None:
-        """``count`` writes of ``domid`` (one credit each) while transactions are open."""
+        """``count`` writes of ``domid`` (one credit each) while transactions are open.
+
+        One after the other, as C charges each node written: each first
+        brings the credit up to date, so from the second on the reserve
+        covers what the previous one took below zero.
+        """
         account = self._accounts.get(domid)
-        if account is None or count <= 0:
+        if account is None:
             return
-        self._refill(account, now_ms)
-        account.credit -= WRITE_COST * count
-        if account.credit < 0:
-            if not account.delay_logged:
-                account.delay_logged = True
-                log.warning("write rate limit: domain %d is affected", domid)
-            elif not self._last_warning_s:
-                log.warning("write rate limit: rate limiting restarts")
-            self._last_warning_s = now_ms // 1000
+        for _ in range(count):
+            self._refill(account, now_ms)
+            account.credit -= WRITE_COST
+            if self.trace is not None:
+                self.trace(f"domain {domid} credit={account.credit} (reserve={self.reserve})\n")
+            if account.credit < 0:
+                if not account.delay_logged:
+                    account.delay_logged = True
+                    log.warning("write rate limit: domain %d is affected", domid)
+                elif not self._last_warning_s:
+                    log.warning("write rate limit: rate limiting restarts")
+                self._last_warning_s = now_ms // 1000
 
     def delay_ms(self, domid: int, now_ms: int) -> int:
         """0 when ``domid`` may be read now, else how long until its credit is back at zero."""
@@ -132,7 +151,13 @@ class WriteRateLimit:
             return 0
         # -credit / (RATE / domains), in milliseconds; at least one so that
         # the caller never spins on a zero wait.
-        return max(1, -account.credit * 1000 * len(self._accounts) // RATE)
+        wait = -account.credit * 1000 * len(self._accounts) // RATE
+        if self.trace is not None:
+            self.trace(
+                f"domain {domid} credit={account.credit} (reserve={self.reserve})"
+                f" SLEEPING for {wait}\n"
+            )
+        return max(1, wait)
 
     def periodic(self, now_ms: int) -> None:
         """Once per loop pass: say when limiting has not been in force for a while."""
