@@ -24,7 +24,7 @@ class Connection:
         "watches",
         "transactions",
         "next_tx_id",
-        "_domain",
+        "domain",
         "limited",
         "busy_since",
     )
@@ -41,9 +41,10 @@ class Connection:
         self.transactions: dict[int, Transaction] = {}
         self.next_tx_id = 1
         # Socket connections have no domain record: no quota, all features.
-        self._domain: Domain | None = None
+        # Both are set together by attach(); CONTROL check compares them.
+        self.domain: Domain | None = None
         # The domain whose quota applies, or None (privileged or socket):
-        # an attribute, kept by the ``domain`` setter, as every write asks.
+        # an attribute rather than a property, as every write asks.
         self.limited: Domain | None = None
         # Clock reading when the connection last went from no transaction to
         # one (C's ta_start_time); 0.0 when unknown (restored transactions).
@@ -53,12 +54,7 @@ class Connection:
     def features(self) -> int:
         return SUPPORTED_FEATURES if self.domain is None else self.domain.features
 
-    @property
-    def domain(self) -> Domain | None:
-        """The connection's domain record (None for sockets)."""
-        return self._domain
-
-    @domain.setter
-    def domain(self, domain: Domain | None) -> None:
-        self._domain = domain
+    def attach(self, domain: Domain) -> None:
+        """Give the connection its domain record (and, unless privileged, its quota)."""
+        self.domain = domain
         self.limited = None if self.privileged else domain

@@ -299,6 +299,8 @@ def check_store(store: ControlOps) -> list[str]:
             problems.append(f"domain {domid}: owns nodes but has no record")
     seen = 0
     for conn in store.conns.values():
+        if conn.limited is not (None if conn.privileged else conn.domain):
+            problems.append(f"connection {conn.conn_id}: quota domain is not its domain")
         for key, watch in conn.watches.items():
             seen += 1
             if watch not in store.watches.by_path.get(watch.path, ()) or key != (

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from ..wire import OK, PAYLOAD_MAX, MsgType, XsError
 from . import control as ctl
 from . import quota as q
-from .base import Event, Result, StoreConfig
+from .base import Event, Result, StoreConfig, plain_result
 from .connection import Connection
 from .control_ops import ControlOps
 from .domain import DomainHooks
@@ -124,7 +124,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
             conn_id, domid, is_socket, domid == self.config.priv_domid, self._conn_seq
         )
         if not is_socket:
-            conn.domain = self._domain(domid)
+            conn.attach(self._domain(domid))
         self.conns[conn_id] = conn
 
     def disconnect(self, conn_id: int) -> None:
@@ -202,7 +202,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
                 if tx is None and msg_type in _WRL_WRITES and conn.domain:
                     self._debit_writes(conn, self._node_writes - written)
         except XsError as err:
-            return Result(ERROR, err.payload)
+            return plain_result(ERROR, err.payload)
         if len(result.payload) > PAYLOAD_MAX:
             return Result(ERROR, b"E2BIG\0", result.events, result.events_before_reply)
         return result

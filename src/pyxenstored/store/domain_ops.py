@@ -122,7 +122,7 @@ class DomainOps(NodeWrites, TransactionOps):
         # Connections that remain (the server closes them) get a fresh record.
         for conn in self.conns.values():
             if conn.domid == domid and not conn.is_socket:
-                conn.domain = self._domain(domid)
+                conn.attach(self._domain(domid))
 
     def _remove_domain_from_tree(self, domid: int, events: list[Event]) -> None:
         """Digest 3.4: owned nodes go (or go to priv_domid with -K), entries go.

@@ -8,9 +8,9 @@ and fires the queued watch events (digest 5.2).
 
 from __future__ import annotations
 
-from ..wire import OK, MsgType, XsError, onearg
+from ..wire import OK, MsgType, XsError
 from . import quota as q
-from .base import Event, Result
+from .base import Event, Result, plain_result
 from .connection import Connection
 from .transaction import Transaction
 from .watch_ops import WatchOps
@@ -47,13 +47,13 @@ class TransactionOps(WatchOps):
             self._open_tx += 1
         if dom is not None:
             dom.add(q.TRANSACTIONS, 1)
-        return Result(_START, b"%d\0" % tx_id)
+        return plain_result(_START, b"%d\0" % tx_id)
 
     def op_transaction_end(
         self, conn: Connection, tx: Transaction | None, payload: bytes
     ) -> Result:
-        arg = onearg(payload)
-        if arg not in (b"T", b"F"):
+        # Exactly one argument, T or F: the whole payload is one of two.
+        if payload != b"T\0" and payload != b"F\0":
             raise XsError("EINVAL", "TRANSACTION_END takes T or F")
         if tx is None:
             raise XsError("ENOENT", "no transaction")
@@ -62,7 +62,7 @@ class TransactionOps(WatchOps):
             self._open_tx -= 1
         if conn.domain is not None:
             conn.domain.add(q.TRANSACTIONS, -1)
-        if arg == b"F":
+        if payload == b"F\0":
             return _END_OK
         events = self._commit(conn, tx)
         if conn.limited is not None and self.open_transactions():
