@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from ..wire import (
     DOMID_ANY,
@@ -109,6 +109,16 @@ class StoreConfig:
     clock: Callable[[], float] = time.monotonic
 
 
+_K = TypeVar("_K")
+
+
+def _remember(cache: dict[_K, str], key: _K, path: str) -> None:
+    """Add to one of the path caches, emptied when full (the working set refills it)."""
+    if len(cache) >= PATH_CACHE_SIZE:
+        cache.clear()
+    cache[key] = path
+
+
 class StoreBase:
     """The database and the node-access and accounting helpers of all operations."""
 
@@ -135,9 +145,13 @@ class StoreBase:
         self._watch_seq = 0
         self._retired_max = [0] * q.QUOTA_COUNT  # maxima of destroyed domains
         self._path_cache: dict[bytes, str] = {}
-        # Whole one-argument payloads (path and its NUL) of absolute paths
-        # that were valid, to their canonical form: the reads' quick path.
+        # Relative paths (not "@" ones) by the domid they resolve under.
+        self._rel_path_cache: dict[tuple[int, bytes], str] = {}
+        # Whole one-argument payloads (path and its NUL) that were valid, to
+        # their canonical form: the reads' quick path.  Absolute ones by
+        # payload, relative ones by (domid, payload).
         self._arg_cache: dict[bytes, str] = {}
+        self._rel_arg_cache: dict[tuple[int, bytes], str] = {}
         # Write-rate limiting: credits of introduced domains; open
         # transactions everywhere (None: count them again, e.g. after a
         # restore added some); committed nodes written or deleted so far.
@@ -213,12 +227,21 @@ class StoreBase:
         """Validate and absolutise a request path (digest 2.5)."""
         path = self._path_cache.get(raw)
         if path is None:
-            path = canonicalize(raw, conn.domid, allow_special)
-            if raw[:1] == b"/":
+            first = raw[:1]
+            if first == b"/":
                 # Absolute paths canonicalise the same for everybody: remember them.
-                if len(self._path_cache) >= PATH_CACHE_SIZE:
-                    self._path_cache.clear()
-                self._path_cache[raw] = path
+                path = canonicalize(raw, conn.domid, allow_special)
+                _remember(self._path_cache, raw, path)
+            elif first == b"@":
+                # Special paths are valid for some requests only: never remembered.
+                path = canonicalize(raw, conn.domid, allow_special)
+            else:
+                # Relative ones (guests use them all the time) per domain.
+                key = (conn.domid, raw)
+                path = self._rel_path_cache.get(key)
+                if path is None:
+                    path = canonicalize(raw, conn.domid, allow_special)
+                    _remember(self._rel_path_cache, key, path)
         dom = conn.limited
         if dom is not None:
             # Only unprivileged domains are length checked (digest 2.5).
@@ -231,22 +254,30 @@ class StoreBase:
     def _canon_arg(self, conn: Connection, payload: bytes, allow_special: bool = False) -> str:
         """:meth:`_canon` of a one-argument payload (EINVAL unless exactly one)."""
         path = self._canon(conn, onearg(payload), allow_special)
-        if payload[:1] == b"/":
-            cache = self._arg_cache
-            if len(cache) >= PATH_CACHE_SIZE:
-                cache.clear()
-            cache[payload] = path
+        first = payload[:1]
+        if first == b"/":
+            _remember(self._arg_cache, payload, path)
+        elif first != b"@":
+            _remember(self._rel_arg_cache, (conn.domid, payload), path)
+        return path
+
+    def _cached_arg(self, conn: Connection, payload: bytes) -> str | None:
+        """The path of a one-argument payload seen valid before, or None."""
+        path = self._arg_cache.get(payload)
+        if path is None:
+            return self._rel_arg_cache.get((conn.domid, payload))
         return path
 
     def _quick_node(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Node | None:
         """The node a read request names, found without the general checks.
 
         Only where those checks cannot fail: a privileged caller outside a
-        transaction, a payload seen before as a valid absolute path, an
-        existing node.  None means "take the general path", not ENOENT.
+        transaction, a payload seen before as a valid path (absolute, or
+        relative for the caller's domain), an existing node.  None means
+        "take the general path", not ENOENT.
         """
         if tx is None and conn.privileged:
-            path = self._arg_cache.get(payload)
+            path = self._cached_arg(conn, payload)
             if path is not None:
                 return self.nodes.get(path)
         return None
@@ -327,6 +358,20 @@ class StoreBase:
 
     def _lookup(self, conn: Connection, tx: Transaction | None, path: str, perm: int) -> Node:
         """An existing node the caller has ``perm`` on, else ENOENT/EACCES (digest 2.8)."""
+        node = self._lookup_or_none(conn, tx, path, perm)
+        if node is None:
+            raise XsError("ENOENT", path)
+        return node
+
+    def _lookup_or_none(
+        self, conn: Connection, tx: Transaction | None, path: str, perm: int
+    ) -> Node | None:
+        """:meth:`_lookup`, with None where it would answer ENOENT.
+
+        For the requests that go on when the node is missing (WRITE and
+        MKDIR create it, RM may succeed): an exception costs more than the
+        rest of such a request.
+        """
         node = self._read(conn, tx, path)
         if node is not None:
             if conn.privileged or (self._perm(conn, node.perms, node.gen) & perm) == perm:
@@ -338,7 +383,7 @@ class StoreBase:
                 self._parent_perm(conn, tx, path)
             raise XsError("EACCES", path)
         if self._parent_perm(conn, tx, path) & perm:
-            raise XsError("ENOENT", path)
+            return None
         raise XsError("EACCES", path)
 
     # --- accounting of the committed tree ------------------------------------

@@ -26,7 +26,6 @@ from ..wire import (
 from . import quota as q
 from .base import Event, Result
 from .connection import Connection
-from .node import Node
 from .node_write import NodeWrites
 from .perms import (
     PERM_IGNORE,
@@ -67,7 +66,7 @@ class NodeOps(NodeWrites):
         conn = self.conns.get(conn_id)
         if conn is None or not conn.privileged:
             return None
-        path = self._arg_cache.get(payload)
+        path = self._cached_arg(conn, payload)
         if path is None:
             return None
         node = self.nodes.get(path)
@@ -142,14 +141,9 @@ class NodeOps(NodeWrites):
             raise XsError("EINVAL", "WRITE without path")
         path = self._canon(conn, payload[:nul])
         value = payload[nul + 1 :]
-        node: Node | None
-        try:
-            node = self._lookup(conn, tx, path, PERM_WRITE)
-        except XsError as err:
-            if err.name != "ENOENT":
-                raise
+        node = self._lookup_or_none(conn, tx, path, PERM_WRITE)
+        if node is None:
             self._create(conn, tx, path, value)
-            node = None
         else:
             self._modify(conn, tx, path, node, value)
         if tx is not None:
@@ -164,11 +158,7 @@ class NodeOps(NodeWrites):
     def op_mkdir(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
         path = self._canon(conn, onearg(payload))
         events: list[Event] = []
-        try:
-            self._lookup(conn, tx, path, PERM_WRITE)
-        except XsError as err:
-            if err.name != "ENOENT":
-                raise
+        if self._lookup_or_none(conn, tx, path, PERM_WRITE) is None:
             self._create(conn, tx, path, b"")
             if tx is not None:
                 tx.queue_event(path, MATCH_SUBTREE)
@@ -178,15 +168,12 @@ class NodeOps(NodeWrites):
 
     def op_rm(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
         path = self._canon(conn, onearg(payload))
-        try:
-            node = self._lookup(conn, tx, path, PERM_WRITE)
-        except XsError as err:
-            if err.name != "ENOENT":
-                raise
+        node = self._lookup_or_none(conn, tx, path, PERM_WRITE)
+        if node is None:
             # Removing what is not there is fine when its parent exists.
             if self._read(conn, tx, parent_of(path)) is not None:
                 return Result(MsgType.RM, OK)
-            raise
+            raise XsError("ENOENT", path)
         if path == "/":
             raise XsError("EINVAL", "cannot remove /")
         events: list[Event] = []
