@@ -438,6 +438,18 @@ class StoreBase:
         dom.add(q.NODES, 1)
         dom.add(q.MEMORY, mem)
 
+    def _account_resize(self, node: Node, delta: int) -> None:
+        """A committed node changed in place by ``delta`` bytes: a fresh generation, its owner charged.
+
+        For changes that keep its path, owner and number of permissions
+        (a new value, a child added or removed): the memory it is charged
+        for changes by exactly the length that changed, no need to measure
+        it before and after.
+        """
+        self._stamp(node)
+        if delta:
+            self._domain(node.perms[0][0]).add(q.MEMORY, delta)
+
     def _account_delete(self, path: str, node: Node) -> None:
         self._node_writes += 1
         del self.nodes[path]

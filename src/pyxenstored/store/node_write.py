@@ -39,15 +39,11 @@ class NodeWrites(WatchOps):
             node.value = value
             self._tx_written(tx, path, node)
             return
-        # Same node, same owner, same permission count: only the value's
-        # length changes what the owner is charged.
         grow = len(value) - len(node.value)
         node.value = value
         if len(node.perms) > 1:  # an owner alone is never stale
             self._persist_stale(node)
-        self._stamp(node)
-        if grow:
-            self._domain(node.perms[0][0]).add(q.MEMORY, grow)
+        self._account_resize(node, grow)
 
     def _create(self, conn: Connection, tx: Transaction | None, path: str, value: bytes) -> None:
         """Create ``path`` and its missing ancestors (C's ``create_node``)."""
@@ -99,10 +95,10 @@ class NodeWrites(WatchOps):
             return
         for p, node in created:
             self._account_write(p, node, None)
-        before = (parent.perms[0][0], parent.memory(parent_path))
+        clen = parent.clen
         parent.add_child(child_name)
-        self._persist_stale(parent)
-        self._account_write(parent_path, parent, before)
+        self._persist_stale(parent)  # flags entries; owner and count stay
+        self._account_resize(parent, parent.clen - clen)
 
     def _subtree_postorder(
         self, conn: Connection, tx: Transaction | None, path: str, node: Node
@@ -162,9 +158,9 @@ class NodeWrites(WatchOps):
             parent.remove_child(name)
             self._tx_written(tx, parent_path, parent)
             return
-        before = (parent.perms[0][0], parent.memory(parent_path))
+        clen = parent.clen
         parent.remove_child(name)
-        self._account_write(parent_path, parent, before)
+        self._account_resize(parent, parent.clen - clen)
 
     def _system_conn(self) -> Connection:
         return Connection(-1, self.config.priv_domid, True, True, 0)
