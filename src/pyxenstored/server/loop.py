@@ -427,7 +427,11 @@ class Server:
                 if not tx_id and type_ in _PLAIN_READS:
                     # A plain read needs no Result: the store answers with
                     # the payload alone, under the request's type.
-                    payload = self.store.quick_read(conn.conn_id, type_, body)
+                    try:
+                        payload = self.store.quick_read(conn.conn_id, type_, body)
+                    except Exception:
+                        # A bug there must not stop the daemon: handle() decides.
+                        log.exception("connection %d: quick read failed", conn.conn_id)
                 if payload is not None and len(payload) <= PAYLOAD_MAX:
                     reply_type = type_
                 else:
