@@ -64,12 +64,7 @@ class NodeOps(NodeWrites):
         own type.  None: ask :meth:`handle`.
         """
         conn = self.conns.get(conn_id)
-        if conn is None or not conn.privileged:
-            return None
-        path = self._cached_arg(conn, payload)
-        if path is None:
-            return None
-        node = self.nodes.get(path)
+        node = None if conn is None else self._quick_node(conn, None, payload)
         if node is None:
             return None
         if msg_type == _READ:
