@@ -16,7 +16,8 @@ from .transaction import Transaction
 from .watch_ops import WatchOps
 
 _START = int(MsgType.TRANSACTION_START)
-_END_OK = Result(int(MsgType.TRANSACTION_END), OK)  # an abort, or a commit without events
+_END = int(MsgType.TRANSACTION_END)
+_END_OK = Result(_END, OK)  # an abort, or a commit without events
 
 
 class TransactionOps(WatchOps):
@@ -68,7 +69,7 @@ class TransactionOps(WatchOps):
         if conn.limited is not None and self.open_transactions():
             # C charges a commit that others' open transactions may conflict with.
             self.wrl.debit(conn.domid, self._now_ms())
-        return Result(_END_OK.reply_type, OK, events, True) if events else _END_OK
+        return Result(_END, OK, events, True) if events else _END_OK
 
     def _commit(self, conn: Connection, tx: Transaction) -> list[Event]:
         """Finalize a transaction (digest 5.2)."""
