@@ -110,12 +110,6 @@ class Raw(ops_bench.Client):
 # --- workloads -------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (from /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def ops_rows(daemons: dict[str, Daemon], args: argparse.Namespace) -> list[Row]:
     rows = []
     cpu_rows = []
@@ -129,7 +123,7 @@ def ops_rows(daemons: dict[str, Daemon], args: argparse.Namespace) -> list[Row]:
                 # load on the machine hits both rather than one of them.
                 for _ in range(args.repeat):
                     for kind, daemon in daemons.items():
-                        before = cpu_seconds(daemon.pid)
+                        before = ops_bench.cpu_seconds(daemon.pid)
                         measured[kind].append(
                             ops_bench.measure(
                                 daemon.socket,
@@ -140,7 +134,7 @@ def ops_rows(daemons: dict[str, Daemon], args: argparse.Namespace) -> list[Row]:
                                 args.client_procs,
                             )
                         )
-                        spent[kind] += cpu_seconds(daemon.pid) - before
+                        spent[kind] += ops_bench.cpu_seconds(daemon.pid) - before
                 rates = {}
                 cpu_per_op = {}
                 client_load = {}
