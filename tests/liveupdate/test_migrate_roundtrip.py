@@ -388,8 +388,11 @@ def test_stale_entries_are_dumped_stale() -> None:
     store.connect(1, 0, is_socket=True)
     req(store, 1, MsgType.WRITE, b"/tool/shared\0s")
     req(store, 1, MsgType.SET_PERMS, b"/tool/shared\0n0\0r5\0")
-    # Domain 5's record goes and comes back (a new domain with the same id).
+    # Domain 5's record goes and comes back (a new domain with the same id),
+    # after a later write: a record made right after a node's write is as
+    # old as the node (C's chk_domain_generation), one made later is younger.
     dom5 = store.domains.pop(5)
+    req(store, 1, MsgType.WRITE, b"/tool/later\0")
     req(store, 1, MsgType.GET_FEATURE, b"5\0")
     assert store.domains[5] is not dom5
     records = list(dump_state(store, conn_records(store)))

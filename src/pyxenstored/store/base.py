@@ -31,7 +31,7 @@ from ..wire import (
 from . import control as ctl
 from . import quota as q
 from .connection import Connection
-from .domain import Domain, DomainHooks
+from .domain import EXISTS, Domain, DomainFacts, DomainHooks, DomainOracle
 from .node import INTRODUCE_DOMAIN, RELEASE_DOMAIN, Node
 from .perms import (
     PERM_ALL,
@@ -103,7 +103,10 @@ class StoreConfig:
     store_domid: int = 0
     keep_orphans: bool = False
     quota: q.QuotaTable = field(default_factory=q.QuotaTable)
-    # Domids the "hypervisor" knows besides priv_domid and store_domid.
+    # Asked whether a domain exists when a request needs to know (see
+    # StoreBase.domain_info); None: no hypervisor, the domains that exist
+    # are priv_domid, store_domid and existing_domids.
+    hypervisor: DomainOracle | None = None
     existing_domids: frozenset[int] = frozenset()
     # Read when a connection opens its first transaction (no I/O: a clock).
     clock: Callable[[], float] = time.monotonic
@@ -189,19 +192,27 @@ class StoreBase:
         self.wrl.add_domain(domid, self._now_ms())
         return dom
 
-    def domain_exists(self, domid: int) -> bool:
-        """Whether the "hypervisor" knows ``domid`` (config ``existing_domids``).
+    def domain_info(self, domid: int) -> DomainFacts | None:
+        """What the hypervisor says about ``domid`` now (None: no such domain).
 
-        Without a hypervisor the privileged and store domains exist, and the
-        domids listed in the config, like the C daemon under the test shim
-        (``XS_SHIM_DOMAINS``, default "0").  Domains with a record
-        (introduced, connected, ...) are known anyway: callers look at the
-        records first.
+        Asked at the moment of the request, as C asks libxenmanage: a
+        domain's creation is announced to nobody, so no earlier answer may
+        stand in for this one.  Without a hypervisor the privileged and
+        store domains exist, and the domids listed in the config, like the
+        C daemon under the test shim (``XS_SHIM_DOMAINS``, default "0").
+        Callers look at the domain records first, as C does.
         """
-        return domid in self.config.existing_domids or domid in (
-            self.config.priv_domid,
-            self.config.store_domid,
-        )
+        oracle = self.config.hypervisor
+        if oracle is not None:
+            return oracle.domain_info(domid)
+        config = self.config
+        if domid in config.existing_domids or domid in (config.priv_domid, config.store_domid):
+            return EXISTS
+        return None
+
+    def domain_exists(self, domid: int) -> bool:
+        """Whether the hypervisor knows ``domid`` now (see :meth:`domain_info`)."""
+        return self.domain_info(domid) is not None
 
     def _domain(self, domid: int) -> Domain:
         """The record of ``domid``, created (with the global quota) if missing."""
@@ -212,14 +223,29 @@ class StoreBase:
             self.domains[domid] = dom
         return dom
 
+    def _known_domain(self, domid: int, facts: DomainFacts) -> Domain:
+        """The record of a domain the hypervisor reports, made if missing, with its unique id."""
+        dom = self._domain(domid)
+        if facts.unique_id:
+            dom.unique_id = facts.unique_id
+        return dom
+
     def _existing_domain(self, domid: int) -> Domain:
-        """C's ``find_or_alloc_existing_domain``: ENOENT for unknown domids."""
+        """C's ``find_or_alloc_existing_domain``: ENOENT for unknown domids.
+
+        A record whose unique id is known is taken as it is; otherwise the
+        hypervisor is asked (a record it does not know is still returned,
+        as in C: only ``VIRQ_DOM_EXC`` removes records).
+        """
         dom = self.domains.get(domid)
-        if dom is not None:
+        if dom is not None and dom.unique_id:
             return dom
-        if not self.domain_exists(domid):
+        facts = self.domain_info(domid)
+        if facts is not None:
+            return self._known_domain(domid, facts)
+        if dom is None:
             raise XsError("ENOENT", f"domain {domid} does not exist")
-        return self._domain(domid)
+        return dom
 
     # --- node access ---------------------------------------------------------
 
@@ -321,7 +347,11 @@ class StoreBase:
         self._gen_last = node
 
     def _stale(self, domid: int, gen: int) -> bool:
-        """An entry for a domain unknown, or younger than the node (digest 3.3)."""
+        """An entry for a domain unknown, or younger than the node (C's ``chk_domain_generation``).
+
+        ``gen`` is the node's generation; see ``NodeOps.op_set_perms`` for
+        how records and writes take generations, with a worked example.
+        """
         if gen == ANY_GENERATION:
             return False
         dom = self.domains.get(domid)

@@ -5,6 +5,10 @@ domains, node owners, domains named in permissions, targets of the quota and
 feature requests; digest 6.5).  It carries the domain's features, its quota
 (copied from the global defaults when the record is created) and its usage
 counters with the maxima seen.
+
+Which domains exist is the hypervisor's to say, at the moment the store asks
+(:class:`DomainOracle`): a domain's creation is announced to nobody, so a
+list kept from an earlier look could be wrong.
 """
 
 from __future__ import annotations
@@ -74,3 +78,47 @@ class DomainHooks(Protocol):
     def introduce(self, domid: int, gfn: int, evtchn: int) -> None: ...
 
     def release(self, domid: int) -> None: ...
+
+
+class DomainFacts(Protocol):
+    """What the hypervisor says about one existing domain."""
+
+    @property
+    def unique_id(self) -> int:
+        """Given by Xen at creation, never reused within a boot (0: unknown)."""
+        ...
+
+    @property
+    def shutdown(self) -> bool: ...
+
+    @property
+    def dying(self) -> bool:
+        """Xen is destroying it."""
+        ...
+
+
+class DomainOracle(Protocol):
+    """The hypervisor as the store asks it: C's ``xenmanage_get_domain_info``.
+
+    Asked at the moment a request needs to know about a domain the store has
+    no record of (SET_PERMS entries and owner, the quota and feature
+    requests with a domid, INTRODUCE), never kept: the answer may change
+    between two requests without anybody being told.  The server passes its
+    hypervisor backend; tests pass a fake.
+    """
+
+    def domain_info(self, domid: int) -> DomainFacts | None:
+        """The domain ``domid`` now, or None when there is no such domain."""
+        ...
+
+
+class _Exists:
+    """The facts of a domain of a fixed list (no hypervisor): it exists, nothing more."""
+
+    __slots__ = ()
+    unique_id = 0
+    shutdown = False
+    dying = False
+
+
+EXISTS: DomainFacts = _Exists()

@@ -1,8 +1,9 @@
 """Domain operations: the requests about domains, and domains going away.
 
 INTRODUCE, RELEASE, RESUME, SET_TARGET, GET_DOMAIN_PATH, IS_DOMAIN_INTRODUCED.
-Also what happens when a domain goes away (RELEASE, or death reported by
-the hypervisor through :meth:`DomainOps.domains_changed`): its connections
+Also what happens when a domain goes away (RELEASE, death reported by the
+hypervisor through :meth:`DomainOps.domains_changed`, or a new domain with
+its domid found at INTRODUCE by its unique id): its connections
 lose their watches and transactions, its nodes leave the tree (digest 3.4)
 and ``@releaseDomain`` fires.  The records are :class:`~.domain.Domain`.
 """
@@ -69,16 +70,34 @@ class DomainOps(NodeWrites, TransactionOps):
         evtchn = c_atoi(parts[2])
         if evtchn <= 0:
             raise XsError("EINVAL", "bad event channel")
+        events: list[Event] = []
+        facts = self.domain_info(domid)
+        if facts is not None and self._replaced(domid, facts.unique_id):
+            # The domain the record is about died and this is a new one with
+            # its domid, before VIRQ_DOM_EXC said so: the old one goes first
+            # (C notices only at its next check, and then drops the new one).
+            self.destroy_domain(domid, events)
+            if self.domain_hooks is not None:
+                self.domain_hooks.release(domid)
         if self.domain_hooks is not None:
             self.domain_hooks.introduce(domid, c_atoi(parts[1]), evtchn)
-        dom = self._domain(domid)
-        events: list[Event] = []
+        dom = self._domain(domid) if facts is None else self._known_domain(domid, facts)
         if not dom.introduced:
             self.mark_introduced(domid)
             if domid != self.config.priv_domid:
                 self._fire_special(INTRODUCE_DOMAIN, domid, events)
         self._reset_domain_connections(domid)
         return Result(MsgType.INTRODUCE, OK, events, bool(events))
+
+    def _replaced(self, domid: int, unique_id: int) -> bool:
+        """Whether the record of ``domid`` is about another domain than ``unique_id``."""
+        dom = self.domains.get(domid)
+        return (
+            dom is not None
+            and bool(dom.unique_id and unique_id)
+            and dom.unique_id != unique_id
+            and domid not in (self.config.priv_domid, self.config.store_domid)
+        )
 
     def op_release(self, conn: Connection, tx: Transaction | None, payload: bytes) -> Result:
         dom = self._onearg_domain(payload)
@@ -163,8 +182,10 @@ class DomainOps(NodeWrites, TransactionOps):
         """What the hypervisor reported (C's ``do_check_domains``, digest 6.4).
 
         A newly shut-down introduced domain fires ``@releaseDomain/<domid>`` at
-        once (once per shutdown until RESUME); a dead one is destroyed; one
-        plain ``@releaseDomain`` follows when any domain newly shut down.
+        once (once per shutdown until RESUME); a dead one is destroyed (its
+        nodes and entries leave the tree even if it was never introduced, as
+        C's ``destroy_domain`` does for every record); one plain
+        ``@releaseDomain`` follows when any domain newly shut down.
         """
         events: list[Event] = []
         notify = False
@@ -174,7 +195,7 @@ class DomainOps(NodeWrites, TransactionOps):
                 continue
             if not dom.introduced:
                 if domid in dead:
-                    del self.domains[domid]
+                    self.destroy_domain(domid, events)
                 continue
             if domid in shutdown and not dom.shutdown:
                 dom.shutdown = True

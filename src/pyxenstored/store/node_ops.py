@@ -176,7 +176,12 @@ class NodeOps(NodeWrites):
         return Result(MsgType.RM, OK, events, bool(events))
 
     def _parse_perms(self, conn: Connection, strings: list[bytes]) -> Perms:
-        """Parse SET_PERMS entries and flag stale ones (C's ``domain_alloc_permrefs``)."""
+        """Parse SET_PERMS entries and flag stale ones (C's ``domain_alloc_permrefs``).
+
+        A domain without a record is asked about now: one that exists gets
+        its record (so its entry holds, see the generation rule in
+        :meth:`op_set_perms`), one that does not gets a stale entry.
+        """
         out: list[tuple[int, int]] = []
         for raw in strings:
             out.append(parse_perm(raw))
@@ -186,8 +191,9 @@ class NodeOps(NodeWrites):
                 if not features & FEATURE_DOMID_ANY:
                     out[i] = (domid, bits | PERM_IGNORE)
             elif domid not in self.domains:
-                if self.domain_exists(domid):
-                    self._domain(domid)
+                facts = self.domain_info(domid)
+                if facts is not None:
+                    self._known_domain(domid, facts)
                 else:
                     out[i] = (domid, bits | PERM_IGNORE)
         return intern_perms(tuple(out))
@@ -214,6 +220,29 @@ class NodeOps(NodeWrites):
             new_size = node.size() + 8 * (len(perms) - len(node.perms))
             self._check_node_size(conn, new_size)
             self._check_memory(conn, perms[0][0], 8 * (len(perms) - len(node.perms)))
+        # The generation rule (C's transaction.c comment block: access_node,
+        # then domain_adjust_node_perms in write_node_raw).  A domain record
+        # takes the counter as it is; a write first advances it, then takes
+        # it; an entry is stale when its domain has no record or a record
+        # younger (greater) than the node.  So new entries are judged
+        # against the generation of the write that sets them, never the
+        # node's old one.  Worked example, with C's numbers (one per write):
+        #   /vm/pre written at 5, /vm/other at 6: the counter is 6;
+        #   SET_PERMS /vm/pre n0 r3, domain 3 exists but has no record:
+        #     _parse_perms makes record 3 with generation 6;
+        #     the write takes 7; record 3 (6) is not younger: r3 holds,
+        #     and guest 3 reads /vm/pre after INTRODUCE 3.
+        #   Judged against the node's old 5, record 3 would be younger and
+        #   r3 stale for good: guest 3 would get EACCES.
+        #   Domain 3 dies: its record and its entries go
+        #   (domain.c:domain_tree_remove).  A new domain 3 gets a record
+        #   at, say, 9: an r3 left on a node written at 7 is stale (9 > 7)
+        #   until a SET_PERMS names it again.
+        # Entries of domains that do not exist were flagged by _parse_perms
+        # and every other record is older than this write, so nothing is
+        # flagged here (in a transaction, the commit judges against the
+        # generation of the write in the transaction).  In-place rewrites
+        # (_modify) do flag against the old generation first: C's read.
         old_perms = node.perms
         events: list[Event] = []
         if tx is not None:
@@ -227,7 +256,6 @@ class NodeOps(NodeWrites):
         else:
             before = (old_perms[0][0], node.memory(path))
             node.perms = perms
-            self._persist_stale(node)
             self._account_write(path, node, before)
             self._fire(path, MATCH_SUBTREE, node, old_perms, events)
         return Result(MsgType.SET_PERMS, OK, events, bool(events))

@@ -321,7 +321,11 @@ def import_transaction(
         if p.node is None:
             tx.nodes[p.path] = None
             continue
-        node = Node(p.node.value, p.node.perms, 0)
+        # The transaction's generation: no domain record is younger (all are
+        # made by now), so the stale flags the dump wrote stay the only ones,
+        # as before the dump.  Generation 0 would make stale every entry of a
+        # domain whose record came back with a connection.
+        node = Node(p.node.value, p.node.perms, tx.gen)
         if now is not None:
             for name in now.children:
                 node.add_child(name)
