@@ -78,6 +78,9 @@ class FakeHypervisor:
     def domains(self) -> dict[int, DomainInfo]:
         return dict(self.existing)
 
+    def domain_info(self, domid: int) -> DomainInfo | None:
+        return self.existing.get(domid)
+
     def store_port(self) -> int:
         return 0
 
@@ -204,6 +207,43 @@ def test_death_on_virq(world: World) -> None:
     assert world.dom0_call(M.IS_DOMAIN_INTRODUCED, b"5\0") == (M.IS_DOMAIN_INTRODUCED, b"F\0")
     assert world.hv.bound == {}
     assert world.rings.ring(5) is None
+
+
+def test_a_dying_domain_is_dead(world: World) -> None:
+    world.dom0_call(M.INTRODUCE, b"5\0" + b"1\0" + b"7\0")
+    world.hv.existing[5] = DomainInfo(5, 50, dying=True)
+    world.hv.kick(VIRQ)
+    world.turn()
+    assert world.dom0_call(M.IS_DOMAIN_INTRODUCED, b"5\0") == (M.IS_DOMAIN_INTRODUCED, b"F\0")
+    assert world.rings.ring(5) is None
+
+
+def test_the_store_asks_the_backend_without_a_kick(world: World) -> None:
+    assert world.dom0_call(M.GET_FEATURE, b"9\0") == (M.ERROR, b"ENOENT\0")
+    world.hv.existing[9] = DomainInfo(9, 90)  # created: no VIRQ_DOM_EXC
+    world.dom0_call(M.MKDIR, b"/local/domain/9\0")
+    assert world.dom0_call(M.SET_PERMS, b"/local/domain/9\0n9\0") == (M.SET_PERMS, b"OK\0")
+    assert world.store.domains[9].unique_id == 90
+
+
+def test_a_replaced_domain_found_at_introduce_is_not_killed_by_the_next_virq(
+    world: World,
+) -> None:
+    world.dom0_call(M.INTRODUCE, b"5\0" + b"1\0" + b"7\0")
+    world.dom0_call(M.WATCH, b"@releaseDomain\0r\0")
+    assert world.dom0_event() == b"@releaseDomain\0r\0"
+    world.hv.existing[5] = DomainInfo(5, 51)  # domain 5 died, a new 5 was made
+    introduce = b"5\0" + b"1\0" + b"8\0"
+    world.dom0.sendall(HEADER.pack(M.INTRODUCE, 1, 0, len(introduce)) + introduce)
+    assert world.dom0_event() == b"@releaseDomain\0r\0"  # the old one went
+    assert world.dom0_event() == b"OK\0"  # then the reply
+    assert world.store.domains[5].unique_id == 51
+    world.hv.kick(VIRQ)  # the VIRQ of the death comes late
+    assert world.dom0_event() is None
+    assert world.dom0_call(M.IS_DOMAIN_INTRODUCED, b"5\0") == (M.IS_DOMAIN_INTRODUCED, b"T\0")
+    world.dom0_call(M.MKDIR, b"/local/domain/5\0")
+    world.dom0_call(M.SET_PERMS, b"/local/domain/5\0n5\0")
+    assert world.guest_call(M.WRITE, b"x\0v") == (M.WRITE, b"OK\0")
 
 
 def test_reconnection_resets_the_connection(world: World) -> None:

@@ -99,6 +99,14 @@ def test_domains_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert hv.domains() == {0: DomainInfo(0), 5: DomainInfo(5)}  # the shim's variable
         (tmp_path / "domains").write_text("0\n5 77\n")
         assert hv.domains() == {0: DomainInfo(0), 5: DomainInfo(5, 77)}
+        assert hv.domain_info(5) == DomainInfo(5, 77)
+        assert hv.domain_info(6) is None
+        # Read again at every question: a domain's creation is announced to nobody.
+        (tmp_path / "domains").write_text("0\n5 77 shutdown\n6 0x66 dying\n")
+        assert hv.domain_info(6) == DomainInfo(6, 0x66, dying=True)
+        assert hv.domain_info(5) == DomainInfo(5, 77, shutdown=True)
+        (tmp_path / "domains").write_text("0\n")
+        assert hv.domain_info(6) is None
     finally:
         hv.close()
 

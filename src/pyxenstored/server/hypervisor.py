@@ -3,7 +3,15 @@
 A xenstored talks to the hypervisor for five things only: map a domain's ring
 page, bind event channels to it (and to ``VIRQ_DOM_EXC``), notify and receive
 on those channels, and learn which domains exist, which shut down, which died
-and their unique ids.  :class:`Hypervisor` is that interface;
+and their unique ids.  The last comes two ways: :meth:`Hypervisor.domains`
+lists them all, read when ``VIRQ_DOM_EXC`` fires (a domain shut down or
+died); :meth:`Hypervisor.domain_info` answers for one domain at the moment
+the store asks (C's ``xenmanage_get_domain_info``), because a domain's
+*creation* raises no ``VIRQ_DOM_EXC``: a toolstack makes a domain's home and
+gives it rights before anybody told the daemon it exists.  The store asks
+only when a request needs it (SET_PERMS naming a domain it has no record of,
+the quota and feature requests with a domid, INTRODUCE), never per plain
+read or write.  :class:`Hypervisor` is that interface;
 :class:`SimulatedHypervisor` implements it with plain files so that the daemon
 serves guests on a machine without Xen, following the conventions of the C
 reference under its test shim (``../shared/peers/xsshim.c``), so that one guest
@@ -18,11 +26,13 @@ harness drives both daemons:
   it open), the daemon notifies the guest by writing the port to it, without
   blocking; a guest that polls its page works without it;
 * ``DIR/domains``: the domains that exist, one per line: ``<domid>
-  [<unique-id>] [shutdown]`` (without the file, ``$XS_SHIM_DOMAINS`` as
-  for the shim, default ``0``).  Removing a line and kicking
+  [<unique-id>] [shutdown] [dying]`` (without the file, ``$XS_SHIM_DOMAINS``
+  as for the shim, default ``0``), read again at every question, so
+  that adding a line is a domain's creation, announced to nobody, as on
+  Xen.  Removing a line (or adding ``dying``) and kicking
   :data:`VIRQ_DOM_EXC_PORT` is the domain's death; adding ``shutdown`` and
   kicking is its shutdown; a line with a different unique id is a new domain
-  that reuses the domid.
+  that reuses the domid (kicked or not: INTRODUCE notices it too).
 
 At start the daemon serves the store domain's own ring (``ring-dom0``, port
 ``$XS_SHIM_DOM0_PORT``, default 1, as the shim's ``/proc/xen/xsd_port``) and
@@ -42,7 +52,8 @@ A real implementation would use libxenevtchn (``xenevtchn_open``,
 reference 1 with ``PROT_READ|PROT_WRITE``, wrapped in a ``memoryview`` of
 ``ctypes`` memory, and ``xengnttab_unmap``) and libxenmanage
 (``xenmanage_poll_changed_domain``, ``xenmanage_get_domain_info`` for the
-unique id and state) through ``ctypes``; it fits the same methods.
+unique id and state; on older Xen libxenctrl's ``xc_domain_getinfo``)
+through ``ctypes``; it fits the same methods.
 """
 
 from __future__ import annotations
@@ -73,11 +84,16 @@ _NOTIFY_RETRY = 0.1
 
 @dataclass(slots=True, frozen=True)
 class DomainInfo:
-    """What the hypervisor says about one existing domain."""
+    """What the hypervisor says about one existing domain.
+
+    ``dying``: Xen is destroying it (libxenmanage's DYING or DEAD state,
+    libxenctrl's ``dying`` flag); the daemon treats it as dead.
+    """
 
     domid: int
     unique_id: int = 0  # 0: unknown
     shutdown: bool = False
+    dying: bool = False
 
 
 class Hypervisor(Protocol):
@@ -116,7 +132,15 @@ class Hypervisor(Protocol):
     def unmap_ring(self, domid: int, page: mmap.mmap) -> None: ...
 
     def domains(self) -> dict[int, DomainInfo]:
-        """The domains that exist now, by domid."""
+        """The domains that exist now, by domid (read on ``VIRQ_DOM_EXC``)."""
+        ...
+
+    def domain_info(self, domid: int) -> DomainInfo | None:
+        """Domain ``domid`` now, or None when there is no such domain.
+
+        Asked by the store at the moment a request needs it; an
+        implementation may cache only what cannot change unnoticed.
+        """
         ...
 
     def store_port(self) -> int:
@@ -135,7 +159,7 @@ class Hypervisor(Protocol):
 
 
 def parse_domains(text: str) -> dict[int, DomainInfo]:
-    """The ``DIR/domains`` file: ``<domid> [<unique-id>] [shutdown]`` per line.
+    """The ``DIR/domains`` file: ``<domid> [<unique-id>] [shutdown] [dying]`` per line.
 
     Blank lines and ``#`` comments are skipped; commas also separate domids
     (``0,5,6`` as in ``XS_SHIM_DOMAINS``).  A malformed line is skipped with a
@@ -156,10 +180,12 @@ def parse_domains(text: str) -> dict[int, DomainInfo]:
         try:
             domid = int(words[0], 0)
             unique_id = 0
-            shutdown = False
+            shutdown = dying = False
             for word in words[1:]:
                 if word.lower() == "shutdown":
                     shutdown = True
+                elif word.lower() == "dying":
+                    dying = True
                 else:
                     unique_id = int(word, 0)
         except ValueError:
@@ -168,7 +194,7 @@ def parse_domains(text: str) -> dict[int, DomainInfo]:
         if not 0 <= domid < 0x7FF0:
             log.warning("ignoring bad domid in the domains file: %r", raw)
             continue
-        result[domid] = DomainInfo(domid, unique_id & 0xFFFFFFFFFFFFFFFF, shutdown)
+        result[domid] = DomainInfo(domid, unique_id & 0xFFFFFFFFFFFFFFFF, shutdown, dying)
     return result
 
 
@@ -308,6 +334,11 @@ class SimulatedHypervisor:
         except OSError as exc:
             log.warning("cannot read %s: %s", path, exc)
             return {0: DomainInfo(0)}
+
+    def domain_info(self, domid: int) -> DomainInfo | None:
+        # The file is read again each time: it is small, and the store asks
+        # only for domains it has no record of (not per read or write).
+        return self.domains().get(domid)
 
     def store_port(self) -> int:
         # As the shim's /proc/xen/xsd_port.

@@ -23,10 +23,13 @@ and the owner of every ring connection of a :class:`~.loop.Server`.  It
   connection goes, the error indicator is set, the domain stays introduced
   (RELEASE and death still fire ``@releaseDomain``), kicks are ignored until
   a reconnection or a new INTRODUCE;
-* on ``VIRQ_DOM_EXC`` compares the hypervisor's domain list with what it saw
-  last: vanished domains and domains whose unique id changed are dead, the
-  store cleans up after them and fires ``@releaseDomain``; shut-down domains
-  fire ``@releaseDomain/<domid>``;
+* is the store's hypervisor (``StoreConfig.hypervisor``): the store asks it
+  about a domain at the moment a request needs to know (a domain's creation
+  is announced to nobody);
+* on ``VIRQ_DOM_EXC`` compares the hypervisor's domain list with the domain
+  records: vanished and dying domains and domains whose unique id changed
+  are dead, the store cleans up after them and fires ``@releaseDomain``;
+  shut-down domains fire ``@releaseDomain/<domid>``;
 * gives live update what it needs to carry rings over an exec: each ring
   transport describes itself (``migration_spec``: domid, target, port,
   unique id; the connection holds the pending bytes), and
@@ -44,7 +47,7 @@ import os
 
 from pyxenstored.ringpage import RingPage
 from pyxenstored.server.connection import Connection
-from pyxenstored.server.hypervisor import DomainInfo, Hypervisor
+from pyxenstored.server.hypervisor import Hypervisor
 from pyxenstored.server.loop import Server
 from pyxenstored.server.poller import EVENT_READ, EVENT_WRITE
 from pyxenstored.server.ring_transport import RingTransport
@@ -115,9 +118,10 @@ class RingDomains:
         self.server = server
         self.store = store
         self.hv = hypervisor
+        # Before anything else (a live update's restore included) asks.
+        store.config.hypervisor = hypervisor
         self._rings: dict[int, Ring] = {}
         self._by_port: dict[int, list[Ring]] = {}
-        self._seen: dict[int, DomainInfo] = {}
         self._ready: dict[int, Ring] = {}  # rings to serve on the next turn
         self._held: dict[int, Ring] = {}  # rings not read: memory quota used up
         self._doorbell_rung = False
@@ -152,7 +156,6 @@ class RingDomains:
                     record.unique_id = ring.unique_id
         # Their domains may have died or been replaced meanwhile (C
         # re-checks every domain after an update).
-        self._seen = {r.domid: DomainInfo(r.domid, r.unique_id) for r in self._rings.values()}
         self.check_domains()
 
     def _introduce_existing(self) -> None:
@@ -215,7 +218,7 @@ class RingDomains:
     def introduce(self, domid: int, gfn: int, evtchn: int) -> None:
         ring = self._rings.get(domid)
         first = ring is None
-        info = self.hv.domains().get(domid)
+        info = self.hv.domain_info(domid)
         if ring is None:
             try:
                 mem = self.hv.map_ring(domid, gfn)
@@ -238,10 +241,8 @@ class RingDomains:
             ring.page.set_word(RING_SERVER_FEATURES, features | RING_FEATURES)
         # Both cases reset the connection: no watches, transactions or
         # queued output, all four offsets zero, a pending reconnection done.
+        # (The store records the unique id itself.)
         self._reset(ring, "introduced")
-        record = self.store.domains.get(domid)
-        if record is not None and ring.unique_id:
-            record.unique_id = ring.unique_id
 
     def release(self, domid: int) -> None:
         ring = self._rings.get(domid)
@@ -486,28 +487,29 @@ class RingDomains:
     # --- domain state changes ------------------------------------------------------------
 
     def check_domains(self) -> None:
-        """Compare the hypervisor's domain list with the last one (``VIRQ_DOM_EXC``)."""
+        """Compare the hypervisor's domain list with what the daemon knows (``VIRQ_DOM_EXC``).
+
+        C's ``check_domains``: a domain with a record or a ring is dead when
+        the hypervisor no longer has it, says it is dying, or has another
+        domain (unique id) under its domid.
+        """
         now = self.hv.domains()
         config = self.store.config
-        keep = (config.priv_domid, config.store_domid)
+        known = {domid: dom.unique_id for domid, dom in self.store.domains.items()}
+        for domid, serving in self._rings.items():
+            if not known.get(domid):
+                known[domid] = serving.unique_id
         dead: set[int] = set()
-        for domid, before in self._seen.items():
+        for domid, unique_id in known.items():
             after = now.get(domid)
-            if after is None or (
-                before.unique_id and after.unique_id and before.unique_id != after.unique_id
+            if (
+                after is None
+                or after.dying
+                or bool(unique_id and after.unique_id and unique_id != after.unique_id)
             ):
                 dead.add(domid)
-        for domid in self.store.domains:
-            if domid not in now and domid not in keep:
-                dead.add(domid)
-        for domid, known in self._rings.items():
-            after = now.get(domid)
-            if after is not None and known.unique_id and after.unique_id != known.unique_id:
-                dead.add(domid)
-        dead -= set(keep)
+        dead -= {config.priv_domid, config.store_domid}
         shutdown = {domid for domid, info in now.items() if info.shutdown and domid not in dead}
-        self._seen = now
-        config.existing_domids = frozenset(now)
         if not dead and not shutdown:
             return
         events = self.store.domains_changed(shutdown, dead)
