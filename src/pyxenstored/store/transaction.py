@@ -5,6 +5,12 @@ delete) and remembers the generation it saw (``NO_GENERATION`` when the
 node did not exist).  Later accesses see the copy.  Commit succeeds only if
 every remembered generation is still current; then the modified copies
 replace the committed nodes.  Nothing is copied up front.
+
+Every copy a transaction holds is memory the daemon keeps for the client:
+``memory`` is what those copies are charged (:meth:`~.node.Node.memory` of
+each), to the domain of the transaction's connection, from the moment they
+are made until the transaction ends (C's ``get_acc_domid`` charges its
+per-transaction nodes so).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ class Transaction:
         "failed",
         "node_delta",
         "first_perms",
+        "memory",
     )
 
     def __init__(self, tx_id: int, conn_id: int, gen: int) -> None:
@@ -44,6 +51,9 @@ class Transaction:
         # Permissions of nodes that existed at first access: at commit they
         # decide, besides the committed node, who is told about the change.
         self.first_perms: dict[str, Perms] = {}
+        # Bytes charged for the copies in ``nodes`` (see the module docstring);
+        # kept by the store as the copies change.
+        self.memory = 0
 
     def first_access(self, path: str, committed: Node | None) -> Node | None:
         """Record the first access of ``path`` and return the private copy."""
@@ -68,3 +78,7 @@ class Transaction:
             if (node.gen if node is not None else NO_GENERATION) != gen:
                 return True
         return False
+
+    def held_memory(self) -> int:
+        """What the copies in ``nodes`` are charged, counted again (``memory`` should equal it)."""
+        return sum(node.memory(path) for path, node in self.nodes.items() if node is not None)
