@@ -139,6 +139,17 @@ def test_a_node_of_another_owner_is_charged_to_the_writer_until_commit(
     assert_consistent(store)
 
 
+def test_records_of_absent_paths_are_charged_their_length(store: Store, guest: Client) -> None:
+    tx = guest.start()
+    long = "n" * 2000
+    assert guest.err(M.READ, long.encode() + b"\0", tx) == "ENOENT"
+    # The record of the path, and the home's copy (read to tell ENOENT from EACCES).
+    assert memory(store) == HOME_COPY + len(HOME + "/" + long) + node_cost(HOME)
+    guest.end(tx, commit=False)
+    assert memory(store) == HOME_COPY
+    assert_consistent(store)
+
+
 def test_read_copies_are_charged(store: Store, dom0: Client, guest: Client) -> None:
     dom0.write("/pub", b"p" * 500)
     dom0.set_perms("/pub", "n0", "r5")
@@ -163,11 +174,13 @@ def test_nested_create_then_delete_inside_a_transaction(store: Store, guest: Cli
     )
     assert memory(store) == before + created
     guest.rm("a/b", tx=tx)
-    # What is left: the home's copy and a's copy, now without the child b.
-    assert memory(store) == before + node_cost(HOME, children="a") + node_cost(HOME + "/a")
+    # What is left: the home's copy, a's copy now without the child b, and
+    # the records of the paths deleted (their lengths).
+    gone = len(HOME + "/a/b") + len(HOME + "/a/b/c")
+    assert memory(store) == before + node_cost(HOME, children="a") + node_cost(HOME + "/a") + gone
     assert_consistent(store)
     guest.rm("a", tx=tx)
-    assert memory(store) == before + node_cost(HOME)
+    assert memory(store) == before + node_cost(HOME) + len(HOME + "/a") + gone
     assert guest.end(tx).payload == b"OK\0"
     assert memory(store) == before
     assert guest.ls(HOME) == []
@@ -179,8 +192,9 @@ def test_deleting_committed_nodes_in_a_transaction(store: Store, guest: Client) 
     before = memory(store)
     tx = guest.start()
     guest.rm("d", tx=tx)
-    # The subtree's copies went with it; the home's copy lost "d".
-    assert memory(store) == before + node_cost(HOME)
+    # The subtree's copies went with it (their paths' records stay); the
+    # home's copy lost "d".
+    assert memory(store) == before + node_cost(HOME) + len(HOME + "/d") + len(HOME + "/d/e")
     assert guest.end(tx).payload == b"OK\0"
     assert memory(store) == HOME_COPY
     assert_consistent(store)
@@ -196,7 +210,7 @@ def test_the_quota_cannot_be_bypassed_by_create_and_delete(
         guest.write("tmp", b"t" * 1500, tx=tx)
         assert memory(store) < 3500
         guest.rm("tmp", tx=tx)
-    assert memory(store) == HOME_COPY + node_cost(HOME)
+    assert memory(store) == HOME_COPY + node_cost(HOME) + len(HOME + "/tmp")
     assert guest.end(tx).payload == b"OK\0"
     # Deleting a committed node inside the transaction frees nothing before
     # the commit: the committed node is still there, charged to its owner.
@@ -221,7 +235,8 @@ def test_the_hard_limit_fails_the_request_and_the_transaction(
     guest.write("b", b"b" * 1200, tx=tx2)
     held = memory(store)
     assert guest.err(M.WRITE, b"c\0" + b"c" * 1200, tx1) == "ENOMEM"
-    assert memory(store) == held  # the refused write holds nothing
+    held += len(HOME + "/c")  # the refused write holds only the record of its path
+    assert memory(store) == held
     assert guest.err(M.WRITE, b"b\0" + b"b" * 1900, tx2) == "ENOMEM"  # growing a copy
     assert memory(store) == held
     # C's write_node fails the transaction: its commit answers ENOMEM.

@@ -302,12 +302,11 @@ class StoreBase:
         if self._gen_last is not None:
             self.observe_generation()
         committed = self.nodes.get(path)
-        if committed is None:
-            return tx.first_access(path, None)
-        mem = committed.memory(path)
-        # The copy is charged like a write.  C charges it unchecked, and then
-        # reads nothing more from a guest over its quota: with the memory
-        # held by its own transactions, never again.  A refusal lets it abort.
+        # The copy (or the record of an absent path) is charged like a write.
+        # C charges copies unchecked, and then reads nothing more from a guest
+        # over its quota: with the memory held by its own transactions, never
+        # again.  A refusal lets it abort.
+        mem = len(path) if committed is None else committed.memory(path)
         if dom is not None:
             self._check_memory(conn, conn.domid, mem, tx)
         node = tx.first_access(path, committed)

@@ -76,8 +76,10 @@ class NodeWrites(WatchOps):
             new_mem = sum(fixed + len(p) for p in missing) + len(value)
             new_mem += sum(len(basename(p)) + 1 for p in missing[:-1])
             if tx is not None:
-                # All of it goes to the transaction's copies: one charge.
-                self._check_memory(conn, conn.domid, new_mem + len(top) + 1, tx)
+                # All of it goes to the transaction's copies, in place of the
+                # records of the absent paths: one charge.
+                recorded = sum(len(p) for p in missing if p in tx.nodes)
+                self._check_memory(conn, conn.domid, new_mem + len(top) + 1 - recorded, tx)
             else:
                 self._check_memory(conn, conn.domid, new_mem)
                 self._check_memory(conn, parent.owner, len(top) + 1)
@@ -94,6 +96,8 @@ class NodeWrites(WatchOps):
         if tx is not None:
             held = 0
             for p, node in created:
+                if p in tx.nodes:
+                    held -= len(p)  # the record of the absent path it replaces
                 tx.nodes[p] = node
                 self._tx_written(tx, p, node)
                 held += node.memory(p)
@@ -154,7 +158,7 @@ class NodeWrites(WatchOps):
             mode = MATCH_SUBTREE if p == path else MATCH_EXACT
             if tx is not None:
                 tx.nodes[p] = None
-                released += n.memory(p)
+                released += n.memory(p) - len(p)  # the path's record stays
                 tx.modified.add(p)
                 owner = n.perms[0][0]
                 tx.node_delta[owner] = tx.node_delta.get(owner, 0) - 1

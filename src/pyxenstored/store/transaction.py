@@ -6,11 +6,13 @@ node did not exist).  Later accesses see the copy.  Commit succeeds only if
 every remembered generation is still current; then the modified copies
 replace the committed nodes.  Nothing is copied up front.
 
-Every copy a transaction holds is memory the daemon keeps for the client:
-``memory`` is what those copies are charged (:meth:`~.node.Node.memory` of
-each), to the domain of the transaction's connection, from the moment they
-are made until the transaction ends (C's ``get_acc_domid`` charges its
-per-transaction nodes so).
+Every access a transaction records is memory the daemon keeps for the
+client: a copy of the node (charged :meth:`~.node.Node.memory`), or for a
+path absent in the transaction (never there, or deleted in it) the record
+of its path (charged the path's length).  ``memory`` is what they are
+charged, to the domain of the transaction's connection, from the moment
+they are made until the transaction ends (C's ``get_acc_domid`` charges its
+per-transaction nodes so; C leaves the records of absent paths uncharged).
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ class Transaction:
         # Permissions of nodes that existed at first access: at commit they
         # decide, besides the committed node, who is told about the change.
         self.first_perms: dict[str, Perms] = {}
-        # Bytes charged for the copies in ``nodes`` (see the module docstring);
-        # kept by the store as the copies change.
+        # Bytes charged for what ``nodes`` holds (see the module docstring);
+        # kept by the store as it changes.
         self.memory = 0
 
     def first_access(self, path: str, committed: Node | None) -> Node | None:
@@ -80,5 +82,10 @@ class Transaction:
         return False
 
     def held_memory(self) -> int:
-        """What the copies in ``nodes`` are charged, counted again (``memory`` should equal it)."""
-        return sum(node.memory(path) for path, node in self.nodes.items() if node is not None)
+        """What ``nodes`` is charged, counted again (``memory`` should equal it)."""
+        return sum(record_cost(path, node) for path, node in self.nodes.items())
+
+
+def record_cost(path: str, node: Node | None) -> int:
+    """What one access record of a transaction is charged: its copy, or its path."""
+    return len(path) if node is None else node.memory(path)
