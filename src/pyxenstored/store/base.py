@@ -49,6 +49,10 @@ from .wrl import WriteRateLimit
 log = logging.getLogger("pyxenstored.store")
 
 PATH_CACHE_SIZE = 8192
+# Longer paths are not remembered: a client could otherwise fill the four
+# path caches with paths of up to 3 KB (about 100 MB, measured); with this
+# cap they hold at most about 10 MB, shared by all.  Real paths are shorter.
+PATH_CACHE_LONGEST = 128
 # Seconds between two memory quota messages about one domain, but the first
 # crossing of its hard quota (C's MEM_WARN_MINTIME_SEC).
 MEMORY_WARN_INTERVAL = 10.0
@@ -117,6 +121,8 @@ _K = TypeVar("_K")
 
 def _remember(cache: dict[_K, str], key: _K, path: str) -> None:
     """Add to one of the path caches, emptied when full (the working set refills it)."""
+    if len(path) > PATH_CACHE_LONGEST:
+        return
     if len(cache) >= PATH_CACHE_SIZE:
         cache.clear()
     cache[key] = path
