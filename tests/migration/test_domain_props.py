@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 from tests.migration.conftest import DOM0, Side
 
 from pyxenstored.migrate.domain import DomainMigrationError, import_domain, save_domain
+from pyxenstored.store import Store
+from pyxenstored.store import quota as q
+from pyxenstored.store.state import pending_nodes, transactions_of
 from pyxenstored.stream.records import (
     CONN_TYPE_RING,
     ConnectionData,
@@ -61,6 +64,22 @@ def run_guest(side: Side, domid: int, ops: list[tuple[str, str, str]]) -> None:
             side.req(g, W.RM, rel, tx=tx)
 
 
+def doomed_copies(store: Store, conn_id: int) -> int:
+    """Memory charged for the copies of a connection's transactions whose commit will fail."""
+    return sum(
+        tx.memory
+        for tx in transactions_of(store, conn_id)
+        if any(p.changed for p in pending_nodes(store, tx))
+    )
+
+
+def settled_usage(side: Side, domid: int, conn_id: int) -> list[int]:
+    """A domain's usage counters, less the memory of :func:`doomed_copies`."""
+    usage = list(side.store.domains[domid].usage)
+    usage[q.MEMORY] -= doomed_copies(side.store, conn_id)
+    return usage
+
+
 def ring(side: Side, domid: int) -> ConnectionData:
     return ConnectionData(side.guest(domid), CONN_TYPE_RING, 0, RingSpec(domid, DOMID_INVALID, 7))
 
@@ -83,6 +102,7 @@ def test_any_guest_state_moves_exactly(ops: list[tuple[str, str, str]], new: int
     run_guest(a, 5, ops)
     before = home_view(a, 5)
     usage = a.usage_lines(5)[1:]
+    settled = settled_usage(a, 5, 2)
     txs = sorted(a.store.conns[2].transactions)
     records = save_domain(a.store, 5, ring(a, 5))
     b = Side((new,))
@@ -91,9 +111,13 @@ def test_any_guest_state_moves_exactly(ops: list[tuple[str, str, str]], new: int
     import_domain(b.store, records, new)
     assert b.store.check() == []
     assert home_view(b, new) == before
-    # Same length domids: memory is the same too.
+    # Same length domids: memory is the same too, but for the copies held by
+    # transactions whose commit fails anyway (EAGAIN): their child lists are
+    # rebuilt from today's tree, the stream does not carry them.
     if len(str(new)) == 1:
-        assert b.usage_lines(new)[1:] == usage
+        assert settled_usage(b, new, 3) == settled
+        if not doomed_copies(a.store, 2):
+            assert b.usage_lines(new)[1:] == usage
     assert sorted(b.store.conns[3].transactions) == txs
     watches_a = sorted(
         (w.path[len("/local/domain/5") :], w.token, w.depth, bool(w.prefix_len))

@@ -49,6 +49,13 @@ from .wrl import WriteRateLimit
 log = logging.getLogger("pyxenstored.store")
 
 PATH_CACHE_SIZE = 8192
+# Longer paths are not remembered: a client could otherwise fill the four
+# path caches with paths of up to 3 KB (about 100 MB, measured); with this
+# cap they hold at most about 10 MB, shared by all.  Real paths are shorter.
+PATH_CACHE_LONGEST = 128
+# Seconds between two memory quota messages about one domain, but the first
+# crossing of its hard quota (C's MEM_WARN_MINTIME_SEC).
+MEMORY_WARN_INTERVAL = 10.0
 ANY_GENERATION = -2  # permission check without the domain-generation test
 
 
@@ -117,6 +124,8 @@ _K = TypeVar("_K")
 
 def _remember(cache: dict[_K, str], key: _K, path: str) -> None:
     """Add to one of the path caches, emptied when full (the working set refills it)."""
+    if len(path) > PATH_CACHE_LONGEST:
+        return
     if len(cache) >= PATH_CACHE_SIZE:
         cache.clear()
     cache[key] = path
@@ -324,7 +333,19 @@ class StoreBase:
             dom.note_max(q.TRANSACTION_NODES, count)
         if self._gen_last is not None:
             self.observe_generation()
-        return tx.first_access(path, self.nodes.get(path))
+        committed = self.nodes.get(path)
+        # The copy (or the record of an absent path) is charged like a write.
+        # C charges copies unchecked, and then reads nothing more from a guest
+        # over its quota: with the memory held by its own transactions, never
+        # again.  A refusal lets it abort.
+        mem = len(path) if committed is None else committed.memory(path)
+        if dom is not None:
+            self._check_memory(conn, conn.domid, mem, tx)
+        node = tx.first_access(path, committed)
+        tx.memory += mem  # _tx_charge, inlined: every first access in a transaction
+        if conn.domain is not None:
+            conn.domain.add(q.MEMORY, mem)
+        return node
 
     def observe_generation(self) -> None:
         """Call before capturing the counter or a node's generation for later comparison.
@@ -487,35 +508,89 @@ class StoreBase:
         dom.add(q.NODES, -1)
         dom.add(q.MEMORY, -node.memory(path))
 
-    def _check_memory(self, conn: Connection, owner: int, delta: int) -> None:
-        """Memory quota of an unprivileged writer (C's ``domain_chk_quota``)."""
-        dom = conn.limited
-        if dom is None or delta <= 0:
-            return
-        charged = self.domains.get(owner)
-        value = (charged.usage[q.MEMORY] if charged is not None else 0) + delta
+    def _tx_charge(self, conn: Connection, tx: Transaction, delta: int) -> None:
+        """The copies ``tx`` holds grew by ``delta`` bytes (may be negative).
+
+        Charged to the domain of the transaction's connection whoever owns
+        the nodes (C's ``get_acc_domid``), until the transaction ends.  No
+        check here: whoever grows a copy checks first (:meth:`_check_memory`
+        with the transaction).
+        """
+        tx.memory += delta
+        dom = conn.domain
+        if dom is not None:
+            dom.add(q.MEMORY, delta)
+
+    def _memory_over(self, dom: Domain, value: int) -> bool:
+        """Whether ``value`` bytes reach ``dom``'s hard memory quota; logs as C.
+
+        C's ``domain_chk_quota``: crossing the hard quota is logged at once
+        (the ring is then not read until the usage drops, see
+        ``server/ring_domains.py``); the other messages (below the hard
+        quota again, over or below the soft quota) at most once per
+        :data:`MEMORY_WARN_INTERVAL` seconds per domain.
+        """
         if q.exceeds(dom.quota.hard(q.MEMORY), value):
             if not dom.hard_warned:
                 dom.hard_warned = True
-                log.error("Domain %d exceeds hard memory quota", dom.domid)
-            raise XsError("ENOMEM", "memory quota")
+                dom.mem_warned_at = self.config.clock()
+                log.error(
+                    "Domain %d exceeds hard memory quota, Xenstore interface to domain stalled",
+                    dom.domid,
+                )
+            return True
+        soft = dom.quota.get(q.MEMORY, q.SOFT)
+        over_soft = soft not in (0, q.DISABLED) and value >= soft
+        if not dom.hard_warned and over_soft is dom.soft_warned:
+            return False  # nothing to say: the usual case, without the clock
+        now = self.config.clock()
+        if now - dom.mem_warned_at < MEMORY_WARN_INTERVAL:
+            return False
         if dom.hard_warned:
             dom.hard_warned = False
+            dom.mem_warned_at = now
             log.info("Domain %d below hard memory quota again", dom.domid)
-        soft = dom.quota.get(q.MEMORY, q.SOFT)
-        if soft not in (0, q.DISABLED):
-            if value >= soft and not dom.soft_warned:
-                dom.soft_warned = True
-                log.warning("Domain %d exceeds soft memory quota", dom.domid)
-            elif value < soft and dom.soft_warned:
-                dom.soft_warned = False
-                log.info("Domain %d below soft memory quota again", dom.domid)
+        if over_soft and not dom.soft_warned:
+            dom.soft_warned = True
+            dom.mem_warned_at = now
+            log.warning("Domain %d exceeds soft memory quota", dom.domid)
+        elif not over_soft and dom.soft_warned:
+            dom.soft_warned = False
+            dom.mem_warned_at = now
+            log.info("Domain %d below soft memory quota again", dom.domid)
+        return False
 
-    def _check_node_size(self, conn: Connection, size: int) -> None:
+    def _check_memory(
+        self, conn: Connection, owner: int, delta: int, tx: Transaction | None = None
+    ) -> None:
+        """Memory quota of an unprivileged writer (C's ``domain_memory_add``).
+
+        ``delta`` bytes are about to be charged to ``owner``; inside a
+        transaction they go to the transaction's copies, charged to the
+        writer's own domain whoever ``owner`` is.  A refusal there fails
+        the transaction (its commit answers ENOMEM), as C's ``write_node``
+        does.
+        """
+        dom = conn.limited
+        if dom is None or delta <= 0:
+            return
+        if tx is not None:
+            owner = conn.domid
+        charged = self.domains.get(owner)
+        value = (charged.usage[q.MEMORY] if charged is not None else 0) + delta
+        if self._memory_over(dom, value):
+            if tx is not None:
+                tx.failed = True
+            raise XsError("ENOMEM", "memory quota")
+
+    def _check_node_size(self, conn: Connection, size: int, tx: Transaction | None = None) -> None:
+        """The ``node-size`` quota of an unprivileged writer; in a transaction a refusal fails it."""
         dom = conn.limited
         if dom is None:
             return
         if q.exceeds(dom.quota.hard(q.NODE_SIZE), size):
+            if tx is not None:
+                tx.failed = True  # C's write_node fails the transaction
             raise XsError("ENOSPC", "node-size quota")
         dom.note_max(q.NODE_SIZE, size)
 

@@ -225,7 +225,12 @@ def control_quota(store: ControlOps, args: list[bytes], kind: int) -> bytes:
 
 
 def recount(store: ControlOps) -> dict[int, list[int]]:
-    """Usage counters recomputed from scratch: domid -> [nodes, watches, memory, transactions]."""
+    """Usage counters recomputed from scratch: domid -> [nodes, watches, memory, transactions].
+
+    Memory is what the committed nodes, the watches, the copies held by
+    open transactions (charged to the transaction's connection) and the
+    server's queued output are charged.
+    """
     counts: dict[int, list[int]] = {}
     for path, node in store.nodes.items():
         c = counts.setdefault(node.perms[0][0], [0, 0, 0, 0])
@@ -237,6 +242,7 @@ def recount(store: ControlOps) -> dict[int, list[int]]:
         c = counts.setdefault(conn.domid, [0, 0, 0, 0])
         c[1] += len(conn.watches)
         c[2] += sum(len(w.path) + len(w.token) for w in conn.watches.values())
+        c[2] += sum(tx.held_memory() for tx in conn.transactions.values())
         c[3] += len(conn.transactions)
     for domid, dom in store.domains.items():
         c = counts.setdefault(domid, [0, 0, 0, 0])
@@ -248,8 +254,9 @@ def check_store(store: ControlOps) -> list[str]:
     """CONTROL ``check``: the tree and the counters; the problems found (empty: fine).
 
     Reachability of every node from ``/``, child lists and their lengths,
-    each domain's counters against a recount, the watch index against the
-    connections.  Unlike C, problems are reported, not repaired.
+    each domain's counters against a recount (open transactions' copies
+    included), each open transaction's charge against what it holds, the
+    watch index against the connections.  Unlike C, problems are reported, not repaired.
     """
     problems: list[str] = []
     nodes = store.nodes
@@ -310,6 +317,14 @@ def check_store(store: ControlOps) -> list[str]:
                 problems.append(f"watch {watch.path} of connection {conn.conn_id} not indexed")
     if seen != store.watches.count:
         problems.append(f"watch index holds {store.watches.count} watches, connections {seen}")
+    for conn in store.conns.values():
+        for tx in conn.transactions.values():
+            held = tx.held_memory()
+            if tx.memory != held:
+                problems.append(
+                    f"transaction {tx.tx_id} of connection {conn.conn_id}: "
+                    f"charged {tx.memory} bytes, holds {held}"
+                )
     open_tx = sum(len(conn.transactions) for conn in store.conns.values())
     if store.open_transactions() != open_tx:
         problems.append(

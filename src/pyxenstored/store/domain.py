@@ -35,6 +35,7 @@ class Domain:
         "shutdown",
         "soft_warned",
         "hard_warned",
+        "mem_warned_at",
         "io_usage",
     )
 
@@ -51,6 +52,8 @@ class Domain:
         self.shutdown = False
         self.soft_warned = False
         self.hard_warned = False
+        # Clock reading of the last memory quota message (store/base.py, _memory_over).
+        self.mem_warned_at = float("-inf")
         # The part of ``usage`` the server charges (queued output, outstanding
         # requests): the consistency check cannot recount it from the tree.
         self.io_usage = [0] * QUOTA_COUNT

@@ -216,10 +216,10 @@ class NodeOps(NodeWrites):
         node = self._lookup(conn, tx, path, PERM_WRITE | PERM_OWNER)
         if not conn.privileged and perms[0][0] != node.perms[0][0]:
             raise XsError("EPERM", "only privileged callers change the owner")
+        grow = 8 * (len(perms) - len(node.perms))
         if dom is not None:
-            new_size = node.size() + 8 * (len(perms) - len(node.perms))
-            self._check_node_size(conn, new_size)
-            self._check_memory(conn, perms[0][0], 8 * (len(perms) - len(node.perms)))
+            self._check_node_size(conn, node.size() + grow, tx)
+            self._check_memory(conn, perms[0][0], grow, tx)
         # The generation rule (C's transaction.c comment block: access_node,
         # then domain_adjust_node_perms in write_node_raw).  A domain record
         # takes the counter as it is; a write first advances it, then takes
@@ -252,6 +252,7 @@ class NodeOps(NodeWrites):
                 tx.node_delta[new_owner] = tx.node_delta.get(new_owner, 0) + 1
             node.perms = perms
             self._tx_written(tx, path, node)
+            self._tx_charge(conn, tx, grow)
             tx.queue_event(path, MATCH_SUBTREE)
         else:
             before = (old_perms[0][0], node.memory(path))

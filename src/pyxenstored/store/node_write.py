@@ -4,7 +4,9 @@
 removal of a dead domain's nodes: missing ancestors are created with their
 quota checks (C's ``create_node``), a subtree is removed with its watch
 events (digest 4.2).  Outside a transaction a change is accounted at once;
-inside one it goes to the transaction's copies and is accounted at commit.
+inside one it goes to the transaction's copies, which are charged to the
+writer's domain as they change (:meth:`~.base.StoreBase._tx_charge`), and
+is accounted to the nodes' owners at commit.
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ class NodeWrites(WatchOps):
         self, conn: Connection, tx: Transaction | None, path: str, node: Node, value: bytes
     ) -> None:
         """Give an existing node a new value."""
+        grow = len(value) - len(node.value)
         if conn.limited is not None:
-            self._check_node_size(conn, node.size() - len(node.value) + len(value))
-            self._check_memory(conn, node.owner, len(value) - len(node.value))
+            self._check_node_size(conn, node.size() + grow, tx)
+            self._check_memory(conn, node.owner, grow, tx)
         if tx is not None:
             node.value = value
             self._tx_written(tx, path, node)
+            self._tx_charge(conn, tx, grow)
             return
-        grow = len(value) - len(node.value)
         node.value = value
         if len(node.perms) > 1:  # an owner alone is never stale
             self._persist_stale(node)
@@ -65,15 +68,21 @@ class NodeWrites(WatchOps):
             if q.exceeds(dom.quota.hard(q.NODES), dom.usage[q.NODES] + 1):
                 raise XsError("ENOSPC", "nodes quota")
             fixed = 16 + 8 * len(perms)
-            self._check_node_size(conn, fixed + len(value))
+            self._check_node_size(conn, fixed + len(value), tx)
             for child in missing[:-1]:
-                self._check_node_size(conn, fixed + len(basename(child)) + 1)
+                self._check_node_size(conn, fixed + len(basename(child)) + 1, tx)
             top = basename(missing[-1])
-            self._check_node_size(conn, parent.size() + len(top) + 1)
+            self._check_node_size(conn, parent.size() + len(top) + 1, tx)
             new_mem = sum(fixed + len(p) for p in missing) + len(value)
             new_mem += sum(len(basename(p)) + 1 for p in missing[:-1])
-            self._check_memory(conn, conn.domid, new_mem)
-            self._check_memory(conn, parent.owner, len(top) + 1)
+            if tx is not None:
+                # All of it goes to the transaction's copies, in place of the
+                # records of the absent paths: one charge.
+                recorded = sum(len(p) for p in missing if p in tx.nodes)
+                self._check_memory(conn, conn.domid, new_mem + len(top) + 1 - recorded, tx)
+            else:
+                self._check_memory(conn, conn.domid, new_mem)
+                self._check_memory(conn, parent.owner, len(top) + 1)
         # Build bottom-up like C: the leaf first, the existing parent last.
         created: list[tuple[str, Node]] = []
         child_name: str | None = None
@@ -85,11 +94,17 @@ class NodeWrites(WatchOps):
             child_name = basename(p)
         assert child_name is not None
         if tx is not None:
+            held = 0
             for p, node in created:
+                if p in tx.nodes:
+                    held -= len(p)  # the record of the absent path it replaces
                 tx.nodes[p] = node
                 self._tx_written(tx, p, node)
+                held += node.memory(p)
+            clen = parent.clen
             parent.add_child(child_name)
             self._tx_written(tx, parent_path, parent)
+            self._tx_charge(conn, tx, held + parent.clen - clen)
             owner = perms[0][0]
             tx.node_delta[owner] = tx.node_delta.get(owner, 0) + count
             return
@@ -138,10 +153,12 @@ class NodeWrites(WatchOps):
                 raise XsError("EINVAL", "parent missing")
             parent = maybe_parent
             subtree = self._subtree_postorder(conn, tx, path, node)
+        released = 0
         for p, n in subtree:
             mode = MATCH_SUBTREE if p == path else MATCH_EXACT
             if tx is not None:
                 tx.nodes[p] = None
+                released += n.memory(p) - len(p)  # the path's record stays
                 tx.modified.add(p)
                 owner = n.perms[0][0]
                 tx.node_delta[owner] = tx.node_delta.get(owner, 0) - 1
@@ -151,12 +168,16 @@ class NodeWrites(WatchOps):
                 self._fire(p, mode, n, None, events)
         name = basename(path)
         if tx is not None:
+            assert conn is not None  # a domain's removal is never inside a transaction
+            self._tx_charge(conn, tx, -released)
             if name not in parent.children:
                 # The transaction's copy of the parent predates the child (created
                 # outside since): C's delete_child fails so.  The commit is doomed.
                 raise XsError("EIO", "child missing from the transaction's parent copy")
+            clen = parent.clen
             parent.remove_child(name)
             self._tx_written(tx, parent_path, parent)
+            self._tx_charge(conn, tx, parent.clen - clen)
             return
         clen = parent.clen
         parent.remove_child(name)

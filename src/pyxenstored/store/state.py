@@ -365,6 +365,9 @@ def import_transaction(
                 tx.queue_event(p.path, p.event)
     conn.transactions[tx_id] = tx
     conn.next_tx_id = max(conn.next_tx_id, (tx_id + 1) & 0xFFFFFFFF)
+    # Its copies are charged to the connection's domain as they were before
+    # the dump (rebuild_counters counts them again after a whole restore).
+    store._tx_charge(conn, tx, tx.held_memory())
     store.transactions_restored()
 
 
@@ -373,7 +376,7 @@ def _copy(node: Node | None) -> Node | None:
 
 
 def rebuild_counters(store: Store, tree_usage: dict[int, list[int]] | None = None) -> None:
-    """Quota usage from the imported tree, watches and transactions.
+    """Quota usage from the imported tree, watches and transactions (with their copies).
 
     ``tree_usage`` (owner -> [nodes, memory] of the committed tree) may be
     given when the importer counted it already; else the tree is walked.
@@ -396,6 +399,7 @@ def rebuild_counters(store: Store, tree_usage: dict[int, list[int]] | None = Non
         c = conn_usage.setdefault(conn.domid, [0, 0, 0])
         c[0] += len(conn.watches)
         c[1] += sum(len(w.path) + len(w.token) for w in conn.watches.values())
+        c[1] += sum(tx.memory for tx in conn.transactions.values())
         c[2] += len(conn.transactions)
     for domid, dom in store.domains.items():
         nodes_n, mem = tree_usage.get(domid, (0, 0))

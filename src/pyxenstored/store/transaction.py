@@ -5,6 +5,14 @@ delete) and remembers the generation it saw (``NO_GENERATION`` when the
 node did not exist).  Later accesses see the copy.  Commit succeeds only if
 every remembered generation is still current; then the modified copies
 replace the committed nodes.  Nothing is copied up front.
+
+Every access a transaction records is memory the daemon keeps for the
+client: a copy of the node (charged :meth:`~.node.Node.memory`), or for a
+path absent in the transaction (never there, or deleted in it) the record
+of its path (charged the path's length).  ``memory`` is what they are
+charged, to the domain of the transaction's connection, from the moment
+they are made until the transaction ends (C's ``get_acc_domid`` charges its
+per-transaction nodes so; C leaves the records of absent paths uncharged).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ class Transaction:
         "failed",
         "node_delta",
         "first_perms",
+        "memory",
     )
 
     def __init__(self, tx_id: int, conn_id: int, gen: int) -> None:
@@ -44,6 +53,9 @@ class Transaction:
         # Permissions of nodes that existed at first access: at commit they
         # decide, besides the committed node, who is told about the change.
         self.first_perms: dict[str, Perms] = {}
+        # Bytes charged for what ``nodes`` holds (see the module docstring);
+        # kept by the store as it changes.
+        self.memory = 0
 
     def first_access(self, path: str, committed: Node | None) -> Node | None:
         """Record the first access of ``path`` and return the private copy."""
@@ -68,3 +80,12 @@ class Transaction:
             if (node.gen if node is not None else NO_GENERATION) != gen:
                 return True
         return False
+
+    def held_memory(self) -> int:
+        """What ``nodes`` is charged, counted again (``memory`` should equal it)."""
+        return sum(record_cost(path, node) for path, node in self.nodes.items())
+
+
+def record_cost(path: str, node: Node | None) -> int:
+    """What one access record of a transaction is charged: its copy, or its path."""
+    return len(path) if node is None else node.memory(path)

@@ -61,8 +61,14 @@ class TransactionOps(WatchOps):
         del conn.transactions[tx.tx_id]
         if self._open_tx is not None:
             self._open_tx -= 1
-        if conn.domain is not None:
-            conn.domain.add(q.TRANSACTIONS, -1)
+        dom = conn.domain
+        if dom is not None:
+            # The copies go whatever the outcome; a commit charges the nodes'
+            # owners for what it installs (C deletes the per-transaction nodes
+            # before it writes the committed ones, without a quota check).
+            dom.add(q.TRANSACTIONS, -1)
+            dom.add(q.MEMORY, -tx.memory)
+        tx.memory = 0
         if payload == b"F\0":
             return _END_OK
         events = self._commit(conn, tx)
@@ -106,6 +112,9 @@ class TransactionOps(WatchOps):
         return events
 
     def _drop_transactions(self, conn: Connection) -> None:
+        """Forget a connection's open transactions, with what they were charged."""
+        for tx in conn.transactions.values():
+            self._tx_charge(conn, tx, -tx.memory)
         if conn.domain is not None and conn.transactions:
             conn.domain.add(q.TRANSACTIONS, -len(conn.transactions))
         if self._open_tx is not None:
