@@ -33,8 +33,16 @@ from tests.stream.conftest import (
     stream,
 )
 
-from pyxenstored.stream import read_records
-from pyxenstored.stream.check import RULES, Severity, _PathTracker, check_all, check_stream
+from pyxenstored.stream import (
+    StreamReader,
+    WatchDataExtended,
+    decode_record,
+    inspect_record,
+    read_records,
+    watch_ext_layouts,
+)
+from pyxenstored.stream.check import RULES, Severity, check_all, check_stream
+from pyxenstored.stream.pathtrack import PathTracker
 from pyxenstored.stream.synth import SynthConfig, write_synth
 
 LE = False
@@ -339,6 +347,34 @@ def test_c_reader_layout_is_a_warning() -> None:
     assert rules(data) == ["watch-ext-c-reader-layout"]
 
 
+def test_empty_watch_path_fits_no_watch_ext_layout() -> None:
+    """xenstore.txt forbids the empty path: a wpath-len of 1 (the NUL alone) fits no layout.
+
+    The bytes below would read as the C reader's layout (depth 1 at 8, the
+    empty path's NUL at 10, token "t" at 11) if an empty path counted; the
+    reader and the checker agree that it does not, and both take the spec
+    layout, whose pad (bytes 10-11) is then not zero.
+    """
+    body = struct.pack("<IHHH", 1, 1, 2, 1) + b"\0t\0"
+    data = v2(sock(1), frame(LE, 8, body))
+    reader = StreamReader(data)
+    raws = list(reader.iter_raw())
+    assert watch_ext_layouts(raws[1], reader.header) == []
+    assert raws[1].quirk is None
+    info = inspect_record(raws[1], reader.header)
+    assert info.record == WatchDataExtended(1, "", "\0", 1)
+    assert info.reserved == ("pad",)
+    assert rules(data) == ["nonzero-pad-field", "embedded-nul", "bad-watch-path"]
+    # One path character more, and the same bytes are the C reader's layout for both.
+    body = struct.pack("<IHHH", 1, 2, 2, 1) + b"a\0t\0"
+    data = v2(sock(1), frame(LE, 8, body))
+    reader = StreamReader(data)
+    raws = list(reader.iter_raw())
+    assert watch_ext_layouts(raws[1], reader.header) == ["c-reader"]
+    assert decode_record(raws[1], reader.header) == WatchDataExtended(1, "a", "t", 1)
+    assert rules(data) == ["watch-ext-c-reader-layout"]
+
+
 # --- nodes -------------------------------------------------------------------------
 
 
@@ -437,7 +473,7 @@ def test_every_rule_has_severity_and_text() -> None:
 
 
 def test_path_tracker_switches_to_bloom_and_keeps_certain_answers() -> None:
-    t = _PathTracker(exact_limit=10)
+    t = PathTracker(exact_limit=10)
     for i in range(50):
         assert t.add(b"/n%d" % i) == (True, False)
     assert t.exact is None and t.bloom is not None
