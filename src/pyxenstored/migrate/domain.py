@@ -49,7 +49,16 @@ from ..stream.records import (
     WatchData,
     WatchDataExtended,
 )
-from ..wire import HEADER, HEADER_SIZE, MsgType, XsError, canonicalize, parent_of
+from ..wire import (
+    HEADER,
+    HEADER_SIZE,
+    MsgType,
+    XsError,
+    canonicalize,
+    iter_frames,
+    pack_message,
+    parent_of,
+)
 from .dump import ACCESS_CHANGED, ACCESS_EVENT_EXACT, ACCESS_EVENT_SUBTREE, dump_state
 from .restore import store_perms
 
@@ -89,17 +98,15 @@ def whole_messages(data: bytes) -> list[bytes]:
     """``data`` cut into wire messages; a torn last message is a :class:`DomainMigrationError`."""
     out = []
     pos = 0
-    while pos < len(data):
-        if len(data) - pos < HEADER_SIZE:
-            raise DomainMigrationError(f"a partial message header ({len(data) - pos} bytes)")
-        length = HEADER.unpack_from(data, pos)[3]
-        end = pos + HEADER_SIZE + length
-        if end > len(data):
+    for start, _type, _req, _tx, length in iter_frames(data):
+        pos = start + HEADER_SIZE + length
+        if pos > len(data):
             raise DomainMigrationError(
-                f"a partial message ({len(data) - pos} of {end - pos} bytes)"
+                f"a partial message ({len(data) - start} of {pos - start} bytes)"
             )
-        out.append(data[pos:end])
-        pos = end
+        out.append(data[start:pos])
+    if pos < len(data):
+        raise DomainMigrationError(f"a partial message header ({len(data) - pos} bytes)")
     return out
 
 
@@ -119,7 +126,7 @@ def remap_events(data: bytes, old: int, new: int) -> bytes:
                 path = payload[:nul].decode("ascii", "surrogateescape")
                 moved = remap_path(path, old, new).encode("ascii", "surrogateescape")
                 payload = moved + payload[nul:]
-                msg = HEADER.pack(type_, req_id, tx_id, len(payload)) + payload
+                msg = pack_message(type_, req_id, tx_id, payload)
         out.append(msg)
     return b"".join(out)
 

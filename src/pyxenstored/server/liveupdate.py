@@ -91,7 +91,7 @@ from pyxenstored.stream import (
     adapt_for_target,
 )
 from pyxenstored.stream.records import CONN_FIELD_UNIQUE_ID, CONN_TYPE_RING, CONN_TYPE_SOCKET
-from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType, XsError
+from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType, XsError, iter_frames
 
 log = logging.getLogger("pyxenstored.liveupdate")
 
@@ -735,14 +735,11 @@ def split_messages(data: bytes) -> list[bytes]:
     out = []
     pos = 0
     end = len(data)
-    while pos < end:
-        if end - pos < HEADER_SIZE:
-            out.append(data[pos:])
-            break
-        length = HEADER.unpack_from(data, pos)[3]
-        stop = min(pos + HEADER_SIZE + length, end)
-        out.append(data[pos:stop])
-        pos = stop
+    for start, _type, _req, _tx, length in iter_frames(data):
+        pos = min(start + HEADER_SIZE + length, end)
+        out.append(data[start:pos])
+    if pos < end:
+        out.append(data[pos:])
     return out
 
 
