@@ -427,6 +427,12 @@ def test_pending_nodes() -> None:
     assert rules(v2(sock(1), t, bits)) == ["reserved-access-bits"]
     odd = node(b"/x/q", b"v", [], conn=1, tx=5, access=0)
     assert rules(v2(sock(1), t, odd)) == ["deleted-node-inconsistent"]
+    # No permissions and access "read": read while it did not exist, not deleted.
+    absent = node(b"/x/r", b"", [], conn=1, tx=5, access=1)
+    assert rules(v2(sock(1), t, absent)) == []
+    # ... but "written" without permissions says neither.
+    written = node(b"/x/w", b"", [], conn=1, tx=5, access=2)
+    assert rules(v2(sock(1), t, written)) == ["deleted-node-inconsistent"]
 
 
 def test_node_owner_unknown_to_c_is_a_warning() -> None:
@@ -446,6 +452,16 @@ def test_quota_count_mismatch_and_duplicates() -> None:
     assert rules(v2(frame(LE, 6, dup))) == ["quota-duplicate-name"]
     unknown = body_global_quota(LE, [(b"nodes", 1)], [(b"frobs", 2)])
     assert rules(v2(frame(LE, 6, unknown))) == ["unknown-quota-name"]
+
+
+def test_transaction_marks_are_known_quota_names() -> None:
+    """pyxenstored's own entries (docs/stream.md) are known; malformed ones are not."""
+    marks = b"pyxenstored:transaction:1:5:0140"
+    dom = frame(LE, 7, body_domain(LE, 0, 0, [(b"nodes", 5), (marks, 1)]))
+    assert rules(v2(dom)) == []
+    for bad in (b"pyxenstored:transaction:1:5:08", b"pyxenstored:transaction:1:x:0"):
+        dom = frame(LE, 7, body_domain(LE, 0, 0, [(bad, 0)]))
+        assert rules(v2(dom)) == ["unknown-quota-name"]
 
 
 def test_domain_rules() -> None:

@@ -26,17 +26,14 @@ changes: a refused import leaves the store as it was.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..store import Store
 from ..store import quota as q
 from ..store.features import SUPPORTED_FEATURES
 from ..store.node import Node
-from ..store.state import PendingNode, import_transaction, import_watch
-from ..store.watch import MATCH_EXACT, MATCH_SUBTREE
+from ..store.state import PendingNode, StateError, import_transaction, import_watch
 from ..stream.records import (
-    ACCESS_READ,
-    ACCESS_WRITTEN,
     DEPTH_UNLIMITED,
     ConnectionData,
     DomainData,
@@ -49,6 +46,7 @@ from ..stream.records import (
     WatchData,
     WatchDataExtended,
 )
+from ..stream.txmarks import TransactionMarks, is_marks_name, parse_marks
 from ..wire import (
     HEADER,
     HEADER_SIZE,
@@ -59,8 +57,8 @@ from ..wire import (
     pack_message,
     parent_of,
 )
-from .dump import ACCESS_CHANGED, ACCESS_EVENT_EXACT, ACCESS_EVENT_SUBTREE, dump_state
-from .restore import store_perms
+from .dump import dump_state
+from .restore import marks_of, pending_node, store_perms
 
 _WATCH_EVENT = int(MsgType.WATCH_EVENT)
 
@@ -352,42 +350,57 @@ def _parse(records: Iterable[Record]) -> DomainState:
 
 
 def _pending_of(
-    store: Store, rec: NodeData, old: int, new: int, new_home: str, tx_id: int
+    store: Store, rec: NodeData, mark: int, old: int, new: int, new_home: str, tx_id: int
 ) -> PendingNode:
     """A pending node moved to the new domid; outside the home only what was read."""
     path = remap_path(rec.path, old, new)
-    access = rec.access
     perms = store_perms(remap_perms(rec.perms, old, new)) if rec.perms else ()
-    node = Node(rec.value, perms, 0) if perms else None
-    written = (
-        bool(access & ACCESS_WRITTEN) if perms else not access & (ACCESS_READ | ACCESS_WRITTEN)
-    )
-    changed = bool(access & ACCESS_CHANGED)
-    if not in_home(path, new_home):
-        if written:
-            raise DomainMigrationError(
-                f"transaction {tx_id} changes {rec.path!r} outside the domain's home: "
-                "the target cannot carry it"
-            )
-        # The target's node is not the one the source read unless it looks the
-        # same: if not, the commit must fail (EAGAIN) as after any conflict.
-        now = store.nodes.get(path)
-        if (now is None) != (node is None) or (
-            now is not None
-            and node is not None
-            and (now.value, now.perms) != (node.value, node.perms)
-        ):
-            changed = True
-    event = (
-        MATCH_SUBTREE
-        if access & ACCESS_EVENT_SUBTREE
-        else MATCH_EXACT
-        if access & ACCESS_EVENT_EXACT
-        else None
-    )
-    return PendingNode(
-        path, node, read=bool(access & ACCESS_READ), written=written, changed=changed, event=event
-    )
+    pending = pending_node(path, perms, rec.value, rec.access, mark)
+    if in_home(path, new_home):
+        return pending
+    if pending.written:
+        raise DomainMigrationError(
+            f"transaction {tx_id} changes {rec.path!r} outside the domain's home: "
+            "the target cannot carry it"
+        )
+    # The target's node is not the one the source read unless it looks the
+    # same: if not, the commit must fail (EAGAIN) as after any conflict.
+    now = store.nodes.get(path)
+    node = pending.node
+    if (now is None) != (node is None) or (
+        now is not None and node is not None and (now.value, now.perms) != (node.value, node.perms)
+    ):
+        pending = replace(pending, changed=True)
+    return pending
+
+
+def _transactions(
+    store: Store, state: DomainState, old: int, new: int, new_home: str
+) -> list[tuple[int, list[PendingNode], bool, bool]]:
+    """The stream's transactions, moved: (tx id, pending nodes, events known, failed)."""
+    marks: dict[tuple[int, int], TransactionMarks] = {}
+    for v in state.domain.quota if state.domain is not None else ():
+        if is_marks_name(v.name):
+            try:
+                entry = parse_marks(v)
+            except ValueError as exc:
+                raise DomainMigrationError(str(exc)) from None
+            marks[(entry.conn_id, entry.tx_id)] = entry
+    out = []
+    for t, records in state.transactions:
+        if t.tx_id == 0:
+            raise DomainMigrationError("transaction id 0")
+        m = marks.get((t.conn_id, t.tx_id))
+        try:
+            node_marks, known = marks_of(records, m, t.conn_id, t.tx_id)
+        except StateError as exc:
+            raise DomainMigrationError(str(exc)) from None
+        pending = [
+            _pending_of(store, r, mark, old, new, new_home, t.tx_id)
+            for r, mark in zip(records, node_marks, strict=True)
+        ]
+        out.append((t.tx_id, pending, known, m is not None and m.failed))
+    return out
 
 
 def import_domain(
@@ -493,13 +506,7 @@ def import_domain(
         watches.append((wpath, token, depth, len(abs_path) + len(token)))
 
     # Transactions, moved; outside the home only reads.
-    txs = [
-        (t.tx_id, [_pending_of(store, p, old, new, new_home, t.tx_id) for p in pending])
-        for t, pending in state.transactions
-    ]
-    for tx_id, _ in txs:
-        if tx_id == 0:
-            raise DomainMigrationError("transaction id 0")
+    txs = _transactions(store, state, old, new, new_home)
 
     # Usage after the import, per owner (nodes, memory), exactly as accounted.
     delta: dict[int, list[int]] = {}
@@ -546,9 +553,8 @@ def import_domain(
         import_watch(store, conn_id, wpath, token, depth)
         dom.add(q.WATCHES, 1)
         dom.add(q.MEMORY, mem)
-    for tx_id, pending in txs:
-        known = any(p.event is not None for p in pending) or not any(p.written for p in pending)
-        import_transaction(store, conn_id, tx_id, pending, events_known=known)
+    for tx_id, pending, known, failed in txs:
+        import_transaction(store, conn_id, tx_id, pending, events_known=known, failed=failed)
         dom.add(q.TRANSACTIONS, 1)
     return ImportedDomain(
         old,

@@ -91,6 +91,7 @@ from pyxenstored.stream import (
     adapt_for_target,
 )
 from pyxenstored.stream.records import CONN_FIELD_UNIQUE_ID, CONN_TYPE_RING, CONN_TYPE_SOCKET
+from pyxenstored.stream.txmarks import is_marks_name
 from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType, XsError, iter_frames
 
 log = logging.getLogger("pyxenstored.liveupdate")
@@ -1026,6 +1027,8 @@ def c_target_losses(records: Sequence[Record], target: str, baseline: q.QuotaTab
                 if r.features != SUPPORTED_FEATURES:
                     lost.append(f"features {r.features:#x} of domain {r.domid}")
                 for v in r.quota:
+                    if is_marks_name(v.name):
+                        continue  # a transaction's marks: reported with it
                     if base.get(v.name) != v.value:
                         lost.append(f"quota {v.name}={v.value} of domain {r.domid}")
             elif isinstance(r, UnknownRecord):

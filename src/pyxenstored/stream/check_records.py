@@ -30,10 +30,11 @@ from .records import (
     ACCESS_WRITTEN,
     CONN_FIELD_UNIQUE_ID,
     CONN_TYPE_SOCKET,
+    KNOWN_QUOTA_NAMES,
     PERM_FLAG_STALE,
-    is_known_quota_name,
 )
 from .rules import RULES, CheckSummary, Diagnostic, Severity
+from .txmarks import is_marks_name_valid
 
 # A node path: '/' alone or '/'-separated non-empty components of valid characters.
 _PERM_LETTERS = frozenset(b"nrwb")
@@ -207,7 +208,7 @@ class RecordRules:
         except UnicodeDecodeError as exc:
             self.report("bad-string-encoding", "quota name is not UTF-8", self.at(at + exc.start))
             text = name.decode("ascii", "replace")
-        if not is_known_quota_name(text):
+        if text not in KNOWN_QUOTA_NAMES and not is_marks_name_valid(text):
             self.report(
                 "unknown-quota-name",
                 f"quota name {name.decode('ascii', 'replace')!r} is not known to the C daemon",
@@ -620,10 +621,13 @@ class RecordRules:
             )
         if access & ~(ACCESS_READ | ACCESS_WRITTEN):
             self.report("reserved-access-bits", f"access {access:#06x}")
-        if nperm == 0 and (vlen or access):
+        # No permissions: deleted in the transaction (access 0), or read while
+        # it did not exist (access read).  Neither has a value or was written.
+        if nperm == 0 and (vlen or access & ACCESS_WRITTEN):
             self.report(
                 "deleted-node-inconsistent",
-                "deleted node (no permissions) with a value or access",
+                "node without permissions (deleted, or read while absent) with a value "
+                "or written access",
             )
         if path is not None:
             seen = self.pending_paths.setdefault(key, set())

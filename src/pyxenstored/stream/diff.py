@@ -2,7 +2,8 @@
 
 :func:`state_of` reduces a stream to what it means -- nodes, pending nodes,
 watches, connections, transactions, global data, quota, domains, unknown
-records -- independent of record order and byte order; :func:`diff_states`
+records; pyxenstored's transaction marks with the transactions, not the
+quota -- independent of record order and byte order; :func:`diff_states`
 describes how one such state differs from another, one line per
 difference: ``-`` only in the first, ``+`` only in the second, ``~``
 changed.
@@ -31,6 +32,7 @@ from .records import (
     type_name,
 )
 from .text import quote
+from .txmarks import is_marks_name_valid, parse_marks_name
 
 PermKey = tuple[tuple[str, int, int], ...]
 PendingKey = tuple[int, bytes, PermKey]
@@ -45,6 +47,10 @@ class StreamState:
     watches: Counter[tuple[int, str, str, int | None]] = dataclasses.field(default_factory=Counter)
     conns: dict[int, tuple[object, ...]] = dataclasses.field(default_factory=dict)
     transactions: set[tuple[int, int]] = dataclasses.field(default_factory=set)
+    # pyxenstored's transaction marks (stream.txmarks), out of the domains' quota.
+    marks: dict[tuple[int, int], tuple[tuple[int, ...], int]] = dataclasses.field(
+        default_factory=dict
+    )
     global_data: tuple[int, int] | None = None
     global_quota: dict[str, int] | None = None
     global_only_quota: dict[str, int] | None = None
@@ -80,7 +86,14 @@ class StreamState:
             self.global_quota = {q.name: q.value for q in r.domain_quota}
             self.global_only_quota = {q.name: q.value for q in r.global_quota}
         elif isinstance(r, DomainData):
-            self.domains[r.domid] = (r.features, {q.name: q.value for q in r.quota})
+            quota = {}
+            for q in r.quota:
+                if is_marks_name_valid(q.name):
+                    conn_id, tx_id, nodes = parse_marks_name(q.name)
+                    self.marks[(conn_id, tx_id)] = (nodes, q.value)
+                else:
+                    quota[q.name] = q.value
+            self.domains[r.domid] = (r.features, quota)
         elif isinstance(r, UnknownRecord):
             self.unknown[(r.type, r.body)] += 1
 
@@ -134,6 +147,7 @@ def diff_states(a: StreamState, b: StreamState) -> Iterator[str]:
     yield from _diff_connections(a, b)
     for t in sorted(a.transactions ^ b.transactions):
         yield f"{'+' if t in b.transactions else '-'} transaction {t[1]} of conn {t[0]}"
+    yield from _diff_marks(a, b)
     if a.global_data != b.global_data:
         yield f"~ global data {a.global_data} -> {b.global_data}"
     if a.global_quota != b.global_quota:
@@ -190,6 +204,24 @@ def _diff_connections(a: StreamState, b: StreamState) -> Iterator[str]:
                 yield f"- connection {cid}: {_conn_text(ca)}"
             else:
                 yield f"~ connection {cid}: {_conn_text(ca)} -> {_conn_text(cb)}"
+
+
+def _marks_text(m: tuple[tuple[int, ...], int]) -> str:
+    return f"marks {''.join(str(n) for n in m[0]) or '-'} flags {m[1]:#x}"
+
+
+def _diff_marks(a: StreamState, b: StreamState) -> Iterator[str]:
+    for key in sorted(a.marks.keys() | b.marks.keys()):
+        ma, mb = a.marks.get(key), b.marks.get(key)
+        if ma == mb:
+            continue
+        label = f"transaction {key[1]} of conn {key[0]}"
+        if ma is not None and mb is not None:
+            yield f"~ {label} {_marks_text(ma)} -> {_marks_text(mb)}"
+        else:
+            got = mb or ma
+            assert got is not None
+            yield f"{'+' if mb else '-'} {label} {_marks_text(got)}"
 
 
 def _diff_domains(a: StreamState, b: StreamState) -> Iterator[str]:

@@ -310,11 +310,6 @@ def record_type(record: Record) -> int:
     return RECORD_TYPES[type(record)]
 
 
-def is_known_quota_name(name: str) -> bool:
-    """Whether a reader other than the writer can be expected to know this quota name."""
-    return name in KNOWN_QUOTA_NAMES
-
-
 def type_name(rtype: int) -> str:
     """The spec's name of a type number, or ``UNKNOWN(n)`` (the one spelling everywhere)."""
     try:

@@ -116,7 +116,8 @@ RULES: dict[str, tuple[Severity, str]] = {
     ),
     "deleted-node-inconsistent": (
         W,
-        "pending node with perm-count 0 (deleted) but a value or access",
+        "pending node with perm-count 0 (deleted, or read while absent) but a value or "
+        "the written access bit",
     ),
     "node-owner-unknown-to-c": (
         W,
@@ -125,7 +126,11 @@ RULES: dict[str, tuple[Severity, str]] = {
     # quota and domains
     "quota-count-mismatch": (E, "number of quota names differs from the number of values"),
     "quota-duplicate-name": (E, "a quota name appears twice in one record"),
-    "unknown-quota-name": (W, "quota name unknown to the C daemon (dropped by it)"),
+    "unknown-quota-name": (
+        W,
+        "quota name unknown to the C daemon (dropped by it) and not pyxenstored's own "
+        "transaction marks",
+    ),
     "features-in-v1": (E, "DOMAIN_DATA features non-zero in a version 1 stream"),
     "domain-duplicate": (E, "DOMAIN_DATA twice for one domain"),
     "domain-unknown-to-c": (

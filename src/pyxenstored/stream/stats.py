@@ -94,8 +94,7 @@ class StreamStats:
     def _owner_lines(self) -> Iterator[str]:
         nodes_by_dom = self.nodes_by_dom
         yield (
-            f"nodes by owner ({sum(nodes_by_dom.values())} nodes, "
-            f"{self.total_value} value bytes):"
+            f"nodes by owner ({sum(nodes_by_dom.values())} nodes, {self.total_value} value bytes):"
         )
         yield f"  {'domain':<10}{'nodes':>10}{'value-bytes':>14}{'watches':>10}"
         for dom in sorted(nodes_by_dom):

@@ -60,6 +60,7 @@ from .records import (
     WatchData,
     WatchDataExtended,
 )
+from .txmarks import is_marks_name
 
 TARGET_SPEC = "spec"
 TARGET_C_HEAD = "c-head"
@@ -617,6 +618,9 @@ def adapt_for_target(
         if isinstance(r, NodeData) and r.conn_id:
             dropped.append(f"node {r.path!r} of transaction {r.tx_id} of connection {r.conn_id}")
             continue
+        if isinstance(r, DomainData) and any(is_marks_name(v.name) for v in r.quota):
+            # pyxenstored's transaction marks go with the transactions (reported above).
+            r = replace(r, quota=tuple(v for v in r.quota if not is_marks_name(v.name)))
         if target == TARGET_C_417:
             if isinstance(r, GlobalQuotaData):
                 dropped.append("global quota settings (GLOBAL_QUOTA_DATA)")
