@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from ..store import Store
 from ..store import quota as q
+from ..store.domain import Domain
 from ..store.features import SUPPORTED_FEATURES
 from ..store.node import Node
 from ..store.state import PendingNode, StateError, import_transaction, import_watch
@@ -419,130 +420,16 @@ def import_domain(
     state = _parse(records)
     old = state.domid
     new = new_domid
-    cfg = store.config
-    if new in (cfg.priv_domid, cfg.store_domid):
-        raise DomainMigrationError(f"domain {new} is the privileged or the store domain")
-    dom = store.domains.get(new)
-    if dom is None or not dom.introduced:
-        raise DomainMigrationError(f"domain {new} is not introduced on the target")
-    conn_id = find_connection(store, new)
-    conn = store.conns[conn_id]
-    if conn.watches or conn.transactions:
-        raise DomainMigrationError(
-            f"domain {new} already has state on the target ({len(conn.watches)} watches, "
-            f"{len(conn.transactions)} transactions)"
-        )
-    old_home, new_home = home_path(old), home_path(new)
-
-    # Committed nodes: all in the home, the home first, none already there.
-    planned: list[_NewNode] = []
-    children: dict[str, list[str]] = {}
-    for rec in state.nodes:
-        if not in_home(rec.path, old_home):
-            raise DomainMigrationError(f"node {rec.path!r} is outside the home of domain {old}")
-        if not rec.perms:
-            raise DomainMigrationError(f"node {rec.path!r} has no permissions")
-        path = remap_path(rec.path, old, new)
-        if path in children:
-            raise DomainMigrationError(f"node {rec.path!r} twice")
-        if path != new_home:
-            parent = parent_of(path)
-            if parent not in children:
-                raise DomainMigrationError(f"node {rec.path!r} comes before its parent")
-            children[parent].append(path[len(parent) + 1 :])
-        children[path] = []
-        planned.append(
-            _NewNode(path, Node(rec.value, store_perms(remap_perms(rec.perms, old, new)), 0))
-        )
-    if planned and planned[0].path != new_home:
-        raise DomainMigrationError(f"the stream's first node is not the home {old_home!r}")
-    old_home_node = store.nodes.get(new_home)
-    if planned:
-        if parent_of(new_home) not in store.nodes:
-            raise DomainMigrationError(f"{parent_of(new_home)!r} does not exist on the target")
-        if old_home_node is not None and old_home_node.children:
-            raise DomainMigrationError(
-                f"{new_home!r} exists on the target with children "
-                f"({', '.join(list(old_home_node.children)[:3])}...)"
-            )
-        for item in planned[1:]:
-            if item.path in store.nodes:
-                raise DomainMigrationError(f"node {item.path!r} already exists on the target")
-        for item in planned:
-            for name in children[item.path]:
-                item.node.add_child(name)
-    elif old_home_node is not None and old_home_node.children:
-        raise DomainMigrationError(f"{new_home!r} exists on the target with children")
-
-    # Features and quota follow the domain.
-    quota = dom.quota.copy()
-    features = dom.features
-    if state.domain is not None:
-        for v in state.domain.quota:
-            try:
-                index, kind = q.parse_quota_name(quota, v.name)
-            except XsError:
-                continue  # a name this store does not know: no effect (spec)
-            quota.set(index, kind, v.value)
-        if version >= 2:
-            features = state.domain.features & SUPPORTED_FEATURES
-
-    # Watches: absolute paths in the home move, relative ones stay relative.
-    watches: list[tuple[str, bytes, int, int]] = []  # (wpath, token, depth, charged memory)
-    keys: set[tuple[str, bytes]] = set()
-    for w in state.watches:
-        wpath = remap_path(w.wpath, old, new) if w.wpath.startswith("/") else w.wpath
-        try:
-            abs_path = canonicalize(wpath.encode("ascii"), new, allow_special=True)
-        except (XsError, UnicodeEncodeError):
-            raise DomainMigrationError(f"watch path {w.wpath!r} is not valid here") from None
-        token = w.token.encode()
-        if (abs_path, token) in keys:
-            raise DomainMigrationError(f"watch {w.wpath!r} token {w.token!r} twice")
-        keys.add((abs_path, token))
-        depth = -1
-        if isinstance(w, WatchDataExtended) and w.depth != DEPTH_UNLIMITED:
-            depth = w.depth
-        watches.append((wpath, token, depth, len(abs_path) + len(token)))
-
-    # Transactions, moved; outside the home only reads.
+    dom, conn_id = _target(store, new)
+    new_home = home_path(new)
+    planned, old_home_node = _plan_nodes(store, state, old, new)
+    quota, features = _moved_quota(dom, state, version)
+    watches = _moved_watches(state, old, new)
     txs = _transactions(store, state, old, new, new_home)
-
-    # Usage after the import, per owner (nodes, memory), exactly as accounted.
-    delta: dict[int, list[int]] = {}
-
-    def charge(owner: int, nodes: int, mem: int) -> None:
-        d = delta.setdefault(owner, [0, 0])
-        d[0] += nodes
-        d[1] += mem
-
-    if planned:
-        if old_home_node is not None:
-            charge(old_home_node.owner, -1, -old_home_node.memory(new_home))
-        else:
-            above = store.nodes[parent_of(new_home)]
-            charge(above.owner, 0, len(new_home) - len(parent_of(new_home)))
-        for item in planned:
-            charge(item.node.owner, 1, item.node.memory(item.path))
     out_data = remap_events(state.connection.out_data, old, new)
-    watch_mem = sum(w[3] for w in watches)
-    charge(new, 0, watch_mem + len(out_data))
-    if not conn.privileged:
-        d = delta.get(new, [0, 0])
-        checks = (
-            (q.NODES, d[0], dom.usage[q.NODES] + d[0]),
-            (q.WATCHES, len(watches), dom.usage[q.WATCHES] + len(watches)),
-            (q.TRANSACTIONS, len(txs), dom.usage[q.TRANSACTIONS] + len(txs)),
-            (q.MEMORY, d[1], dom.usage[q.MEMORY] + d[1]),
-        )
-        for index, added, value in checks:
-            limit = quota.hard(index)
-            # Only what the import adds is checked (C checks at each addition).
-            if added > 0 and q.exceeds(limit, value):
-                raise DomainMigrationError(
-                    f"domain {new} would exceed its {q.QUOTAS[index].name} quota on the "
-                    f"target ({value} >= {limit})"
-                )
+    if not store.conns[conn_id].privileged:
+        usage = _usage_delta(store, new, planned, old_home_node, watches, out_data)
+        _check_quota(dom, quota, new, usage, len(watches), len(txs))
 
     # --- nothing has changed so far; from here on nothing fails -----------------
     dom.features = features
@@ -567,6 +454,165 @@ def import_domain(
         len(txs),
         features,
     )
+
+
+def _target(store: Store, new: int) -> tuple[Domain, int]:
+    """The target domain's record and its one ring connection, which must hold no state yet."""
+    cfg = store.config
+    if new in (cfg.priv_domid, cfg.store_domid):
+        raise DomainMigrationError(f"domain {new} is the privileged or the store domain")
+    dom = store.domains.get(new)
+    if dom is None or not dom.introduced:
+        raise DomainMigrationError(f"domain {new} is not introduced on the target")
+    conn_id = find_connection(store, new)
+    conn = store.conns[conn_id]
+    if conn.watches or conn.transactions:
+        raise DomainMigrationError(
+            f"domain {new} already has state on the target ({len(conn.watches)} watches, "
+            f"{len(conn.transactions)} transactions)"
+        )
+    return dom, conn_id
+
+
+def _plan_nodes(
+    store: Store, state: DomainState, old: int, new: int
+) -> tuple[list[_NewNode], Node | None]:
+    """The committed nodes, moved: all in the home, the home first, none already there.
+
+    Returns them with their children filled in, and the target's node at the
+    home (an empty home the toolstack made, which they replace) if any.
+    """
+    old_home, new_home = home_path(old), home_path(new)
+    planned: list[_NewNode] = []
+    children: dict[str, list[str]] = {}
+    for rec in state.nodes:
+        if not in_home(rec.path, old_home):
+            raise DomainMigrationError(f"node {rec.path!r} is outside the home of domain {old}")
+        if not rec.perms:
+            raise DomainMigrationError(f"node {rec.path!r} has no permissions")
+        path = remap_path(rec.path, old, new)
+        if path in children:
+            raise DomainMigrationError(f"node {rec.path!r} twice")
+        if path != new_home:
+            parent = parent_of(path)
+            if parent not in children:
+                raise DomainMigrationError(f"node {rec.path!r} comes before its parent")
+            children[parent].append(path[len(parent) + 1 :])
+        children[path] = []
+        planned.append(
+            _NewNode(path, Node(rec.value, store_perms(remap_perms(rec.perms, old, new)), 0))
+        )
+    if planned and planned[0].path != new_home:
+        raise DomainMigrationError(f"the stream's first node is not the home {old_home!r}")
+    old_home_node = store.nodes.get(new_home)
+    if not planned:
+        if old_home_node is not None and old_home_node.children:
+            raise DomainMigrationError(f"{new_home!r} exists on the target with children")
+        return planned, old_home_node
+    if parent_of(new_home) not in store.nodes:
+        raise DomainMigrationError(f"{parent_of(new_home)!r} does not exist on the target")
+    if old_home_node is not None and old_home_node.children:
+        raise DomainMigrationError(
+            f"{new_home!r} exists on the target with children "
+            f"({', '.join(list(old_home_node.children)[:3])}...)"
+        )
+    for item in planned[1:]:
+        if item.path in store.nodes:
+            raise DomainMigrationError(f"node {item.path!r} already exists on the target")
+    for item in planned:
+        for name in children[item.path]:
+            item.node.add_child(name)
+    return planned, old_home_node
+
+
+def _moved_quota(dom: Domain, state: DomainState, version: int) -> tuple[q.QuotaTable, int]:
+    """Quota and features follow the domain: the target's table with the stream's values."""
+    quota = dom.quota.copy()
+    features = dom.features
+    if state.domain is not None:
+        for v in state.domain.quota:
+            try:
+                index, kind = q.parse_quota_name(quota, v.name)
+            except XsError:
+                continue  # a name this store does not know: no effect (spec)
+            quota.set(index, kind, v.value)
+        if version >= 2:
+            features = state.domain.features & SUPPORTED_FEATURES
+    return quota, features
+
+
+def _moved_watches(state: DomainState, old: int, new: int) -> list[tuple[str, bytes, int, int]]:
+    """Watches as ``(wpath, token, depth, charged memory)``.
+
+    Absolute paths in the home move, relative ones stay relative.
+    """
+    watches: list[tuple[str, bytes, int, int]] = []
+    keys: set[tuple[str, bytes]] = set()
+    for w in state.watches:
+        wpath = remap_path(w.wpath, old, new) if w.wpath.startswith("/") else w.wpath
+        try:
+            abs_path = canonicalize(wpath.encode("ascii"), new, allow_special=True)
+        except (XsError, UnicodeEncodeError):
+            raise DomainMigrationError(f"watch path {w.wpath!r} is not valid here") from None
+        token = w.token.encode()
+        if (abs_path, token) in keys:
+            raise DomainMigrationError(f"watch {w.wpath!r} token {w.token!r} twice")
+        keys.add((abs_path, token))
+        depth = -1
+        if isinstance(w, WatchDataExtended) and w.depth != DEPTH_UNLIMITED:
+            depth = w.depth
+        watches.append((wpath, token, depth, len(abs_path) + len(token)))
+    return watches
+
+
+def _usage_delta(
+    store: Store,
+    new: int,
+    planned: list[_NewNode],
+    old_home_node: Node | None,
+    watches: list[tuple[str, bytes, int, int]],
+    out_data: bytes,
+) -> list[int]:
+    """What the import adds to domain ``new``'s nodes and memory, exactly as accounted."""
+    delta: dict[int, list[int]] = {}
+
+    def charge(owner: int, nodes: int, mem: int) -> None:
+        d = delta.setdefault(owner, [0, 0])
+        d[0] += nodes
+        d[1] += mem
+
+    new_home = home_path(new)
+    if planned:
+        if old_home_node is not None:
+            charge(old_home_node.owner, -1, -old_home_node.memory(new_home))
+        else:
+            above = store.nodes[parent_of(new_home)]
+            charge(above.owner, 0, len(new_home) - len(parent_of(new_home)))
+        for item in planned:
+            charge(item.node.owner, 1, item.node.memory(item.path))
+    watch_mem = sum(w[3] for w in watches)
+    charge(new, 0, watch_mem + len(out_data))
+    return delta.get(new, [0, 0])
+
+
+def _check_quota(
+    dom: Domain, quota: q.QuotaTable, new: int, usage: list[int], watches: int, txs: int
+) -> None:
+    """Refuse an import that takes the domain over its quota (the stream's)."""
+    checks = (
+        (q.NODES, usage[0], dom.usage[q.NODES] + usage[0]),
+        (q.WATCHES, watches, dom.usage[q.WATCHES] + watches),
+        (q.TRANSACTIONS, txs, dom.usage[q.TRANSACTIONS] + txs),
+        (q.MEMORY, usage[1], dom.usage[q.MEMORY] + usage[1]),
+    )
+    for index, added, value in checks:
+        limit = quota.hard(index)
+        # Only what the import adds is checked (C checks at each addition).
+        if added > 0 and q.exceeds(limit, value):
+            raise DomainMigrationError(
+                f"domain {new} would exceed its {q.QUOTAS[index].name} quota on the "
+                f"target ({value} >= {limit})"
+            )
 
 
 def _install_nodes(store: Store, planned: list[_NewNode], old_home: Node | None) -> None:
