@@ -147,7 +147,7 @@ class Session:
     version: int | None = None
     started_at: float = 0.0
     # The successor's check run, started with the session (pyxenstored only).
-    checker: Checker | None = None
+    checker: SuccessorCheck | None = None
 
 
 @dataclass(slots=True)
@@ -284,7 +284,7 @@ class LiveUpdate:
             # Started now, so that its start-up is not part of the blackout;
             # it reads the dump from a pipe while it is being written.
             try:
-                self.session.checker = Checker(path)
+                self.session.checker = SuccessorCheck(path)
             except OSError as exc:
                 log.warning("live update: cannot start %s --check-state: %s", path, exc)
         log.info("live update: session opened by connection %d for %s", conn.conn_id, path)
@@ -763,7 +763,7 @@ def is_pyxenstored(path: str) -> bool:
 class _Tee:
     """A binary file that also feeds everything written to a checker's pipe."""
 
-    def __init__(self, f: BinaryIO, checker: Checker | None) -> None:
+    def __init__(self, f: BinaryIO, checker: SuccessorCheck | None) -> None:
         self.f = f
         self.checker = checker
         self.size = 0
@@ -796,7 +796,7 @@ def write_state(
     records: Iterable[Record | list[CommittedNode]],
     version: int,
     target: str,
-    checker: Checker | None = None,
+    checker: SuccessorCheck | None = None,
 ) -> int:
     """Write the stream to ``path`` (created 0600, replaced); returns its size.
 
@@ -820,7 +820,7 @@ def write_state(
             os.close(fd)
 
 
-class Checker:
+class SuccessorCheck:
     """``<program> --check-state -``: the successor restores the dump read from a pipe.
 
     Started when the session opens; :meth:`feed` gives it the stream as it is

@@ -377,6 +377,10 @@ class StreamReader:
         generator step per node.  WATCH_DATA records lying whole in the
         buffer are decoded inline too (one per watch, many per stream).
         Records keep their stream order, END last.
+
+        One piece: the two inner loops run once per node and per watch of a
+        live-update restore, with everything they need in locals; split into
+        functions they would cost a call per record.
         """
         self._begin()
         codec = self._codec
