@@ -375,6 +375,27 @@ def test_empty_watch_path_fits_no_watch_ext_layout() -> None:
     assert rules(data) == ["watch-ext-c-reader-layout"]
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 6),
+    st.integers(0, 4),
+    st.binary(min_size=0, max_size=14),
+)
+def test_reader_and_checker_agree_on_the_watch_ext_layout(
+    plen: int, tlen: int, rest: bytes
+) -> None:
+    """Whatever the bytes, the layout the reader picks is the one the checker reports."""
+    body = struct.pack("<IHH", 1, plen, tlen) + rest
+    data = v2(sock(1), frame(LE, 8, body))
+    reader = StreamReader(data)
+    raw = list(reader.iter_raw())[1]
+    fits = watch_ext_layouts(raw, reader.header)
+    got = set(rules(data))
+    assert ("watch-ext-c-reader-layout" in got) == (fits[:1] == ["c-reader"])
+    assert ("c-head-watch-ext-defect" in got) == (fits[:1] == ["c-head-writer"])
+    assert ("watch-ext-ambiguous" in got) == (len(fits) > 1)
+
+
 # --- nodes -------------------------------------------------------------------------
 
 
