@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 PAYLOAD_MAX = 4096
@@ -17,8 +18,12 @@ ABS_PATH_MAX = 3072  # defined by xs_wire.h, never enforced by C (digest 2.5)
 REL_PATH_MAX = 2048  # default of the ``path-max`` quota
 RING_SIZE = 1024
 
+#: The message header (xs_wire.h ``struct xsd_sockmsg``): type, req_id, tx_id, len.
 HEADER = struct.Struct("=IIII")
 HEADER_SIZE = HEADER.size
+# The header in either byte order, for messages kept in a migration stream
+# written on a host of the other order (see iter_frames).
+_HEADERS = {"=": HEADER, "<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
 
 # Domain ids (xen.h)
 DOMID_FIRST_RESERVED = DOMID_SELF = 0x7FF0
@@ -155,8 +160,31 @@ def pack_message(type_: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
     return HEADER.pack(type_, req_id, tx_id, len(payload)) + payload
 
 
-def error_payload(name: str) -> bytes:
-    return name.encode("ascii") + b"\0"
+#: What :func:`iter_frames` yields: offset of the header, type, req_id, tx_id, len.
+Frame = tuple[int, int, int, int, int]
+
+
+def iter_frames(
+    data: bytes | bytearray | memoryview, pos: int = 0, end: int | None = None, order: str = "="
+) -> Iterator[Frame]:
+    """The message headers in ``data[pos:end]``, one ``(offset, type, req_id, tx_id, len)`` each.
+
+    The one walk over back-to-back messages: a header at ``offset`` is
+    followed by ``len`` payload bytes, and the next header comes right after
+    them.  The walk stops when fewer than :data:`HEADER_SIZE` bytes remain
+    before ``end`` (a torn header is the caller's to see: it starts at the
+    offset after the last frame's payload).  Whether a payload is complete
+    (``offset + HEADER_SIZE + len <= end``) and whether ``len`` is acceptable
+    is for the caller to decide; after a payload that runs past ``end`` the
+    walk ends.  ``order`` is the headers' byte order: ``=`` (native, as on
+    the wire), or ``<`` / ``>`` for the pending data of a migration stream.
+    """
+    unpack = _HEADERS[order].unpack_from
+    stop = len(data) if end is None else end
+    while stop - pos >= HEADER_SIZE:
+        type_, req_id, tx_id, length = unpack(data, pos)
+        yield pos, type_, req_id, tx_id, length
+        pos += HEADER_SIZE + length
 
 
 # --- argument parsing (digest 2.4) ------------------------------------------
@@ -227,10 +255,6 @@ _VALID_PATH = re.compile(rb"[A-Za-z0-9\-/_@]*")
 def implicit_path(domid: int) -> str:
     """The home directory that relative paths of ``domid`` resolve under."""
     return f"/local/domain/{domid}"
-
-
-def is_special(path: str) -> bool:
-    return path.startswith("@")
 
 
 def canonicalize(raw: bytes, domid: int, allow_special: bool = False) -> str:

@@ -1,4 +1,4 @@
-"""The old daemon's side of the check run: ``Checker`` feeds a program and reads its verdict.
+"""The old daemon's side of the check run: ``SuccessorCheck`` feeds a program and reads its verdict.
 
 Fake successors (shell scripts) stand in for ``pyxenstored --check-state -``:
 the verdict is read from their output as soon as they give it, their exit
@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 
 from pyxenstored.migrate.check import CHECK_FAILED, CHECK_OK
-from pyxenstored.server.liveupdate import Checker
+from pyxenstored.server.liveupdate import SuccessorCheck
 
 
 def script(tmp_path: Path, body: str) -> str:
@@ -26,7 +26,7 @@ def script(tmp_path: Path, body: str) -> str:
 
 def test_reads_everything_then_answers(tmp_path: Path) -> None:
     seen = tmp_path / "seen"
-    checker = Checker(script(tmp_path, f'cat > "{seen}"\necho "{CHECK_OK} (fake)"\n'))
+    checker = SuccessorCheck(script(tmp_path, f'cat > "{seen}"\necho "{CHECK_OK} (fake)"\n'))
     for i in range(50):
         checker.feed(b"%05d" % i * 5000)
     assert checker.result(timeout=60) is None
@@ -34,7 +34,9 @@ def test_reads_everything_then_answers(tmp_path: Path) -> None:
 
 
 def test_refusal_is_the_reason(tmp_path: Path) -> None:
-    checker = Checker(script(tmp_path, f'cat > /dev/null\necho "{CHECK_FAILED}: record 3: bad"\n'))
+    checker = SuccessorCheck(
+        script(tmp_path, f'cat > /dev/null\necho "{CHECK_FAILED}: record 3: bad"\n')
+    )
     checker.feed(b"x")
     assert checker.result(timeout=60) == "record 3: bad"
 
@@ -43,7 +45,7 @@ def test_exit_ends_the_wait_when_a_child_keeps_the_output(tmp_path: Path) -> Non
     # The background sleeper holds the pipe open far beyond the timeout given.
     pid_file = tmp_path / "sleeper"
     body = f'cat > /dev/null\nsleep 300 &\necho $! > "{pid_file}"\necho "{CHECK_OK}"\nexit 0\n'
-    checker = Checker(script(tmp_path, body))
+    checker = SuccessorCheck(script(tmp_path, body))
     checker.feed(b"x")
     try:
         assert checker.result(timeout=60) is None
@@ -53,14 +55,14 @@ def test_exit_ends_the_wait_when_a_child_keeps_the_output(tmp_path: Path) -> Non
 
 
 def test_silent_program_times_out(tmp_path: Path) -> None:
-    checker = Checker(script(tmp_path, "cat > /dev/null\nexec sleep 300\n"))
+    checker = SuccessorCheck(script(tmp_path, "cat > /dev/null\nexec sleep 300\n"))
     checker.feed(b"x")
     verdict = checker.result(timeout=0.5)
     assert verdict is not None and "did not finish" in verdict
 
 
 def test_exit_without_verdict(tmp_path: Path) -> None:
-    checker = Checker(script(tmp_path, "cat > /dev/null\necho oops >&2\nexit 3\n"))
+    checker = SuccessorCheck(script(tmp_path, "cat > /dev/null\necho oops >&2\nexit 3\n"))
     verdict = checker.result(timeout=60)
     assert verdict is not None and "status 3" in verdict and "oops" in verdict
 
@@ -81,7 +83,7 @@ def test_descriptors_above_1024(tmp_path: Path) -> None:
         spare.append(base)
         while len(spare) < 1100:
             spare.append(os.dup(base))
-        checker = Checker(script(tmp_path, f'cat > /dev/null\necho "{CHECK_OK}"\n'))
+        checker = SuccessorCheck(script(tmp_path, f'cat > /dev/null\necho "{CHECK_OK}"\n'))
         assert checker.proc.stdout is not None and checker.proc.stdout.fileno() > 1024
         checker.feed(b"x")
         assert checker.result(timeout=60) is None

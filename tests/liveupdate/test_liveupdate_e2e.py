@@ -17,10 +17,11 @@ import pytest
 from tests.liveupdate.conftest import LineReader, LuDaemon
 from tests.util import require_module, require_tool
 
-from pyxenstored.cli.stream_tool import diff_states, load_state
+from pyxenstored.cli.stream_tool import load_state
 from pyxenstored.client import Client
 from pyxenstored.client.core import XsClientError
 from pyxenstored.stream import ConnectionData, read_records
+from pyxenstored.stream.diff import diff_states
 from pyxenstored.wire import MsgType
 
 UPDATES = 10

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from pyxenstored.migrate import (
-    ACCESS_CHANGED,
     Preserved,
     RestoreError,
     StoreOnlySink,
@@ -42,6 +41,8 @@ from pyxenstored.stream import (
     read_records,
     write_stream,
 )
+from pyxenstored.stream.check import check_all
+from pyxenstored.stream.txmarks import NODE_CHANGED, is_marks_name, parse_marks
 from pyxenstored.wire import MsgType
 
 C417 = Path(__file__).resolve().parent.parent / "data" / "c417" / "basic.state"
@@ -189,7 +190,23 @@ def test_open_transactions_roundtrip_and_commit_alike() -> None:
     assert again == records
     assert fresh.check() == []
     pending = [r for r in records if isinstance(r, NodeData) and r.conn_id]
-    assert any(r.access & ACCESS_CHANGED for r in pending)  # the doomed one is marked
+    assert all(r.access & ~3 == 0 for r in pending)  # only the spec's access bits
+    # What goes beyond the spec rides in DOMAIN_DATA quota entries of the
+    # connection's domain (stream.txmarks), one per transaction.
+    marks = {
+        (m.conn_id, m.tx_id): m
+        for r in records
+        if isinstance(r, DomainData)
+        for v in r.quota
+        if is_marks_name(v.name)
+        for m in [parse_marks(v)]
+    }
+    assert set(marks) == {(1, tx["clean"]), (1, tx["doomed"]), (2, tx["guest"])}
+    assert any(n & NODE_CHANGED for n in marks[(1, tx["doomed"])].nodes)  # the doomed one
+    assert not any(n & NODE_CHANGED for n in marks[(1, tx["clean"])].nodes)
+    diags, _ = check_all(write_stream(records))
+    # (domain 6 has a feature but no connection: a C reader could not place it)
+    assert [d.rule for d in diags] == ["domain-unknown-to-c"]
     assert any(not r.perms and r.access & 3 == 0 for r in pending)  # a deleted node
     assert any(not r.perms and r.access & 3 == 1 for r in pending)  # read while absent
     assert TransactionData(1, tx["clean"]) in records

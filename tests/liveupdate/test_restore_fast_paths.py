@@ -181,7 +181,7 @@ def test_fast_path_traps(nodes: list[tuple[str, tuple[NodePerm, ...], bytes]]) -
     compare(nodes)
 
 
-def test_watch_setters_follow_the_dataclass() -> None:
+def test_restored_watch_is_the_one_a_watch_request_makes() -> None:
     store = Store()
     store.connect(4, 3, is_socket=False)
     import_watch(store, 4, "rel/path", b"tok", 2)

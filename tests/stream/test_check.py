@@ -33,8 +33,16 @@ from tests.stream.conftest import (
     stream,
 )
 
-from pyxenstored.stream import read_records
-from pyxenstored.stream.check import RULES, Severity, _PathTracker, check_all, check_stream
+from pyxenstored.stream import (
+    StreamReader,
+    WatchDataExtended,
+    decode_record,
+    inspect_record,
+    read_records,
+    watch_ext_layouts,
+)
+from pyxenstored.stream.check import RULES, Severity, check_all, check_stream
+from pyxenstored.stream.pathtrack import PathTracker
 from pyxenstored.stream.synth import SynthConfig, write_synth
 
 LE = False
@@ -339,6 +347,55 @@ def test_c_reader_layout_is_a_warning() -> None:
     assert rules(data) == ["watch-ext-c-reader-layout"]
 
 
+def test_empty_watch_path_fits_no_watch_ext_layout() -> None:
+    """xenstore.txt forbids the empty path: a wpath-len of 1 (the NUL alone) fits no layout.
+
+    The bytes below would read as the C reader's layout (depth 1 at 8, the
+    empty path's NUL at 10, token "t" at 11) if an empty path counted; the
+    reader and the checker agree that it does not, and both take the spec
+    layout, whose pad (bytes 10-11) is then not zero.
+    """
+    body = struct.pack("<IHHH", 1, 1, 2, 1) + b"\0t\0"
+    data = v2(sock(1), frame(LE, 8, body))
+    reader = StreamReader(data)
+    raws = list(reader.iter_raw())
+    assert watch_ext_layouts(raws[1], reader.header) == []
+    assert raws[1].quirk is None
+    info = inspect_record(raws[1], reader.header)
+    assert info.record == WatchDataExtended(1, "", "\0", 1)
+    assert info.reserved == ("pad",)
+    assert rules(data) == ["nonzero-pad-field", "embedded-nul", "bad-watch-path"]
+    # One path character more, and the same bytes are the C reader's layout for both.
+    body = struct.pack("<IHHH", 1, 2, 2, 1) + b"a\0t\0"
+    data = v2(sock(1), frame(LE, 8, body))
+    reader = StreamReader(data)
+    raws = list(reader.iter_raw())
+    assert watch_ext_layouts(raws[1], reader.header) == ["c-reader"]
+    assert decode_record(raws[1], reader.header) == WatchDataExtended(1, "a", "t", 1)
+    assert rules(data) == ["watch-ext-c-reader-layout"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 6),
+    st.integers(0, 4),
+    st.binary(min_size=0, max_size=14),
+)
+def test_reader_and_checker_agree_on_the_watch_ext_layout(
+    plen: int, tlen: int, rest: bytes
+) -> None:
+    """Whatever the bytes, the layout the reader picks is the one the checker reports."""
+    body = struct.pack("<IHH", 1, plen, tlen) + rest
+    data = v2(sock(1), frame(LE, 8, body))
+    reader = StreamReader(data)
+    raw = list(reader.iter_raw())[1]
+    fits = watch_ext_layouts(raw, reader.header)
+    got = set(rules(data))
+    assert ("watch-ext-c-reader-layout" in got) == (fits[:1] == ["c-reader"])
+    assert ("c-head-watch-ext-defect" in got) == (fits[:1] == ["c-head-writer"])
+    assert ("watch-ext-ambiguous" in got) == (len(fits) > 1)
+
+
 # --- nodes -------------------------------------------------------------------------
 
 
@@ -391,6 +448,12 @@ def test_pending_nodes() -> None:
     assert rules(v2(sock(1), t, bits)) == ["reserved-access-bits"]
     odd = node(b"/x/q", b"v", [], conn=1, tx=5, access=0)
     assert rules(v2(sock(1), t, odd)) == ["deleted-node-inconsistent"]
+    # No permissions and access "read": read while it did not exist, not deleted.
+    absent = node(b"/x/r", b"", [], conn=1, tx=5, access=1)
+    assert rules(v2(sock(1), t, absent)) == []
+    # ... but "written" without permissions says neither.
+    written = node(b"/x/w", b"", [], conn=1, tx=5, access=2)
+    assert rules(v2(sock(1), t, written)) == ["deleted-node-inconsistent"]
 
 
 def test_node_owner_unknown_to_c_is_a_warning() -> None:
@@ -410,6 +473,16 @@ def test_quota_count_mismatch_and_duplicates() -> None:
     assert rules(v2(frame(LE, 6, dup))) == ["quota-duplicate-name"]
     unknown = body_global_quota(LE, [(b"nodes", 1)], [(b"frobs", 2)])
     assert rules(v2(frame(LE, 6, unknown))) == ["unknown-quota-name"]
+
+
+def test_transaction_marks_are_known_quota_names() -> None:
+    """pyxenstored's own entries (docs/stream.md) are known; malformed ones are not."""
+    marks = b"pyxenstored:transaction:1:5:0140"
+    dom = frame(LE, 7, body_domain(LE, 0, 0, [(b"nodes", 5), (marks, 1)]))
+    assert rules(v2(dom)) == []
+    for bad in (b"pyxenstored:transaction:1:5:08", b"pyxenstored:transaction:1:x:0"):
+        dom = frame(LE, 7, body_domain(LE, 0, 0, [(bad, 0)]))
+        assert rules(v2(dom)) == ["unknown-quota-name"]
 
 
 def test_domain_rules() -> None:
@@ -437,7 +510,7 @@ def test_every_rule_has_severity_and_text() -> None:
 
 
 def test_path_tracker_switches_to_bloom_and_keeps_certain_answers() -> None:
-    t = _PathTracker(exact_limit=10)
+    t = PathTracker(exact_limit=10)
     for i in range(50):
         assert t.add(b"/n%d" % i) == (True, False)
     assert t.exact is None and t.bloom is not None

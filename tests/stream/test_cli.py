@@ -17,21 +17,19 @@ from tests.stream.conftest import (
     stream,
 )
 
-from pyxenstored.cli.stream_tool import (
-    Progress,
-    build_tree,
-    in_tree_order,
-    main,
-    record_from_json,
-    record_to_json,
-    sanitise,
-    streamed_tree_lines,
-    swap_messages,
-    tree_lines,
-)
+from pyxenstored.cli.stream_tool import Progress, main
 from pyxenstored.stream import read_records
+from pyxenstored.stream.byteorder import swap_messages
+from pyxenstored.stream.ndjson import record_from_json, record_to_json
 from pyxenstored.stream.records import NodeData, NodePerm
 from pyxenstored.stream.synth import SynthConfig, write_synth
+from pyxenstored.stream.text import (
+    build_tree,
+    in_tree_order,
+    sanitise,
+    streamed_tree_lines,
+    tree_lines,
+)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

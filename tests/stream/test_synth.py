@@ -9,7 +9,6 @@ from collections import Counter
 
 import pytest
 
-from pyxenstored.cli.stream_tool import in_tree_order
 from pyxenstored.stream import read_records
 from pyxenstored.stream.check import check_all
 from pyxenstored.stream.records import (
@@ -26,6 +25,7 @@ from pyxenstored.stream.records import (
     WatchDataExtended,
 )
 from pyxenstored.stream.synth import MAX_DOMAINS, SynthConfig, synth_records, write_synth
+from pyxenstored.stream.text import in_tree_order
 
 
 def as_bytes(cfg: SynthConfig, big: bool = False) -> bytes:

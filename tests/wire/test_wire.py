@@ -23,6 +23,28 @@ def test_header_is_four_native_u32() -> None:
     assert wire.pack_message(11, 1, 2, b"ab")[:4] == (11).to_bytes(4, order)
 
 
+def test_iter_frames_walks_back_to_back_messages() -> None:
+    # Two whole messages (payloads 3 and 0 bytes), then a torn header of 5 bytes.
+    data = struct.pack("=IIII", 2, 7, 0, 3) + b"ab\0" + struct.pack("=IIII", 16, 8, 9, 0) + b"12345"
+    assert list(wire.iter_frames(data)) == [(0, 2, 7, 0, 3), (19, 16, 8, 9, 0)]
+    # From an offset, up to an end: the second header alone.
+    assert list(wire.iter_frames(data, 19, 35)) == [(19, 16, 8, 9, 0)]
+    # Fewer than 16 bytes: nothing.
+    assert list(wire.iter_frames(data[:15])) == []
+
+
+def test_iter_frames_stops_after_a_payload_past_the_end() -> None:
+    # The header announces 100 bytes, only 4 follow: yielded once, then the walk ends.
+    data = struct.pack("=IIII", 11, 1, 0, 100) + b"abcd" + struct.pack("=IIII", 2, 2, 0, 0)
+    assert list(wire.iter_frames(data)) == [(0, 11, 1, 0, 100)]
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_iter_frames_in_either_byte_order(order: str) -> None:
+    data = struct.pack(order + "IIII", 4, 0x01020304, 5, 2) + b"x\0"
+    assert list(wire.iter_frames(data, order=order)) == [(0, 4, 0x01020304, 5, 2)]
+
+
 def test_error_table_order_is_the_wire_order() -> None:
     assert wire.ERROR_NAMES[0] == "EINVAL"
     assert wire.ERROR_NAMES[12] == "EAGAIN"

@@ -7,8 +7,6 @@ them back into a fresh store.
 """
 
 from .dump import (
-    ACCESS_CHANGED,
-    ACCESS_FAILED,
     DumpError,
     Preserved,
     dump_state,
@@ -26,8 +24,6 @@ from .restore import (
 )
 
 __all__ = [
-    "ACCESS_CHANGED",
-    "ACCESS_FAILED",
     "ConnectionSink",
     "DumpError",
     "Preserved",

@@ -26,17 +26,15 @@ changes: a refused import leaves the store as it was.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..store import Store
 from ..store import quota as q
+from ..store.domain import Domain
 from ..store.features import SUPPORTED_FEATURES
 from ..store.node import Node
-from ..store.state import PendingNode, import_transaction, import_watch
-from ..store.watch import MATCH_EXACT, MATCH_SUBTREE
+from ..store.state import PendingNode, StateError, import_transaction, import_watch
 from ..stream.records import (
-    ACCESS_READ,
-    ACCESS_WRITTEN,
     DEPTH_UNLIMITED,
     ConnectionData,
     DomainData,
@@ -49,9 +47,19 @@ from ..stream.records import (
     WatchData,
     WatchDataExtended,
 )
-from ..wire import HEADER, HEADER_SIZE, MsgType, XsError, canonicalize, parent_of
-from .dump import ACCESS_CHANGED, ACCESS_EVENT_EXACT, ACCESS_EVENT_SUBTREE, dump_state
-from .restore import store_perms
+from ..stream.txmarks import TransactionMarks, is_marks_name, parse_marks
+from ..wire import (
+    HEADER,
+    HEADER_SIZE,
+    MsgType,
+    XsError,
+    canonicalize,
+    iter_frames,
+    pack_message,
+    parent_of,
+)
+from .dump import dump_state
+from .restore import marks_of, pending_node, store_perms
 
 _WATCH_EVENT = int(MsgType.WATCH_EVENT)
 
@@ -89,17 +97,15 @@ def whole_messages(data: bytes) -> list[bytes]:
     """``data`` cut into wire messages; a torn last message is a :class:`DomainMigrationError`."""
     out = []
     pos = 0
-    while pos < len(data):
-        if len(data) - pos < HEADER_SIZE:
-            raise DomainMigrationError(f"a partial message header ({len(data) - pos} bytes)")
-        length = HEADER.unpack_from(data, pos)[3]
-        end = pos + HEADER_SIZE + length
-        if end > len(data):
+    for start, _type, _req, _tx, length in iter_frames(data):
+        pos = start + HEADER_SIZE + length
+        if pos > len(data):
             raise DomainMigrationError(
-                f"a partial message ({len(data) - pos} of {end - pos} bytes)"
+                f"a partial message ({len(data) - start} of {pos - start} bytes)"
             )
-        out.append(data[pos:end])
-        pos = end
+        out.append(data[start:pos])
+    if pos < len(data):
+        raise DomainMigrationError(f"a partial message header ({len(data) - pos} bytes)")
     return out
 
 
@@ -119,7 +125,7 @@ def remap_events(data: bytes, old: int, new: int) -> bytes:
                 path = payload[:nul].decode("ascii", "surrogateescape")
                 moved = remap_path(path, old, new).encode("ascii", "surrogateescape")
                 payload = moved + payload[nul:]
-                msg = HEADER.pack(type_, req_id, tx_id, len(payload)) + payload
+                msg = pack_message(type_, req_id, tx_id, payload)
         out.append(msg)
     return b"".join(out)
 
@@ -345,42 +351,57 @@ def _parse(records: Iterable[Record]) -> DomainState:
 
 
 def _pending_of(
-    store: Store, rec: NodeData, old: int, new: int, new_home: str, tx_id: int
+    store: Store, rec: NodeData, mark: int, old: int, new: int, new_home: str, tx_id: int
 ) -> PendingNode:
     """A pending node moved to the new domid; outside the home only what was read."""
     path = remap_path(rec.path, old, new)
-    access = rec.access
     perms = store_perms(remap_perms(rec.perms, old, new)) if rec.perms else ()
-    node = Node(rec.value, perms, 0) if perms else None
-    written = (
-        bool(access & ACCESS_WRITTEN) if perms else not access & (ACCESS_READ | ACCESS_WRITTEN)
-    )
-    changed = bool(access & ACCESS_CHANGED)
-    if not in_home(path, new_home):
-        if written:
-            raise DomainMigrationError(
-                f"transaction {tx_id} changes {rec.path!r} outside the domain's home: "
-                "the target cannot carry it"
-            )
-        # The target's node is not the one the source read unless it looks the
-        # same: if not, the commit must fail (EAGAIN) as after any conflict.
-        now = store.nodes.get(path)
-        if (now is None) != (node is None) or (
-            now is not None
-            and node is not None
-            and (now.value, now.perms) != (node.value, node.perms)
-        ):
-            changed = True
-    event = (
-        MATCH_SUBTREE
-        if access & ACCESS_EVENT_SUBTREE
-        else MATCH_EXACT
-        if access & ACCESS_EVENT_EXACT
-        else None
-    )
-    return PendingNode(
-        path, node, read=bool(access & ACCESS_READ), written=written, changed=changed, event=event
-    )
+    pending = pending_node(path, perms, rec.value, rec.access, mark)
+    if in_home(path, new_home):
+        return pending
+    if pending.written:
+        raise DomainMigrationError(
+            f"transaction {tx_id} changes {rec.path!r} outside the domain's home: "
+            "the target cannot carry it"
+        )
+    # The target's node is not the one the source read unless it looks the
+    # same: if not, the commit must fail (EAGAIN) as after any conflict.
+    now = store.nodes.get(path)
+    node = pending.node
+    if (now is None) != (node is None) or (
+        now is not None and node is not None and (now.value, now.perms) != (node.value, node.perms)
+    ):
+        pending = replace(pending, changed=True)
+    return pending
+
+
+def _transactions(
+    store: Store, state: DomainState, old: int, new: int, new_home: str
+) -> list[tuple[int, list[PendingNode], bool, bool]]:
+    """The stream's transactions, moved: (tx id, pending nodes, events known, failed)."""
+    marks: dict[tuple[int, int], TransactionMarks] = {}
+    for v in state.domain.quota if state.domain is not None else ():
+        if is_marks_name(v.name):
+            try:
+                entry = parse_marks(v)
+            except ValueError as exc:
+                raise DomainMigrationError(str(exc)) from None
+            marks[(entry.conn_id, entry.tx_id)] = entry
+    out = []
+    for t, records in state.transactions:
+        if t.tx_id == 0:
+            raise DomainMigrationError("transaction id 0")
+        m = marks.get((t.conn_id, t.tx_id))
+        try:
+            node_marks, known = marks_of(records, m, t.conn_id, t.tx_id)
+        except StateError as exc:
+            raise DomainMigrationError(str(exc)) from None
+        pending = [
+            _pending_of(store, r, mark, old, new, new_home, t.tx_id)
+            for r, mark in zip(records, node_marks, strict=True)
+        ]
+        out.append((t.tx_id, pending, known, m is not None and m.failed))
+    return out
 
 
 def import_domain(
@@ -399,6 +420,44 @@ def import_domain(
     state = _parse(records)
     old = state.domid
     new = new_domid
+    dom, conn_id = _target(store, new)
+    new_home = home_path(new)
+    planned, old_home_node = _plan_nodes(store, state, old, new)
+    quota, features = _moved_quota(dom, state, version)
+    watches = _moved_watches(state, old, new)
+    txs = _transactions(store, state, old, new, new_home)
+    out_data = remap_events(state.connection.out_data, old, new)
+    if not store.conns[conn_id].privileged:
+        usage = _usage_delta(store, new, planned, old_home_node, watches, out_data)
+        _check_quota(dom, quota, new, usage, len(watches), len(txs))
+
+    # --- nothing has changed so far; from here on nothing fails -----------------
+    dom.features = features
+    dom.quota = quota
+    if planned:
+        _install_nodes(store, planned, old_home_node)
+    for wpath, token, depth, mem in watches:
+        import_watch(store, conn_id, wpath, token, depth)
+        dom.add(q.WATCHES, 1)
+        dom.add(q.MEMORY, mem)
+    for tx_id, pending, known, failed in txs:
+        import_transaction(store, conn_id, tx_id, pending, events_known=known, failed=failed)
+        dom.add(q.TRANSACTIONS, 1)
+    return ImportedDomain(
+        old,
+        new,
+        conn_id,
+        state.connection.in_data,
+        out_data,
+        len(planned),
+        len(watches),
+        len(txs),
+        features,
+    )
+
+
+def _target(store: Store, new: int) -> tuple[Domain, int]:
+    """The target domain's record and its one ring connection, which must hold no state yet."""
     cfg = store.config
     if new in (cfg.priv_domid, cfg.store_domid):
         raise DomainMigrationError(f"domain {new} is the privileged or the store domain")
@@ -412,9 +471,18 @@ def import_domain(
             f"domain {new} already has state on the target ({len(conn.watches)} watches, "
             f"{len(conn.transactions)} transactions)"
         )
-    old_home, new_home = home_path(old), home_path(new)
+    return dom, conn_id
 
-    # Committed nodes: all in the home, the home first, none already there.
+
+def _plan_nodes(
+    store: Store, state: DomainState, old: int, new: int
+) -> tuple[list[_NewNode], Node | None]:
+    """The committed nodes, moved: all in the home, the home first, none already there.
+
+    Returns them with their children filled in, and the target's node at the
+    home (an empty home the toolstack made, which they replace) if any.
+    """
+    old_home, new_home = home_path(old), home_path(new)
     planned: list[_NewNode] = []
     children: dict[str, list[str]] = {}
     for rec in state.nodes:
@@ -437,24 +505,28 @@ def import_domain(
     if planned and planned[0].path != new_home:
         raise DomainMigrationError(f"the stream's first node is not the home {old_home!r}")
     old_home_node = store.nodes.get(new_home)
-    if planned:
-        if parent_of(new_home) not in store.nodes:
-            raise DomainMigrationError(f"{parent_of(new_home)!r} does not exist on the target")
+    if not planned:
         if old_home_node is not None and old_home_node.children:
-            raise DomainMigrationError(
-                f"{new_home!r} exists on the target with children "
-                f"({', '.join(list(old_home_node.children)[:3])}...)"
-            )
-        for item in planned[1:]:
-            if item.path in store.nodes:
-                raise DomainMigrationError(f"node {item.path!r} already exists on the target")
-        for item in planned:
-            for name in children[item.path]:
-                item.node.add_child(name)
-    elif old_home_node is not None and old_home_node.children:
-        raise DomainMigrationError(f"{new_home!r} exists on the target with children")
+            raise DomainMigrationError(f"{new_home!r} exists on the target with children")
+        return planned, old_home_node
+    if parent_of(new_home) not in store.nodes:
+        raise DomainMigrationError(f"{parent_of(new_home)!r} does not exist on the target")
+    if old_home_node is not None and old_home_node.children:
+        raise DomainMigrationError(
+            f"{new_home!r} exists on the target with children "
+            f"({', '.join(list(old_home_node.children)[:3])}...)"
+        )
+    for item in planned[1:]:
+        if item.path in store.nodes:
+            raise DomainMigrationError(f"node {item.path!r} already exists on the target")
+    for item in planned:
+        for name in children[item.path]:
+            item.node.add_child(name)
+    return planned, old_home_node
 
-    # Features and quota follow the domain.
+
+def _moved_quota(dom: Domain, state: DomainState, version: int) -> tuple[q.QuotaTable, int]:
+    """Quota and features follow the domain: the target's table with the stream's values."""
     quota = dom.quota.copy()
     features = dom.features
     if state.domain is not None:
@@ -466,9 +538,15 @@ def import_domain(
             quota.set(index, kind, v.value)
         if version >= 2:
             features = state.domain.features & SUPPORTED_FEATURES
+    return quota, features
 
-    # Watches: absolute paths in the home move, relative ones stay relative.
-    watches: list[tuple[str, bytes, int, int]] = []  # (wpath, token, depth, charged memory)
+
+def _moved_watches(state: DomainState, old: int, new: int) -> list[tuple[str, bytes, int, int]]:
+    """Watches as ``(wpath, token, depth, charged memory)``.
+
+    Absolute paths in the home move, relative ones stay relative.
+    """
+    watches: list[tuple[str, bytes, int, int]] = []
     keys: set[tuple[str, bytes]] = set()
     for w in state.watches:
         wpath = remap_path(w.wpath, old, new) if w.wpath.startswith("/") else w.wpath
@@ -484,17 +562,18 @@ def import_domain(
         if isinstance(w, WatchDataExtended) and w.depth != DEPTH_UNLIMITED:
             depth = w.depth
         watches.append((wpath, token, depth, len(abs_path) + len(token)))
+    return watches
 
-    # Transactions, moved; outside the home only reads.
-    txs = [
-        (t.tx_id, [_pending_of(store, p, old, new, new_home, t.tx_id) for p in pending])
-        for t, pending in state.transactions
-    ]
-    for tx_id, _ in txs:
-        if tx_id == 0:
-            raise DomainMigrationError("transaction id 0")
 
-    # Usage after the import, per owner (nodes, memory), exactly as accounted.
+def _usage_delta(
+    store: Store,
+    new: int,
+    planned: list[_NewNode],
+    old_home_node: Node | None,
+    watches: list[tuple[str, bytes, int, int]],
+    out_data: bytes,
+) -> list[int]:
+    """What the import adds to domain ``new``'s nodes and memory, exactly as accounted."""
     delta: dict[int, list[int]] = {}
 
     def charge(owner: int, nodes: int, mem: int) -> None:
@@ -502,6 +581,7 @@ def import_domain(
         d[0] += nodes
         d[1] += mem
 
+    new_home = home_path(new)
     if planned:
         if old_home_node is not None:
             charge(old_home_node.owner, -1, -old_home_node.memory(new_home))
@@ -510,50 +590,29 @@ def import_domain(
             charge(above.owner, 0, len(new_home) - len(parent_of(new_home)))
         for item in planned:
             charge(item.node.owner, 1, item.node.memory(item.path))
-    out_data = remap_events(state.connection.out_data, old, new)
     watch_mem = sum(w[3] for w in watches)
     charge(new, 0, watch_mem + len(out_data))
-    if not conn.privileged:
-        d = delta.get(new, [0, 0])
-        checks = (
-            (q.NODES, d[0], dom.usage[q.NODES] + d[0]),
-            (q.WATCHES, len(watches), dom.usage[q.WATCHES] + len(watches)),
-            (q.TRANSACTIONS, len(txs), dom.usage[q.TRANSACTIONS] + len(txs)),
-            (q.MEMORY, d[1], dom.usage[q.MEMORY] + d[1]),
-        )
-        for index, added, value in checks:
-            limit = quota.hard(index)
-            # Only what the import adds is checked (C checks at each addition).
-            if added > 0 and q.exceeds(limit, value):
-                raise DomainMigrationError(
-                    f"domain {new} would exceed its {q.QUOTAS[index].name} quota on the "
-                    f"target ({value} >= {limit})"
-                )
+    return delta.get(new, [0, 0])
 
-    # --- nothing has changed so far; from here on nothing fails -----------------
-    dom.features = features
-    dom.quota = quota
-    if planned:
-        _install_nodes(store, planned, old_home_node)
-    for wpath, token, depth, mem in watches:
-        import_watch(store, conn_id, wpath, token, depth)
-        dom.add(q.WATCHES, 1)
-        dom.add(q.MEMORY, mem)
-    for tx_id, pending in txs:
-        known = any(p.event is not None for p in pending) or not any(p.written for p in pending)
-        import_transaction(store, conn_id, tx_id, pending, events_known=known)
-        dom.add(q.TRANSACTIONS, 1)
-    return ImportedDomain(
-        old,
-        new,
-        conn_id,
-        state.connection.in_data,
-        out_data,
-        len(planned),
-        len(watches),
-        len(txs),
-        features,
+
+def _check_quota(
+    dom: Domain, quota: q.QuotaTable, new: int, usage: list[int], watches: int, txs: int
+) -> None:
+    """Refuse an import that takes the domain over its quota (the stream's)."""
+    checks = (
+        (q.NODES, usage[0], dom.usage[q.NODES] + usage[0]),
+        (q.WATCHES, watches, dom.usage[q.WATCHES] + watches),
+        (q.TRANSACTIONS, txs, dom.usage[q.TRANSACTIONS] + txs),
+        (q.MEMORY, usage[1], dom.usage[q.MEMORY] + usage[1]),
     )
+    for index, added, value in checks:
+        limit = quota.hard(index)
+        # Only what the import adds is checked (C checks at each addition).
+        if added > 0 and q.exceeds(limit, value):
+            raise DomainMigrationError(
+                f"domain {new} would exceed its {q.QUOTAS[index].name} quota on the "
+                f"target ({value} >= {limit})"
+            )
 
 
 def _install_nodes(store: Store, planned: list[_NewNode], old_home: Node | None) -> None:

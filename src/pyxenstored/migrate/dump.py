@@ -7,13 +7,19 @@ holds: global and per-domain quota, watches, committed nodes, open
 transactions with their nodes, domain records.  Records come out one at a
 time, in the order C HEAD writes them; open transactions follow the
 committed tree (their nodes refer to it).
+
+Only what the spec allows is written.  What an open transaction needs
+beyond it (which nodes changed outside it, which events its commit fires,
+whether it failed) travels as an implementation-specific quota entry of the
+DOMAIN_DATA of the domain its connection acts for (:mod:`..stream.txmarks`),
+which other readers skip.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import Literal, overload
 
 from ..store import Store
 from ..store import quota as q
@@ -26,6 +32,8 @@ from ..store.state import (
     transactions_of,
     watches_of,
 )
+from ..store.transaction import Transaction
+from ..store.watch import MATCH_EXACT, MATCH_SUBTREE
 from ..stream.records import (
     ACCESS_READ,
     ACCESS_WRITTEN,
@@ -46,19 +54,13 @@ from ..stream.records import (
     WatchData,
     WatchDataExtended,
 )
-
-#: pyxenstored's own NODE_DATA ``access`` bit for pending nodes: the committed
-#: node changed since the transaction first accessed it (its commit will fail
-#: with EAGAIN).  Only in streams for pyxenstored (C never gets transactions).
-ACCESS_CHANGED = 0x8000
-#: pyxenstored's own bits: the commit fires a watch event for this node,
-#: matching watches on the exact path only / on the path and its ancestors.
-ACCESS_EVENT_EXACT = 0x1000
-ACCESS_EVENT_SUBTREE = 0x2000
-#: pyxenstored's own bit on every pending node of a transaction that failed
-#: earlier (its commit answers ENOMEM, digest 5.2).
-ACCESS_FAILED = 0x4000
-ACCESS_EXTENSIONS = ACCESS_CHANGED | ACCESS_EVENT_EXACT | ACCESS_EVENT_SUBTREE | ACCESS_FAILED
+from ..stream.txmarks import (
+    NODE_CHANGED,
+    NODE_EVENT_EXACT,
+    NODE_EVENT_SUBTREE,
+    TX_FAILED,
+    TransactionMarks,
+)
 
 _LETTERS = {0: "n", PERM_READ: "r", PERM_WRITE: "w", PERM_RW: "b"}
 
@@ -81,10 +83,6 @@ class Preserved:
     records: list[UnknownRecord] = field(default_factory=list)
 
 
-_NODE_SETTERS: tuple[Any, ...] = tuple(
-    NodeData.__dict__[name].__set__
-    for name in ("conn_id", "tx_id", "access", "perms", "path", "value")
-)
 _PERM_CACHE: dict[Perms, tuple[NodePerm, ...]] = {}
 
 
@@ -156,18 +154,9 @@ def _committed_runs(store: Store, top: str = "/") -> Iterator[list[CommittedNode
 
 def _committed_records(store: Store, top: str = "/") -> Iterator[NodeData]:
     """The committed nodes of :func:`_committed_runs` as NODE_DATA records."""
-    new = object.__new__
-    set_conn, set_tx, set_access, set_perms, set_path, set_value = _NODE_SETTERS
     for run in _committed_runs(store, top):
         for path, perms, value in run:
-            rec = new(NodeData)  # NodeData(0, 0, 0, ...) without the frozen __init__
-            set_conn(rec, 0)
-            set_tx(rec, 0)
-            set_access(rec, 0)
-            set_perms(rec, perms)
-            set_path(rec, path)
-            set_value(rec, value)
-            yield rec
+            yield NodeData(0, 0, 0, perms, path, value)
 
 
 def quota_values(table: q.QuotaTable) -> tuple[QuotaValue, ...]:
@@ -255,32 +244,42 @@ def dump_state(
         yield from _committed_runs(store, subtree)
     else:
         yield from _committed_records(store, subtree)
+    marks: dict[int, list[QuotaValue]] = {}  # domid -> transaction marks
     if transactions:
         for cd in conns:
             for tx in transactions_of(store, cd.conn_id):
                 yield TransactionData(cd.conn_id, tx.tx_id)
-                for p in pending_nodes(store, tx):
-                    access = (ACCESS_READ if p.read else 0) | (
-                        ACCESS_WRITTEN if p.written and p.node is not None else 0
-                    )
-                    if p.changed:
-                        access |= ACCESS_CHANGED
-                    if tx.failed:
-                        access |= ACCESS_FAILED
-                    if p.event is not None:
-                        access |= ACCESS_EVENT_SUBTREE if p.event else ACCESS_EVENT_EXACT
-                    if p.node is None:
-                        yield NodeData(cd.conn_id, tx.tx_id, access, (), p.path, b"")
-                    else:
-                        yield NodeData(
-                            cd.conn_id,
-                            tx.tx_id,
-                            access,
-                            stream_perms(p.node.perms),
-                            p.path,
-                            p.node.value,
-                        )
+                yield from _pending_records(store, cd.conn_id, tx, marks)
     for domid, dom in store.domains.items():
-        yield DomainData(domid, dom.features, quota_values(dom.quota) + kept.domains.get(domid, ()))
+        quota = quota_values(dom.quota) + tuple(marks.pop(domid, ())) + kept.domains.get(domid, ())
+        yield DomainData(domid, dom.features, quota)
+    if marks:
+        raise DumpError(f"transactions of connections of domains {sorted(marks)} without a record")
     yield from kept.records
     yield End()
+
+
+_EVENT_MARKS = {None: 0, MATCH_EXACT: NODE_EVENT_EXACT, MATCH_SUBTREE: NODE_EVENT_SUBTREE}
+
+
+def _pending_records(
+    store: Store, conn_id: int, tx: Transaction, marks: dict[int, list[QuotaValue]]
+) -> Iterator[NodeData]:
+    """The pending nodes of ``tx``; its marks are added to ``marks`` (by domain).
+
+    A node deleted in the transaction has no permissions and access 0, one
+    read while it did not exist no permissions and access "read"
+    (docs/stream.md).
+    """
+    node_marks = []
+    for p in pending_nodes(store, tx):
+        node_marks.append((NODE_CHANGED if p.changed else 0) | _EVENT_MARKS[p.event])
+        if p.node is None:
+            yield NodeData(conn_id, tx.tx_id, ACCESS_READ if p.read else 0, (), p.path, b"")
+        else:
+            access = (ACCESS_READ if p.read else 0) | (ACCESS_WRITTEN if p.written else 0)
+            yield NodeData(
+                conn_id, tx.tx_id, access, stream_perms(p.node.perms), p.path, p.node.value
+            )
+    entry = TransactionMarks(conn_id, tx.tx_id, tuple(node_marks), TX_FAILED if tx.failed else 0)
+    marks.setdefault(store.conns[conn_id].domid, []).append(entry.to_quota())

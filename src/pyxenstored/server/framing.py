@@ -80,6 +80,9 @@ class MessageReader:
         end = len(buf)
         out: list[Message] = []
         append = out.append
+        # wire.iter_frames' walk, written out: this is the request path, and a
+        # generator per call costs about 0.9 us per message here (measured with
+        # next_message, which takes one message per call).
         while limit and end - pos >= HEADER_SIZE:
             type_, req_id, tx_id, length = _unpack_header(buf, pos)
             if length > PAYLOAD_MAX:

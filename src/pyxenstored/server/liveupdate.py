@@ -91,7 +91,8 @@ from pyxenstored.stream import (
     adapt_for_target,
 )
 from pyxenstored.stream.records import CONN_FIELD_UNIQUE_ID, CONN_TYPE_RING, CONN_TYPE_SOCKET
-from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType, XsError
+from pyxenstored.stream.txmarks import is_marks_name
+from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType, XsError, iter_frames
 
 log = logging.getLogger("pyxenstored.liveupdate")
 
@@ -146,7 +147,7 @@ class Session:
     version: int | None = None
     started_at: float = 0.0
     # The successor's check run, started with the session (pyxenstored only).
-    checker: Checker | None = None
+    checker: SuccessorCheck | None = None
 
 
 @dataclass(slots=True)
@@ -283,7 +284,7 @@ class LiveUpdate:
             # Started now, so that its start-up is not part of the blackout;
             # it reads the dump from a pipe while it is being written.
             try:
-                self.session.checker = Checker(path)
+                self.session.checker = SuccessorCheck(path)
             except OSError as exc:
                 log.warning("live update: cannot start %s --check-state: %s", path, exc)
         log.info("live update: session opened by connection %d for %s", conn.conn_id, path)
@@ -735,14 +736,11 @@ def split_messages(data: bytes) -> list[bytes]:
     out = []
     pos = 0
     end = len(data)
-    while pos < end:
-        if end - pos < HEADER_SIZE:
-            out.append(data[pos:])
-            break
-        length = HEADER.unpack_from(data, pos)[3]
-        stop = min(pos + HEADER_SIZE + length, end)
-        out.append(data[pos:stop])
-        pos = stop
+    for start, _type, _req, _tx, length in iter_frames(data):
+        pos = min(start + HEADER_SIZE + length, end)
+        out.append(data[start:pos])
+    if pos < end:
+        out.append(data[pos:])
     return out
 
 
@@ -765,7 +763,7 @@ def is_pyxenstored(path: str) -> bool:
 class _Tee:
     """A binary file that also feeds everything written to a checker's pipe."""
 
-    def __init__(self, f: BinaryIO, checker: Checker | None) -> None:
+    def __init__(self, f: BinaryIO, checker: SuccessorCheck | None) -> None:
         self.f = f
         self.checker = checker
         self.size = 0
@@ -798,7 +796,7 @@ def write_state(
     records: Iterable[Record | list[CommittedNode]],
     version: int,
     target: str,
-    checker: Checker | None = None,
+    checker: SuccessorCheck | None = None,
 ) -> int:
     """Write the stream to ``path`` (created 0600, replaced); returns its size.
 
@@ -822,7 +820,7 @@ def write_state(
             os.close(fd)
 
 
-class Checker:
+class SuccessorCheck:
     """``<program> --check-state -``: the successor restores the dump read from a pipe.
 
     Started when the session opens; :meth:`feed` gives it the stream as it is
@@ -1029,6 +1027,8 @@ def c_target_losses(records: Sequence[Record], target: str, baseline: q.QuotaTab
                 if r.features != SUPPORTED_FEATURES:
                     lost.append(f"features {r.features:#x} of domain {r.domid}")
                 for v in r.quota:
+                    if is_marks_name(v.name):
+                        continue  # a transaction's marks: reported with it
                     if base.get(v.name) != v.value:
                         lost.append(f"quota {v.name}={v.value} of domain {r.domid}")
             elif isinstance(r, UnknownRecord):

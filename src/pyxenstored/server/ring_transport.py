@@ -179,7 +179,10 @@ class RingTransport:
         """Follow message boundaries; returns how many bytes to take.
 
         Stops before a header announcing too much (dooming the ring) and
-        after ``budget`` complete messages (-1: no limit).
+        after ``budget`` complete messages (-1: no limit).  Not
+        ``wire.iter_frames``: a header or payload may be split between two
+        reads of the ring, so the walk carries its place from one call to the
+        next (``_hdr``, ``_body_left``).
         """
         pos = 0
         size = len(data)

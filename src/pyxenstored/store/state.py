@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ..wire import DOMID_ANY, XsError, canonicalize, implicit_path, parent_of
 from . import quota as q
@@ -251,28 +250,13 @@ def import_watch(store: Store, conn_id: int, wpath: str, token: bytes, depth: in
     if key in watches:
         raise StateError(f"watch {wpath!r} token {token!r} of connection {conn_id} twice")
     seq = store._watch_seq = store._watch_seq + 1
-    # Watch(conn_id, conn.seq, seq, path, token, depth, prefix) without the
-    # frozen dataclass __init__ (a restore makes one per watch).
-    watch = _new_watch(Watch)
-    set_conn, set_conn_seq, set_seq, set_path, set_token, set_depth, set_prefix = _WATCH_SETTERS
-    set_conn(watch, conn_id)
-    set_conn_seq(watch, conn.seq)
-    set_seq(watch, seq)
-    set_path(watch, path)
-    set_token(watch, token)
-    set_depth(watch, depth)
-    set_prefix(watch, prefix)
+    watch = Watch(conn_id, conn.seq, seq, path, token, depth, prefix)
     watches[key] = watch
     store.watches.add(watch)
 
 
 # The absolute paths wire.canonicalize accepts (ASCII only: the ranges are).
 _ABSOLUTE_PATH = re.compile(r"/|(?:/[A-Za-z0-9\-_@]+)+").fullmatch
-_new_watch = object.__new__
-_WATCH_SETTERS: tuple[Any, ...] = tuple(
-    Watch.__dict__[name].__set__
-    for name in ("conn_id", "conn_seq", "seq", "path", "token", "depth", "prefix_len")
-)
 
 
 def import_transaction(

@@ -6,8 +6,8 @@ Paths, tokens and quota names are ``str`` (the stream stores them
 NUL-terminated; the NUL is not part of the value); node values and pending
 connection data are raw ``bytes``.
 
-These classes only hold values: byte layouts live in :mod:`.reader` and
-:mod:`.writer`.
+These classes only hold values; the constants of the format are here too.
+Byte layouts live in :mod:`.layout`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ from dataclasses import dataclass
 
 #: The 8 ident bytes that open every stream (``0x78656e73746f7265``).
 STREAM_IDENT = b"xenstore"
-#: Size of the preamble: ident, version (BE u32), flags (BE u32).
-PREAMBLE_SIZE = 16
-#: Size of a record header: type (u32), len (u32).
-RECORD_HEADER_SIZE = 8
 #: Stream versions this library reads and writes.
 VERSION_1 = 1
 VERSION_2 = 2
@@ -45,6 +41,25 @@ PERM_FLAG_STALE = 0x01
 #: Permission letters allowed by the spec (as for SET_PERMS).
 PERM_LETTERS = frozenset("nrwb")
 
+#: Quota names the C daemon knows (domain.c ``quota_adm``, with ``soft-memory``),
+#: and 4.17's ``permissions``.  The spec allows others, implementation specific:
+#: a reader ignores the names it does not know.
+KNOWN_QUOTA_NAMES = frozenset(
+    {
+        "nodes",
+        "watches",
+        "outstanding",
+        "memory",
+        "soft-memory",
+        "transactions",
+        "transaction-nodes",
+        "node-permissions",
+        "permissions",
+        "path-max",
+        "node-size",
+    }
+)
+
 
 class RecordType(enum.IntEnum):
     """Record ``type`` numbers (9..0xFFFFFFFF are reserved)."""
@@ -58,10 +73,6 @@ class RecordType(enum.IntEnum):
     GLOBAL_QUOTA_DATA = 6
     DOMAIN_DATA = 7
     WATCH_DATA_EXTENDED = 8
-
-
-#: Record types only valid from this stream version on.
-MIN_VERSION = {RecordType.WATCH_DATA_EXTENDED: VERSION_2}
 
 
 @dataclass(slots=True, frozen=True)
@@ -300,7 +311,7 @@ def record_type(record: Record) -> int:
 
 
 def type_name(rtype: int) -> str:
-    """The spec's name of a type number, or ``UNKNOWN(n)``."""
+    """The spec's name of a type number, or ``UNKNOWN(n)`` (the one spelling everywhere)."""
     try:
         return RecordType(rtype).name
     except ValueError:

@@ -226,45 +226,10 @@ def _guest_home(g: _Guest, vifs: int, vbds: int) -> Iterator[NodeData]:
     yield _node(f"{home}/device", "", ro)
     if vbds:
         yield _node(f"{home}/device/vbd", "", ro)
-        for k in range(vbds):
-            dev = _VBD_DEVS[k]
-            p = f"{home}/device/vbd/{dev}"
-            fperms = _perms(d, ("r", 0))
-            yield _node(p, "", fperms)
-            for key, value in (
-                ("backend", f"/local/domain/0/backend/vbd/{d}/{dev}"),
-                ("backend-id", "0"),
-                ("state", "4"),
-                ("virtual-device", str(dev)),
-                ("device-type", "disk"),
-                ("protocol", "x86_64-abi"),
-                ("ring-ref", str(g.ring_ref + 16 + k)),
-                ("event-channel", str((g.evtchn + 3 + k) % 4096)),
-                ("feature-persistent", "1"),
-            ):
-                yield _node(f"{p}/{key}", value, fperms)
+        yield from _guest_vbds(g, vbds)
     if vifs:
         yield _node(f"{home}/device/vif", "", ro)
-        for k in range(vifs):
-            p = f"{home}/device/vif/{k}"
-            fperms = _perms(d, ("r", 0))
-            yield _node(p, "", fperms)
-            for key, value in (
-                ("backend", f"/local/domain/0/backend/vif/{d}/{k}"),
-                ("backend-id", "0"),
-                ("state", "4"),
-                ("handle", str(k)),
-                ("mac", g.macs[k]),
-                ("mtu", "1500"),
-                ("tx-ring-ref", str(g.ring_ref + 32 + 2 * k)),
-                ("rx-ring-ref", str(g.ring_ref + 33 + 2 * k)),
-                ("event-channel", str((g.evtchn + 40 + k) % 4096)),
-                ("request-rx-copy", "1"),
-                ("feature-rx-notify", "1"),
-                ("feature-sg", "1"),
-                ("feature-gso-tcpv4", "1"),
-            ):
-                yield _node(f"{p}/{key}", value, fperms)
+        yield from _guest_vifs(g, vifs)
     yield _node(f"{home}/control", "", ro)
     yield _node(f"{home}/control/shutdown", "", own)
     for key in ("feature-poweroff", "feature-reboot", "feature-suspend", "feature-s3", "sysrq"):
@@ -294,6 +259,55 @@ def _guest_home(g: _Guest, vifs: int, vbds: int) -> Iterator[NodeData]:
     yield _node(f"{home}/store/ring-ref", str(g.ring_ref), ro)
 
 
+def _guest_vbds(g: _Guest, vbds: int) -> Iterator[NodeData]:
+    """The guest's disk frontends, ``device/vbd/<dev>``."""
+    d = g.domid
+    home = f"/local/domain/{d}"
+    for k in range(vbds):
+        dev = _VBD_DEVS[k]
+        p = f"{home}/device/vbd/{dev}"
+        fperms = _perms(d, ("r", 0))
+        yield _node(p, "", fperms)
+        for key, value in (
+            ("backend", f"/local/domain/0/backend/vbd/{d}/{dev}"),
+            ("backend-id", "0"),
+            ("state", "4"),
+            ("virtual-device", str(dev)),
+            ("device-type", "disk"),
+            ("protocol", "x86_64-abi"),
+            ("ring-ref", str(g.ring_ref + 16 + k)),
+            ("event-channel", str((g.evtchn + 3 + k) % 4096)),
+            ("feature-persistent", "1"),
+        ):
+            yield _node(f"{p}/{key}", value, fperms)
+
+
+def _guest_vifs(g: _Guest, vifs: int) -> Iterator[NodeData]:
+    """The guest's network frontends, ``device/vif/<k>``."""
+    d = g.domid
+    home = f"/local/domain/{d}"
+    for k in range(vifs):
+        p = f"{home}/device/vif/{k}"
+        fperms = _perms(d, ("r", 0))
+        yield _node(p, "", fperms)
+        for key, value in (
+            ("backend", f"/local/domain/0/backend/vif/{d}/{k}"),
+            ("backend-id", "0"),
+            ("state", "4"),
+            ("handle", str(k)),
+            ("mac", g.macs[k]),
+            ("mtu", "1500"),
+            ("tx-ring-ref", str(g.ring_ref + 32 + 2 * k)),
+            ("rx-ring-ref", str(g.ring_ref + 33 + 2 * k)),
+            ("event-channel", str((g.evtchn + 40 + k) % 4096)),
+            ("request-rx-copy", "1"),
+            ("feature-rx-notify", "1"),
+            ("feature-sg", "1"),
+            ("feature-gso-tcpv4", "1"),
+        ):
+            yield _node(f"{p}/{key}", value, fperms)
+
+
 def _vm(g: _Guest) -> Iterator[NodeData]:
     p = f"/vm/{g.uuid}"
     perms = _perms(0, ("r", g.domid))
@@ -316,14 +330,33 @@ def _msg(mtype: MsgType, req_id: int, payload: bytes, big: bool) -> bytes:
 
 def synth_records(cfg: SynthConfig) -> Iterator[Record]:
     """All records of the synthetic stream, END included, in C HEAD order (digest §10.5)."""
-    v2 = cfg.version >= 2
-    big = cfg.big_endian
-    guests = range(1, cfg.domains + 1)
     yield GlobalData(socket_fd=5, evtchn_fd=6)
     yield GlobalQuotaData(tuple(QuotaValue(n, v) for n, v in DEFAULT_QUOTA), ())
+    yield from _service_connections(cfg)
+    # The first guest's connection holds an open transaction.
+    txn_conn = 4 if cfg.transactions and cfg.domains else 0
+    yield from _guest_connections(cfg, txn_conn)
+    # The live-update requester: its pending reply comes last (digest §10.3.2).
+    lu_conn = 4 + cfg.domains
+    yield ConnectionData(
+        lu_conn, 1, 0, SocketSpec(22), out_data=_msg(MsgType.CONTROL, 1, b"OK\0", cfg.big_endian)
+    )
+    yield from _tree(cfg)
+    if txn_conn:
+        # The guest's open transaction: one node written, one read, one deleted.
+        d = txn_conn - 3
+        own = _perms(d, ("r", 0))
+        yield NodeData(txn_conn, 17, 3, own, f"/local/domain/{d}/data/progress", b"50%")
+        yield NodeData(txn_conn, 17, 1, own, f"/local/domain/{d}/data", b"")
+        yield NodeData(txn_conn, 17, 0, (), f"/local/domain/{d}/attr/os", b"")
+    yield from _domains(cfg)
+    yield End()
 
-    # Connections, each followed by its watches.  conn 1 is dom0's ring:
-    # C needs the privileged connection before any node.
+
+def _service_connections(cfg: SynthConfig) -> Iterator[Record]:
+    """dom0's ring, xenconsoled and the toolstack, each followed by its watches."""
+    guests = range(1, cfg.domains + 1)
+    # conn 1 is dom0's ring: C needs the privileged connection before any node.
     yield ConnectionData(1, 0, 1, RingSpec(0, DOMID_INVALID, 1), unique_id=0)
     yield WatchData(1, "backend/vif", "backend/vif")
     yield WatchData(1, "backend/vbd", "backend/vbd")
@@ -338,14 +371,17 @@ def synth_records(cfg: SynthConfig) -> Iterator[Record]:
     # the toolstack daemon
     yield ConnectionData(3, 1, 0, SocketSpec(21))
     yield WatchData(3, "@releaseDomain", "xl-release")
-    if v2:
+    if cfg.version >= 2:
         yield WatchDataExtended(3, "/local/domain", "xl-domains", depth=1)
         yield WatchDataExtended(3, "/vm", "xl-vm", depth=0xFFFF)
     else:
         yield WatchData(3, "/local/domain", "xl-domains")
 
-    txn_conn = 0
-    for d in guests:
+
+def _guest_connections(cfg: SynthConfig, txn_conn: int) -> Iterator[Record]:
+    """Each guest's ring (some with pending data) and watches; ``txn_conn``'s transaction."""
+    big = cfg.big_endian
+    for d in range(1, cfg.domains + 1):
         g = _guest(cfg.seed, d)
         conn_id = 3 + d
         in_data = b""
@@ -368,19 +404,15 @@ def synth_records(cfg: SynthConfig) -> Iterator[Record]:
         yield WatchData(conn_id, "control/shutdown", "control/shutdown")
         yield WatchData(conn_id, "control/sysrq", "control/sysrq")
         yield WatchData(conn_id, f"/local/domain/0/backend/vif/{d}/0/state", f"FFFF8881{d:08X}")
-        if v2 and d % 3 == 0:
+        if cfg.version >= 2 and d % 3 == 0:
             yield WatchDataExtended(conn_id, "device", "device-watch", depth=2)
-        if cfg.transactions and txn_conn == 0:
-            txn_conn = conn_id
+        if conn_id == txn_conn:
             yield TransactionData(conn_id, 17)
 
-    # The live-update requester: its pending reply comes last (digest §10.3.2).
-    lu_conn = 4 + cfg.domains
-    yield ConnectionData(
-        lu_conn, 1, 0, SocketSpec(22), out_data=_msg(MsgType.CONTROL, 1, b"OK\0", big)
-    )
 
-    # The tree, depth-first, children in creation order.
+def _tree(cfg: SynthConfig) -> Iterator[Record]:
+    """The committed tree, depth-first, children in creation order."""
+    guests = range(1, cfg.domains + 1)
     yield _node("/", "", P_DOM0)
     yield _node("/tool", "", P_DOM0)
     yield _node("/tool/xenstored", "", P_DOM0)
@@ -418,19 +450,14 @@ def synth_records(cfg: SynthConfig) -> Iterator[Record]:
     yield _node("@releaseDomain", "", P_DOM0)
     yield _node("@introduceDomain", "", P_DOM0)
 
-    if txn_conn:
-        # The guest's open transaction: one node written, one read, one deleted.
-        d = txn_conn - 3
-        own = _perms(d, ("r", 0))
-        yield NodeData(txn_conn, 17, 3, own, f"/local/domain/{d}/data/progress", b"50%")
-        yield NodeData(txn_conn, 17, 1, own, f"/local/domain/{d}/data", b"")
-        yield NodeData(txn_conn, 17, 0, (), f"/local/domain/{d}/attr/os", b"")
 
-    # Per-domain data last: features (version 2) and quota.
+def _domains(cfg: SynthConfig) -> Iterator[Record]:
+    """Per-domain data, last: features (version 2) and quota."""
+    v2 = cfg.version >= 2
     yield DomainData(
         0, 14 if v2 else 0, tuple(QuotaValue(n, 0 if n == "nodes" else v) for n, v in DEFAULT_QUOTA)
     )
-    for d in guests:
+    for d in range(1, cfg.domains + 1):
         g = _guest(cfg.seed, d)
         # a few guests got their quota raised by the administrator
         raised = {"nodes": 4000} if d % 4 == 0 else {}
@@ -438,7 +465,6 @@ def synth_records(cfg: SynthConfig) -> Iterator[Record]:
             raised["watches"] = 256
         quota = tuple(QuotaValue(n, raised.get(n, v)) for n, v in DEFAULT_QUOTA)
         yield DomainData(d, g.features if v2 else 0, quota)
-    yield End()
 
 
 def write_synth(dest: str | BinaryIO, cfg: SynthConfig, *, big_endian: bool = False) -> int:

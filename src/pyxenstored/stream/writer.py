@@ -28,11 +28,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import IO, Any, Union
 
+from pyxenstored.wire import DOMID_INVALID
+
+from . import layout as L
 from .records import (
     CONN_FIELD_UNIQUE_ID,
     CONN_TYPE_RING,
     CONN_TYPE_SOCKET,
     DEPTH_UNLIMITED,
+    FLAG_BIG_ENDIAN,
     STREAM_IDENT,
     SUPPORTED_VERSIONS,
     VERSION_1,
@@ -48,6 +52,7 @@ from .records import (
     OpaqueSpec,
     QuotaValue,
     Record,
+    RecordType,
     RingSpec,
     SocketSpec,
     TransactionData,
@@ -55,17 +60,18 @@ from .records import (
     WatchData,
     WatchDataExtended,
 )
+from .txmarks import is_marks_name
 
 TARGET_SPEC = "spec"
 TARGET_C_HEAD = "c-head"
 TARGET_C_417 = "c-4.17"
 TARGETS = (TARGET_SPEC, TARGET_C_HEAD, TARGET_C_417)
 
-#: DOMID_INVALID: "no target" in a ring connection's ``tdomid``.
-_DOMID_INVALID = 0x7FF4
-
-_PREAMBLE = struct.Struct(">8sII")
 _ZEROS = tuple(b"\0" * n for n in range(8))
+_NODE = int(RecordType.NODE_DATA)
+_WATCH_EXT = int(RecordType.WATCH_DATA_EXTENDED)
+#: A NODE_DATA body without its permissions, path and value: the fixed part and the path's NUL.
+_NODE_FIXED = L.NODE_DATA_SIZE + 1
 
 Dest = Union[str, "os.PathLike[str]", IO[bytes]]
 
@@ -90,7 +96,7 @@ def _check_target(version: int, target: str) -> None:
 
 def encode_preamble(version: int, big_endian: bool) -> bytes:
     """The 16-byte preamble: ident, version and flags, both big-endian."""
-    return _PREAMBLE.pack(STREAM_IDENT, version, 1 if big_endian else 0)
+    return L.PREAMBLE.pack(STREAM_IDENT, version, FLAG_BIG_ENDIAN if big_endian else 0)
 
 
 def _text(value: str, what: str) -> bytes:
@@ -104,33 +110,28 @@ class _Encoder:
     """Precompiled structs and record encoders for one byte order."""
 
     def __init__(self, big_endian: bool) -> None:
-        e = ">" if big_endian else "<"
-        self.header = struct.Struct(e + "II")
-        self.global_ = struct.Struct(e + "IIii")
-        self.conn = struct.Struct(e + "IIIHH")
-        self.conn_tail = struct.Struct(e + "HHI")
-        self.ring = struct.Struct(e + "HHI")
-        self.socket = struct.Struct(e + "iI")
-        self.u64 = struct.Struct(e + "Q")
-        self.watch = struct.Struct(e + "IIIHH")
-        self.watch_ext = struct.Struct(e + "IIIHHHH")
-        self.watch_ext_c = struct.Struct(e + "IIIHHH")
-        self.ta = struct.Struct(e + "IIII")
-        self.node = struct.Struct(e + "IIIIHHHH")
-        self.perm = struct.Struct(e + "BBH")
-        self.gquota = struct.Struct(e + "IIHH")
-        self.domain = struct.Struct(e + "IIHHI")
-        self._prefix = e
-        self._u32s: dict[int, struct.Struct] = {}
+        lay = L.layout_for(big_endian)
+        self.layout = lay
+        # Each record's header and fixed part in one struct.
+        h = L.RECORD_HEADER
+        self.header = lay.header
+        self.global_ = lay.struct(h, L.GLOBAL_DATA)
+        self.conn = lay.struct(h, L.CONNECTION_HEAD)
+        self.conn_tail = lay.struct(L.CONNECTION_LENGTHS)
+        self.ring = lay.ring_spec
+        self.socket = lay.socket_spec
+        self.u64 = lay.unique_id
+        self.watch = lay.struct(h, L.WATCH_DATA)
+        self.watch_ext = lay.struct(h, L.WATCH_DATA_EXTENDED)
+        # C HEAD's reader layout: no pad (see layout.WATCH_EXT_C_READER).
+        self.watch_ext_c = lay.struct(h, L.WATCH_DATA, "H")
+        self.ta = lay.struct(h, L.TRANSACTION_DATA)
+        self.node = lay.struct(h, L.NODE_DATA)
+        self.perm = lay.perm
+        self.gquota = lay.struct(h, L.GLOBAL_QUOTA_DATA)
+        self.domain = lay.struct(h, L.DOMAIN_DATA)
         self._perms: dict[tuple[NodePerm, ...], bytes] = {}
-        # Header and fixed part of a committed NODE_DATA (conn-id, tx-id, access 0).
-        self.committed = struct.Struct(e + "II8xHH2xH")
-
-    def u32s(self, n: int) -> struct.Struct:
-        s = self._u32s.get(n)
-        if s is None:
-            s = self._u32s[n] = struct.Struct(f"{self._prefix}{n}I")
-        return s
+        self.committed = lay.struct(L.COMMITTED_NODE_RECORD)
 
     def encode(self, record: Record, version: int, target: str) -> bytes:
         """One record: header, body and zero padding; ``len`` a multiple of 8."""
@@ -160,12 +161,12 @@ class _Encoder:
         path = _text(r.path, "path")
         value = r.value
         plen = len(path) + 1
-        size = 17 + len(raw_perms) + len(path) + len(value)
+        size = _NODE_FIXED + len(raw_perms) + len(path) + len(value)
         padded = (size + 7) & ~7
         return b"".join(
             (
                 self.node.pack(
-                    5, padded, r.conn_id, r.tx_id, plen, len(value), r.access, len(perms)
+                    _NODE, padded, r.conn_id, r.tx_id, plen, len(value), r.access, len(perms)
                 ),
                 raw_perms,
                 path,
@@ -187,6 +188,8 @@ class _Encoder:
         parts: list[bytes] = []
         add = parts.extend
         zeros = _ZEROS
+        fixed = _NODE_FIXED
+        node_type = _NODE
         for path, perms, value in run:
             hit = by_id.get(id(perms))
             if hit is None:
@@ -199,11 +202,11 @@ class _Encoder:
             except UnicodeEncodeError:
                 raise StreamWriteError(f"path {path!r} cannot be encoded as UTF-8") from None
             vlen = len(value)
-            size = 17 + len(hit[0]) + len(raw_path) + vlen
+            size = fixed + len(hit[0]) + len(raw_path) + vlen
             padded = (size + 7) & ~7
             add(
                 (
-                    pack(5, padded, len(raw_path) + 1, vlen, hit[1]),
+                    pack(node_type, padded, len(raw_path) + 1, vlen, hit[1]),
                     hit[0],
                     raw_path,
                     b"\0",
@@ -226,10 +229,12 @@ class _Encoder:
         return raw
 
     def end(self, r: End, version: int, target: str) -> bytes:
-        return self.header.pack(0, 0)
+        return self.header.pack(RecordType.END, 0)
 
     def global_data(self, r: GlobalData, version: int, target: str) -> bytes:
-        return self.global_.pack(1, 8, r.socket_fd, r.evtchn_fd)
+        return self.global_.pack(
+            RecordType.GLOBAL_DATA, L.GLOBAL_DATA_SIZE, r.socket_fd, r.evtchn_fd
+        )
 
     def connection_data(self, r: ConnectionData, version: int, target: str) -> bytes:
         spec = r.spec
@@ -257,10 +262,16 @@ class _Encoder:
             raise StreamWriteError(
                 f"target c-4.17 does not restore unique-id (connection {r.conn_id})"
             )
-        size = 24 + len(r.in_data) + len(r.out_data)
+        size = L.CONNECTION_DATA_OFFSET + len(r.in_data) + len(r.out_data)
         padded = (size + 7) & ~7
         parts = [
-            self.conn.pack(2, padded + (8 if has_uid else 0), r.conn_id, r.conn_type, r.fields),
+            self.conn.pack(
+                RecordType.CONNECTION_DATA,
+                padded + (L.UNIQUE_ID_SIZE if has_uid else 0),
+                r.conn_id,
+                r.conn_type,
+                r.fields,
+            ),
             raw_spec,
             self.conn_tail.pack(len(r.in_data), r.out_resp_len, len(r.out_data)),
             r.in_data,
@@ -274,11 +285,13 @@ class _Encoder:
     def watch_data(self, r: WatchData, version: int, target: str) -> bytes:
         path = _text(r.wpath, "wpath")
         token = _text(r.token, "token")
-        size = 10 + len(path) + len(token)
+        size = L.WATCH_DATA_SIZE + len(path) + len(token) + 2  # two NULs
         padded = (size + 7) & ~7
         return b"".join(
             (
-                self.watch.pack(3, padded, r.conn_id, len(path) + 1, len(token) + 1),
+                self.watch.pack(
+                    RecordType.WATCH_DATA, padded, r.conn_id, len(path) + 1, len(token) + 1
+                ),
                 path,
                 b"\0",
                 token,
@@ -300,13 +313,13 @@ class _Encoder:
         plen, tlen = len(path) + 1, len(token) + 1
         if target == TARGET_C_HEAD:
             # C HEAD's reader takes the path from offset 10 (no pad field).
-            size = 10 + plen + tlen
+            size = L.WATCH_EXT_PATH_AT[L.WATCH_EXT_C_READER] + plen + tlen
             padded = (size + 7) & ~7
-            head = self.watch_ext_c.pack(8, padded, r.conn_id, plen, tlen, r.depth)
+            head = self.watch_ext_c.pack(_WATCH_EXT, padded, r.conn_id, plen, tlen, r.depth)
         else:
-            size = 12 + plen + tlen
+            size = L.WATCH_DATA_EXTENDED_SIZE + plen + tlen
             padded = (size + 7) & ~7
-            head = self.watch_ext.pack(8, padded, r.conn_id, plen, tlen, r.depth, 0)
+            head = self.watch_ext.pack(_WATCH_EXT, padded, r.conn_id, plen, tlen, r.depth, 0)
         return b"".join((head, path, b"\0", token, b"\0", _ZEROS[padded - size]))
 
     def transaction_data(self, r: TransactionData, version: int, target: str) -> bytes:
@@ -314,7 +327,9 @@ class _Encoder:
             raise StreamWriteError(
                 f"target {target} ignores TRANSACTION_DATA (conn-id {r.conn_id}, tx-id {r.tx_id})"
             )
-        return self.ta.pack(4, 8, r.conn_id, r.tx_id)
+        return self.ta.pack(
+            RecordType.TRANSACTION_DATA, L.TRANSACTION_DATA_SIZE, r.conn_id, r.tx_id
+        )
 
     def _quota_parts(self, quota: Iterable[QuotaValue]) -> tuple[bytes, bytes, int]:
         values = []
@@ -327,17 +342,22 @@ class _Encoder:
             names.append(name)
             names.append(b"\0")
         raw_names = b"".join(names)
-        return self.u32s(len(values)).pack(*values), raw_names, len(values)
+        return self.layout.quota_values(len(values)).pack(*values), raw_names, len(values)
 
     def global_quota_data(self, r: GlobalQuotaData, version: int, target: str) -> bytes:
         if target == TARGET_C_417:
             raise StreamWriteError("target c-4.17 skips GLOBAL_QUOTA_DATA")
         raw_values, raw_names, _ = self._quota_parts(r.domain_quota + r.global_quota)
-        size = 4 + len(raw_values) + len(raw_names)
+        size = L.GLOBAL_QUOTA_DATA_SIZE + len(raw_values) + len(raw_names)
         padded = (size + 7) & ~7
         return b"".join(
             (
-                self.gquota.pack(6, padded, len(r.domain_quota), len(r.global_quota)),
+                self.gquota.pack(
+                    RecordType.GLOBAL_QUOTA_DATA,
+                    padded,
+                    len(r.domain_quota),
+                    len(r.global_quota),
+                ),
                 raw_values,
                 raw_names,
                 _ZEROS[padded - size],
@@ -353,11 +373,11 @@ class _Encoder:
                 f"(domain {r.domid} has features {r.features:#x})"
             )
         raw_values, raw_names, n = self._quota_parts(r.quota)
-        size = 8 + len(raw_values) + len(raw_names)
+        size = L.DOMAIN_DATA_SIZE + len(raw_values) + len(raw_names)
         padded = (size + 7) & ~7
         return b"".join(
             (
-                self.domain.pack(7, padded, r.domid, n, r.features),
+                self.domain.pack(RecordType.DOMAIN_DATA, padded, r.domid, n, r.features),
                 raw_values,
                 raw_names,
                 _ZEROS[padded - size],
@@ -408,7 +428,7 @@ class _DomainTracker:
     def see(self, record: Record) -> None:
         if isinstance(record, ConnectionData) and isinstance(record.spec, RingSpec):
             self.known.add(record.spec.domid)
-            if record.spec.tdomid != _DOMID_INVALID:
+            if record.spec.tdomid != DOMID_INVALID:
                 self.known.add(record.spec.tdomid)
         elif isinstance(record, NodeData) and record.perms:
             self.known.add(record.perms[0].domid)
@@ -598,6 +618,9 @@ def adapt_for_target(
         if isinstance(r, NodeData) and r.conn_id:
             dropped.append(f"node {r.path!r} of transaction {r.tx_id} of connection {r.conn_id}")
             continue
+        if isinstance(r, DomainData) and any(is_marks_name(v.name) for v in r.quota):
+            # pyxenstored's transaction marks go with the transactions (reported above).
+            r = replace(r, quota=tuple(v for v in r.quota if not is_marks_name(v.name)))
         if target == TARGET_C_417:
             if isinstance(r, GlobalQuotaData):
                 dropped.append("global quota settings (GLOBAL_QUOTA_DATA)")
