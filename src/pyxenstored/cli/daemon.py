@@ -121,7 +121,7 @@ class _HelpAction(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyxenstored",
-        description="Xenstore daemon (in-memory store; unix socket and guest rings), "
+        description="Xenstore daemon (in-memory store; unix socket and guest rings),\n"
         "started and configured as the C xenstored.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
