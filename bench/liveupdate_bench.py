@@ -159,7 +159,7 @@ def bench_pyxenstored(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(program), "--rundir", str(run), "--log-level", "INFO"],
+            [str(program), "-N", "--rundir", str(run), "--log-level", "INFO"],
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,

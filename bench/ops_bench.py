@@ -16,7 +16,7 @@ measured the load generator as much as the daemon (eight processes that
 each block on every reply cost a context switch per request).  The same run
 works against the C reference daemon, so the figures compare directly::
 
-    taskset -c 0 python -m pyxenstored --rundir /tmp/b &
+    taskset -c 0 python -m pyxenstored -N --rundir /tmp/b &
     python bench/ops_bench.py --socket /tmp/b/socket --cpu 1
 
 Each cell is the median of ``--repeat`` runs of ``--duration`` seconds.

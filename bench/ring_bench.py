@@ -74,7 +74,7 @@ def pyxenstored(cpu: str) -> Iterator[str]:
     Path(ring_dir, "domains").write_text(f"0\n{GUEST}\n")
     env = dict(os.environ)
     env.pop("XENSTORED_PATH", None)
-    cmd = [sys.executable, "-m", "pyxenstored", "--rundir", ring_dir, "--ring-dir", ring_dir]
+    cmd = [sys.executable, "-m", "pyxenstored", "-N", "--rundir", ring_dir, "--ring-dir", ring_dir]
     proc = subprocess.Popen(
         ["taskset", "-c", cpu, *cmd],
         env=env,

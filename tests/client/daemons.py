@@ -120,7 +120,7 @@ def pyxenstored_help() -> str:
 
 
 def start_pyxenstored(rundir: str, ring: bool) -> Daemon:
-    args = [sys.executable, "-m", "pyxenstored", "--rundir", rundir]
+    args = [sys.executable, "-m", "pyxenstored", "-N", "--rundir", rundir]
     if ring:
         if "--ring-dir" not in pyxenstored_help():
             pytest.skip("pyxenstored has no --ring-dir yet (issue 6, simulated hypervisor)")

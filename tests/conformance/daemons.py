@@ -123,6 +123,7 @@ class Daemon:
             sys.executable,
             "-m",
             "pyxenstored",
+            "-N",
             "--rundir",
             str(self.rundir),
             *self.extra_args,

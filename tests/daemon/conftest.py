@@ -60,7 +60,7 @@ def start_daemon(
     """Start the daemon and wait for its ``XENSTORED_PATH=`` line."""
     sock = str(rundir / "socket")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyxenstored", "--rundir", str(rundir), *args],
+        [sys.executable, "-m", "pyxenstored", "-N", "--rundir", str(rundir), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

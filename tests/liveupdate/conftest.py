@@ -125,7 +125,7 @@ def start_pyxenstored(
     rundir.chmod(0o700)
     program = write_successor(tmp / "pyxenstored-successor", rundir, tmp / "dumps")
     log = tmp / "daemon.log"
-    argv = [str(program), *(["--rundir", str(rundir)] if rundir_option else []), *args]
+    argv = [str(program), "-N", *(["--rundir", str(rundir)] if rundir_option else []), *args]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             argv,

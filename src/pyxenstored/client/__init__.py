@@ -4,7 +4,7 @@ Example::
 
     from pyxenstored.client import Client, Perm
 
-    with Client.connect(timeout=10) as xs:   # XENSTORED_PATH / _RUNDIR socket, else /dev/xen/xenbus
+    with Client.connect(timeout=10) as xs:   # the daemon's socket, else /dev/xen/xenbus
         xs.write("/vm/1/name", b"guest")
         assert xs.read("/vm/1/name") == b"guest"
         xs.set_perms("/vm/1", [Perm("n", 0), Perm("r", 1)])
@@ -28,6 +28,7 @@ from .transport import (
     DeviceTransport,
     SocketTransport,
     default_socket_path,
+    socket_candidates,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "XsClientError",
     "create_ring_page",
     "default_socket_path",
+    "socket_candidates",
 ]

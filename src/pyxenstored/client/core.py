@@ -23,7 +23,7 @@ from .transport import (
     ClientConnectionError,
     SocketTransport,
     Transport,
-    default_socket_path,
+    connect_default_socket,
     open_default_transport,
     open_transport,
 )
@@ -252,13 +252,15 @@ class Client(Operations):
 
     @classmethod
     def connect_socket(cls, path: str | None = None, timeout: float | None = None) -> Client:
-        """Connect to the unix socket (default: ``XENSTORED_PATH``, ``XENSTORED_RUNDIR``)."""
-        return cls(SocketTransport(path or default_socket_path()), timeout)
+        """Connect to the unix socket ``path``; by default the first that answers of
+        :func:`~pyxenstored.client.transport.socket_candidates` (libxenstore's, then
+        the per-user socket of an unprivileged pyxenstored)."""
+        return cls(SocketTransport(path) if path else connect_default_socket(), timeout)
 
     @classmethod
     def connect(cls, path: str | None = None, timeout: float | None = None) -> Client:
         """Connect as libxenstore does: ``path`` (socket or device), else the default
-        socket, else the kernel's xenbus device (digest 13.1)."""
+        sockets, else the kernel's xenbus device (``xs.c:xs_open``)."""
         transport = open_transport(path) if path else open_default_transport()
         return cls(transport, timeout)
 

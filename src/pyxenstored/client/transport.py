@@ -15,7 +15,9 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
-DEFAULT_RUNDIR = "/var/run/xenstored"
+from pyxenstored.paths import SYSTEM_RUNDIR, client_socket_candidates
+
+DEFAULT_RUNDIR = SYSTEM_RUNDIR
 
 
 class ClientConnectionError(ConnectionError):
@@ -42,7 +44,7 @@ class Transport(Protocol):
 
 
 def device_candidates(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Where libxenstore looks after the socket (digest 13.1): the kernel's xenbus device."""
+    """Where libxenstore looks after the socket (``xs.c:xs_domain_dev``): the xenbus device."""
     env = os.environ if environ is None else environ
     path = env.get("XENSTORED_PATH")
     if path:
@@ -53,17 +55,36 @@ def device_candidates(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def default_socket_path(environ: Mapping[str, str] | None = None) -> str:
-    """The daemon socket as libxenstore finds it (digest 13.1).
+    """The daemon socket as libxenstore finds it (its first candidate).
 
-    ``XENSTORED_PATH`` if set, else ``$XENSTORED_RUNDIR/socket``, else the
-    configured run dir's ``socket``.
+    ``XENSTORED_PATH`` if set, else ``$XENSTORED_RUNDIR/socket``, else
+    ``/var/run/xenstored/socket``.  :func:`socket_candidates` adds the place
+    where an unprivileged pyxenstored listens.
     """
-    env = os.environ if environ is None else environ
-    path = env.get("XENSTORED_PATH")
-    if path:
-        return path
-    rundir = env.get("XENSTORED_RUNDIR") or DEFAULT_RUNDIR
-    return os.path.join(rundir, "socket")
+    return socket_candidates(environ)[0]
+
+
+def socket_candidates(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The sockets :meth:`Client.connect_socket` tries, in order.
+
+    libxenstore's socket (:func:`default_socket_path`), then, unless
+    ``XENSTORED_PATH`` or ``XENSTORED_RUNDIR`` says where, the per-user socket
+    of a pyxenstored run by this user (``$XDG_RUNTIME_DIR/pyxenstored/socket``,
+    else ``/tmp/pyxenstored-$UID/socket``): the daemon and the client agree
+    whoever runs them (:mod:`pyxenstored.paths`).
+    """
+    return client_socket_candidates(environ)
+
+
+def connect_default_socket(connect_timeout: float | None = 10.0) -> SocketTransport:
+    """The first of :func:`socket_candidates` that accepts a connection."""
+    failures = []
+    for path in socket_candidates():
+        try:
+            return SocketTransport(path, connect_timeout)
+        except ClientConnectionError as exc:
+            failures.append(str(exc))
+    raise ClientConnectionError("; ".join(failures))
 
 
 class SocketTransport:
@@ -195,9 +216,9 @@ def open_transport(path: str) -> SocketTransport | DeviceTransport:
 
 
 def open_default_transport() -> SocketTransport | DeviceTransport:
-    """libxenstore's ``xs_open``: the daemon socket, else the kernel device (digest 13.1)."""
+    """libxenstore's ``xs.c:xs_open``: the daemon sockets, else the kernel device."""
     failures = []
-    for path in [default_socket_path(), *device_candidates()]:
+    for path in [*socket_candidates(), *device_candidates()]:
         try:
             return open_transport(path)
         except ClientConnectionError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import sys
 import time
@@ -42,6 +43,33 @@ def setup_logging(level: int | str = logging.WARNING, stream: TextIO | None = No
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+
+
+def valid_trace_switch(arg: str) -> bool:
+    """Whether ``arg`` is ``+name`` or ``-name`` of a trace switch (``--trace-control``)."""
+    return len(arg) >= 2 and arg[0] in "+-" and arg[1:] in TRACE_SWITCHES
+
+
+def log_to_syslog(ident: str = "pyxenstored") -> bool:
+    """Send the ``pyxenstored`` loggers to syslog (``/dev/log``), keeping their level.
+
+    For a daemon in the background, whose stderr is ``/dev/null`` (C logs to
+    syslog the same way).  Without a syslog socket the records are dropped;
+    returns whether syslog was reached.
+    """
+    root = logging.getLogger("pyxenstored")
+    handler: logging.Handler
+    try:
+        handler = logging.handlers.SysLogHandler(
+            "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
+        )
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter(f"{ident}[{os.getpid()}]: %(name)s: %(message)s"))
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    return not isinstance(handler, logging.NullHandler)
 
 
 def level_from_options(verbose: int, log_level: str | None) -> int:
@@ -112,7 +140,7 @@ class Tracer:
 
     def set_switch(self, arg: str) -> bool:
         """Apply ``+name`` or ``-name``; False for anything else."""
-        if len(arg) < 2 or arg[0] not in "+-" or arg[1:] not in TRACE_SWITCHES:
+        if not valid_trace_switch(arg):
             return False
         if arg[0] == "+":
             self._switches.add(arg[1:])
