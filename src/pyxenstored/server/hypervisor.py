@@ -78,6 +78,12 @@ class DomainInfo:
     domid: int
     unique_id: int = 0  # 0: unknown
     shutdown: bool = False
+    dying: bool = False  # being destroyed: gone for xenstore (C 4.17 check_domains)
+
+
+# A mapped ring page: an ``mmap`` (files, ``/proc/xen/xsd_kva``) or a byte
+# ``memoryview`` of memory a Xen library mapped (grant or foreign mapping).
+RingMemory = mmap.mmap | memoryview
 
 
 class Hypervisor(Protocol):
@@ -106,14 +112,15 @@ class Hypervisor(Protocol):
         """Signal the domain at the other end of ``local_port`` (never blocks)."""
         ...
 
-    def map_ring(self, domid: int, gfn: int) -> mmap.mmap:
+    def map_ring(self, domid: int, gfn: int) -> RingMemory:
         """Map ``domid``'s ring page (4096 bytes, shared, writable).
 
-        Raises ``OSError`` when it cannot be mapped.
+        ``gfn``: the page frame INTRODUCE named (0: unknown, after a live
+        update).  Raises ``OSError`` when it cannot be mapped.
         """
         ...
 
-    def unmap_ring(self, domid: int, page: mmap.mmap) -> None: ...
+    def unmap_ring(self, domid: int, page: RingMemory) -> None: ...
 
     def domains(self) -> dict[int, DomainInfo]:
         """The domains that exist now, by domid."""
@@ -292,10 +299,13 @@ class SimulatedHypervisor:
         finally:
             os.close(fd)
 
-    def unmap_ring(self, domid: int, page: mmap.mmap) -> None:
+    def unmap_ring(self, domid: int, page: RingMemory) -> None:
         with contextlib.suppress(BufferError):
             # A view still exported elsewhere keeps it; the GC frees it later.
-            page.close()
+            if isinstance(page, memoryview):
+                page.release()
+            else:
+                page.close()
 
     def domains(self) -> dict[int, DomainInfo]:
         path = os.path.join(self.ring_dir, "domains")

@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 
 from pyxenstored.ringpage import RingPage
 from pyxenstored.server.connection import Connection
-from pyxenstored.server.hypervisor import DomainInfo, Hypervisor
+from pyxenstored.server.hypervisor import DomainInfo, Hypervisor, RingMemory
 from pyxenstored.server.loop import Server
 from pyxenstored.server.poller import EVENT_READ, EVENT_WRITE
 from pyxenstored.server.ring_transport import RingTransport
@@ -87,7 +86,7 @@ class Ring:
     )
 
     def __init__(
-        self, domid: int, remote_port: int, local_port: int, unique_id: int, mem: mmap.mmap
+        self, domid: int, remote_port: int, local_port: int, unique_id: int, mem: RingMemory
     ) -> None:
         self.domid = domid
         self.remote_port = remote_port

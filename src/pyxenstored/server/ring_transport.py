@@ -158,7 +158,10 @@ class RingTransport:
         start = cons % RING_SIZE
         first = min(used, RING_SIZE - start)
         mem = self._mem
-        data = mem[RING_REQ_OFFSET + start : RING_REQ_OFFSET + start + first]
+        chunk = mem[RING_REQ_OFFSET + start : RING_REQ_OFFSET + start + first]
+        # A memoryview page (memory a Xen library mapped) slices to views:
+        # copy out, as an mmap's slice does.
+        data = chunk.tobytes() if isinstance(chunk, memoryview) else chunk
         if used > first:  # wrapped round to the queue's start
             data += mem[RING_REQ_OFFSET : RING_REQ_OFFSET + used - first]
         budget = self.allowance() if self.allowance is not None else -1
