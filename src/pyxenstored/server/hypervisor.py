@@ -138,6 +138,22 @@ class Hypervisor(Protocol):
         """Descriptors to keep open across a live-update exec, by role."""
         ...
 
+    def adopt_evtchn(self, fd: int) -> None:
+        """Take over the event channel descriptor a live update handed over."""
+        ...
+
+    def restored_port(self, domid: int, local_port: int) -> int:
+        """A channel a live update carried over (its local port); the port to use now."""
+        ...
+
+    def prepare_exec(self) -> None:
+        """Just before a live-update exec: leave what the successor sets up again."""
+        ...
+
+    def exec_failed(self) -> None:
+        """The exec failed: undo :meth:`prepare_exec` and serve on."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -339,6 +355,23 @@ class SimulatedHypervisor:
     def inheritable_fds(self) -> dict[str, int]:
         os.set_inheritable(self._evtchn, True)
         return {"evtchn": self._evtchn}
+
+    def adopt_evtchn(self, fd: int) -> None:
+        # The FIFO is one pipe: our own descriptor of it reads the same
+        # kicks, so the inherited one is closed.
+        if fd >= 0 and fd != self._evtchn:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def restored_port(self, domid: int, local_port: int) -> int:
+        # Local and remote ports are one number here.
+        return self.bind_interdomain(domid, local_port)
+
+    def prepare_exec(self) -> None:
+        pass  # the FIFO descriptor is all a successor needs
+
+    def exec_failed(self) -> None:
+        pass
 
     def close(self) -> None:
         for fd, _when in self._notify.values():
