@@ -35,14 +35,9 @@ guest was introduced with (the guest kicks with the number it knows), and the
 under the shim.  A port that is bound twice (two guests introduced with the
 same number) wakes both.
 
-A real implementation would use libxenevtchn (``xenevtchn_open``,
-``xenevtchn_fd``, ``xenevtchn_bind_interdomain``, ``xenevtchn_bind_virq``,
-``xenevtchn_pending``/``xenevtchn_unmask``, ``xenevtchn_notify``,
-``xenevtchn_unbind``), libxengnttab (``xengnttab_map_grant_ref`` of grant
-reference 1 with ``PROT_READ|PROT_WRITE``, wrapped in a ``memoryview`` of
-``ctypes`` memory, and ``xengnttab_unmap``) and libxenmanage
-(``xenmanage_poll_changed_domain``, ``xenmanage_get_domain_info`` for the
-unique id and state) through ``ctypes``; it fits the same methods.
+The real one is :class:`pyxenstored.server.xen.XenHypervisor` (libxenevtchn,
+libxengnttab, libxenctrl or libxenmanage through ``ctypes``); it fits the
+same methods.
 """
 
 from __future__ import annotations
