@@ -15,7 +15,7 @@ doing what the C daemon does with the same libraries (``domain.c``,
   (``GNTTAB_RESERVED_XENSTORE``) read-write; when that fails and INTRODUCE
   named the page's frame, a foreign mapping of that frame
   (``xenforeignmemory_map``, else libxenctrl's ``xc_map_foreign_range``),
-  as C did before grant mapping was universal and oxenstored still does.
+  as oxenstored does and C did up to 4.12 without a grant table handle.
   The store domain's own page is ``/proc/xen/xsd_kva`` mapped shared, its
   port read from ``/proc/xen/xsd_port`` (``posix.c:xenbus_map``,
   ``get_xenbus_evtchn``).  Library memory is handed out as a byte
