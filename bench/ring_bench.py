@@ -17,7 +17,9 @@ other load falls on both alike.  The daemons are pinned to ``--daemon-cpu``,
 the guest to ``--guest-cpu``.  The C
 reference never notifies guests (its shim drops notifications), so the guest
 polls its page for it; pyxenstored writes to ``notify-dom5`` and the guest
-sleeps on that FIFO.  Run::
+sleeps on that FIFO.  ``pyxenstored-xen`` is pyxenstored on its Xen backend
+under the C reference's shim (the libraries' calls answered as for C, so
+no notifications either: the guest polls, as for C).  Run::
 
     python bench/ring_bench.py --duration 2 --repeat 3
 """
@@ -68,13 +70,46 @@ def reference(cpu: str) -> Iterator[str]:
         shutil.rmtree(ring_dir, ignore_errors=True)
 
 
+def shim_library() -> Path:
+    """Where ``reference-xenstored install`` builds the shim."""
+    build = os.environ.get("XSSHIM_BUILD") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xsshim"
+    )
+    return Path(build) / "libxsshim.so"
+
+
 @contextlib.contextmanager
-def pyxenstored(cpu: str) -> Iterator[str]:
+def pyxenstored(cpu: str, backend: str = "sim") -> Iterator[str]:
     ring_dir = tempfile.mkdtemp(prefix="rb-py-", dir="/tmp")
-    Path(ring_dir, "domains").write_text(f"0\n{GUEST}\n")
     env = dict(os.environ)
     env.pop("XENSTORED_PATH", None)
-    cmd = [sys.executable, "-m", "pyxenstored", "-N", "--rundir", ring_dir, "--ring-dir", ring_dir]
+    if backend == "xen":
+        shim = shim_library()
+        if not shim.exists():
+            raise SystemExit(f"{shim} not found (reference-xenstored install builds it)")
+        env.update(LD_PRELOAD=str(shim), XS_SHIM_RINGDIR=ring_dir, XS_SHIM_DOMAINS=f"0,{GUEST}")
+        cmd = [
+            sys.executable,
+            "-m",
+            "pyxenstored",
+            "-N",
+            "--hypervisor",
+            "xen",
+            "--rundir",
+            ring_dir,
+        ]
+    else:
+        Path(ring_dir, "domains").write_text(f"0\n{GUEST}\n")
+        cmd = [
+            sys.executable,
+            "-m",
+            "pyxenstored",
+            "-N",
+            "--rundir",
+            ring_dir,
+            "--ring-dir",
+            ring_dir,
+        ]
     proc = subprocess.Popen(
         ["taskset", "-c", cpu, *cmd],
         env=env,
@@ -177,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon-cpu", default="0", help="CPU list for the daemon (taskset)")
     parser.add_argument("--guest-cpu", type=int, default=1, help="CPU for the guest")
     parser.add_argument(
-        "--daemons", default="reference,pyxenstored", help="which daemons, comma separated"
+        "--daemons",
+        default="reference,pyxenstored",
+        help="which daemons, comma separated (reference, pyxenstored, pyxenstored-xen)",
     )
     args = parser.parse_args(argv)
     with contextlib.suppress(OSError):
@@ -188,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         ("pipe read d16", pipe_read(16)),
         ("pipe read d64", pipe_read(64)),
     ]
-    starters = {"reference": reference, "pyxenstored": pyxenstored}
+    starters: dict[str, Callable[[str], contextlib.AbstractContextManager[str]]] = {
+        "reference": reference,
+        "pyxenstored": pyxenstored,
+        "pyxenstored-xen": lambda cpu: pyxenstored(cpu, "xen"),
+    }
     names = [n.strip() for n in args.daemons.split(",") if n.strip()]
     for name in names:
         if name not in starters:
@@ -205,11 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"guest ops/s over a ring (median of {args.repeat} x {args.duration:g} s)")
     print(
         f"{'test':<16}"
-        + "".join(f"{n:>14}" for n in names)
+        + "".join(f"{n:>16}" for n in names)
         + (f"{'py/C':>8}" if len(names) == 2 else "")
     )
     for test, _fn in tests:
-        row = f"{test:<16}" + "".join(f"{table[n][test]:>14,.0f}" for n in names)
+        row = f"{test:<16}" + "".join(f"{table[n][test]:>16,.0f}" for n in names)
         if len(names) == 2 and table[names[0]][test]:
             row += f"{table[names[1]][test] / table[names[0]][test]:>8.2f}"
         print(row)

@@ -42,6 +42,21 @@ def require_tool(name: str) -> str:
     return path
 
 
+def shim_library() -> Path:
+    """Where ``reference-xenstored install`` builds the LD_PRELOAD shim (xsshim.c)."""
+    build = os.environ.get("XSSHIM_BUILD") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xsshim"
+    )
+    return Path(build) / "libxsshim.so"
+
+
+def require_shim() -> Path:
+    """The shim that answers the Xen libraries' calls without a hypervisor, or skip/fail."""
+    shim = shim_library()
+    require(shim.exists(), f"the xsshim library {shim} (built by {REFERENCE_RUNNER} install)")
+    return shim
+
+
 def require_module(name: str) -> None:
     try:
         __import__(name)

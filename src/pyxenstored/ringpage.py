@@ -1,9 +1,10 @@
 """The shared ring page as both ends see it: its two queues and control words.
 
-Sans-I/O: a :class:`RingPage` wraps any writable 4096-byte buffer (an
-``mmap`` of the page file in practice).  The layout is in :mod:`wire`
-(``RING_*``).  The guest client and the daemon's ring transport both use this
-class, so the page's layout is read and written in one place.
+Sans-I/O: a :class:`RingPage` wraps any writable 4096-byte buffer: an
+``mmap`` of the page file, or a byte ``memoryview`` of memory a Xen library
+mapped.  The layout is in :mod:`wire` (``RING_*``).  The guest client and
+the daemon's ring transport both use this class, so the page's layout is
+read and written in one place.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class RingPage:
 
     __slots__ = ("mem", "words")
 
-    def __init__(self, mem: mmap.mmap) -> None:
+    def __init__(self, mem: mmap.mmap | memoryview) -> None:
         if len(mem) < RING_PAGE_SIZE:
             raise ValueError(f"a ring page is {RING_PAGE_SIZE} bytes, not {len(mem)}")
         self.mem = mem
@@ -97,4 +98,7 @@ class RingPage:
     def close(self) -> None:
         """Drop the typed view and unmap the page."""
         self.words.release()
-        self.mem.close()
+        if isinstance(self.mem, memoryview):
+            self.mem.release()
+        else:
+            self.mem.close()

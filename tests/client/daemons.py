@@ -4,6 +4,10 @@ Each daemon runs in its own short temp dir (unix socket paths are limited to
 108 bytes).  For ring tests the same dir is the ring dir: the C reference's
 shim maps ``ring-dom<N>`` there and reads kicks from ``evtchn``; pyxenstored
 gets ``--ring-dir`` and a ``domains`` file listing the domains that exist.
+
+``pyxenstored-xen`` is pyxenstored on its Xen backend (``XenHypervisor``,
+through the Xen libraries) under the same shim as the C reference, with the
+same ring dir conventions: the shim maps the pages and owns the FIFO.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from tests.util import REFERENCE_RUNNER, XEN_BIN, require_tool
+from tests.util import REFERENCE_RUNNER, REPO, XEN_BIN, require_shim, require_tool
 
 from pyxenstored.client import Client, Perm, create_ring_page
 
@@ -30,6 +34,8 @@ SPARE = 6  # a second existing domain, for introduce/release events
 GUEST_PORT = 7
 EXISTING_DOMAINS = (0, GUEST, SPARE)
 START_TIMEOUT = 15.0
+# pyxenstored on the Xen backend, until the daemon has --hypervisor xen.
+XEN_LAUNCHER = REPO / "tests" / "xen" / "launch_xen.py"
 REQUEST_TIMEOUT = 10.0
 
 
@@ -41,6 +47,7 @@ class Daemon:
     ring_dir: str | None
     stop: Callable[[], None] = field(repr=False)
     log: str = ""
+    pid: int = 0
 
     def connect(self) -> Client:
         return Client.connect_socket(self.socket, timeout=REQUEST_TIMEOUT)
@@ -119,18 +126,44 @@ def pyxenstored_help() -> str:
     return out.stdout + out.stderr
 
 
-def start_pyxenstored(rundir: str, ring: bool) -> Daemon:
-    args = [sys.executable, "-m", "pyxenstored", "-N", "--rundir", rundir]
-    if ring:
+def xen_environment(ring_dir: str, domains: str = "") -> dict[str, str]:
+    """The shim's environment for pyxenstored's Xen backend (its debug lines in the log)."""
+    return {
+        "LD_PRELOAD": str(require_shim()),
+        "XS_SHIM_RINGDIR": ring_dir,
+        "XS_SHIM_DOMAINS": domains or ",".join(map(str, EXISTING_DOMAINS)),
+        "XS_SHIM_DEBUG": "1",
+    }
+
+
+def start_pyxenstored(rundir: str, ring: bool, backend: str = "sim") -> Daemon:
+    """pyxenstored on the simulated hypervisor (``sim``) or its Xen backend under the shim."""
+    env = dict(os.environ)
+    env.pop("XENSTORED_PATH", None)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("XS_SHIM_RINGDIR", None)
+    if backend == "xen":
+        # The shim's ring dir is the run dir; without ``ring`` it is unused.
+        args = [
+            sys.executable,
+            "-m",
+            "pyxenstored",
+            "-N",
+            "--hypervisor",
+            "xen",
+            "--rundir",
+            rundir,
+        ]
+        env.update(xen_environment(rundir))
+    else:
+        args = [sys.executable, "-m", "pyxenstored", "-N", "--rundir", rundir]
+    if ring and backend != "xen":
         if "--ring-dir" not in pyxenstored_help():
             pytest.skip("pyxenstored has no --ring-dir yet (issue 6, simulated hypervisor)")
         with open(os.path.join(rundir, "domains"), "w") as f:
             f.write("".join(f"{d}\n" for d in EXISTING_DOMAINS))
         args += ["--ring-dir", rundir]
     log = os.path.join(rundir, "pyxenstored.log")
-    env = dict(os.environ)
-    env.pop("XENSTORED_PATH", None)
-    env.pop("NOTIFY_SOCKET", None)
     with open(log, "wb") as logf:
         proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, env=env)
 
@@ -148,18 +181,24 @@ def start_pyxenstored(rundir: str, ring: bool) -> Daemon:
     except BaseException:
         stop()
         raise
-    return Daemon("pyxenstored", rundir, sock, rundir if ring else None, stop, log)
+    kind = "pyxenstored" if backend == "sim" else f"pyxenstored-{backend}"
+    return Daemon(kind, rundir, sock, rundir if ring else None, stop, log, proc.pid)
 
 
 def run_daemon(kind: str, ring: bool) -> Iterator[Daemon]:
-    """Start ``kind`` in a fresh short temp dir, yield it, stop it and clean up."""
+    """Start ``kind`` in a fresh short temp dir, yield it, stop it and clean up.
+
+    Kinds: ``reference`` (C, shim), ``pyxenstored`` (simulated hypervisor),
+    ``pyxenstored-xen`` (Xen backend, shim).
+    """
     rundir = tempfile.mkdtemp(prefix="xsc-", dir="/tmp")
     try:
-        daemon = (
-            start_reference(rundir, ring)
-            if kind == "reference"
-            else start_pyxenstored(rundir, ring)
-        )
+        if kind == "reference":
+            daemon = start_reference(rundir, ring)
+        elif kind == "pyxenstored-xen":
+            daemon = start_pyxenstored(rundir, ring, backend="xen")
+        else:
+            daemon = start_pyxenstored(rundir, ring)
         try:
             yield daemon
         finally:

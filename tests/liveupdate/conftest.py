@@ -29,8 +29,15 @@ from tests.util import XEN_BIN, require
 START_TIMEOUT = 20.0
 
 
-def write_successor(path: Path, rundir: Path, dumps: Path) -> Path:
-    """A pyxenstored launcher that copies ``state_dump`` when started with -U."""
+def write_successor(
+    path: Path, rundir: Path, dumps: Path, launcher: list[str] | None = None
+) -> Path:
+    """A pyxenstored launcher that copies ``state_dump`` when started with -U.
+
+    ``launcher``: the command that runs the daemon (default ``python -m
+    pyxenstored``; the Xen backend's tests give theirs).
+    """
+    command = " ".join(f'"{word}"' for word in launcher or [sys.executable, "-m", "pyxenstored"])
     dumps.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "#!/bin/sh\n"
@@ -41,7 +48,7 @@ def write_successor(path: Path, rundir: Path, dumps: Path) -> Path:
         f'    cp "{rundir}/state_dump" "{dumps}/dump.$n"\n'
         "  fi\n"
         "done\n"
-        f'exec "{sys.executable}" -m pyxenstored "$@"\n'
+        f'exec {command} "$@"\n'
     )
     path.chmod(0o755)
     return path
@@ -117,13 +124,17 @@ class LuDaemon:
 
 
 def start_pyxenstored(
-    tmp: Path, *args: str, env: dict[str, str] | None = None, rundir_option: bool = True
+    tmp: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    rundir_option: bool = True,
+    launcher: list[str] | None = None,
 ) -> LuDaemon:
     """Start pyxenstored through its successor script (``--rundir`` unless told not to)."""
     rundir = tmp / "run"
     rundir.mkdir(parents=True, exist_ok=True)
     rundir.chmod(0o700)
-    program = write_successor(tmp / "pyxenstored-successor", rundir, tmp / "dumps")
+    program = write_successor(tmp / "pyxenstored-successor", rundir, tmp / "dumps", launcher)
     log = tmp / "daemon.log"
     argv = [str(program), "-N", *(["--rundir", str(rundir)] if rundir_option else []), *args]
     with open(log, "ab") as out:

@@ -2,7 +2,9 @@
 
 :class:`FakeHypervisor` implements :class:`pyxenstored.server.hypervisor.Hypervisor`
 with anonymous pages and a socket pair for the event channel, the way a real
-implementation (libxenevtchn, libxengnttab) would slot in.  The test plays
+implementation (libxenevtchn, libxengnttab) would slot in.  Its pages are
+anonymous ``mmap`` objects or, as the Xen backend hands them out, byte
+``memoryview`` objects of ``ctypes`` memory (``page`` parameter).  The test plays
 dom0 on a socket pair and the guest on the page, and turns the loop itself
 (``run_once``), so nothing here depends on timing.
 """
@@ -10,6 +12,7 @@ dom0 on a socket pair and the guest on the page, and turns the loop itself
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import socket
 import struct
@@ -17,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyxenstored.server.hypervisor import DomainInfo
+from pyxenstored.server.hypervisor import DomainInfo, RingMemory
 from pyxenstored.server.loop import Server
 from pyxenstored.server.ring_domains import RingDomains
 from pyxenstored.server.socket_transport import SocketTransport
@@ -33,10 +36,11 @@ VIRQ = 99
 class FakeHypervisor:
     """Pages in memory, kicks through a socket pair, a domain list set by the test."""
 
-    def __init__(self) -> None:
+    def __init__(self, page_kind: str = "mmap") -> None:
         self.guest_end, self.daemon_end = socket.socketpair()
         self.daemon_end.setblocking(False)
-        self.pages: dict[int, mmap.mmap] = {}
+        self.page_kind = page_kind
+        self.pages: dict[int, RingMemory] = {}
         self.bound: dict[int, int] = {}  # local port -> domid
         self.notified: list[int] = []
         self.existing: dict[int, DomainInfo] = {0: DomainInfo(0), 5: DomainInfo(5, 50)}
@@ -67,12 +71,17 @@ class FakeHypervisor:
     def notify(self, local_port: int) -> None:
         self.notified.append(local_port)
 
-    def map_ring(self, domid: int, gfn: int) -> mmap.mmap:
+    def map_ring(self, domid: int, gfn: int) -> RingMemory:
         if domid not in self.existing:
             raise OSError("no such domain")
-        return self.pages.setdefault(domid, mmap.mmap(-1, 4096))
+        if domid not in self.pages:
+            if self.page_kind == "mmap":
+                self.pages[domid] = mmap.mmap(-1, 4096)
+            else:
+                self.pages[domid] = memoryview((ctypes.c_char * 4096)()).cast("B")
+        return self.pages[domid]
 
-    def unmap_ring(self, domid: int, page: mmap.mmap) -> None:
+    def unmap_ring(self, domid: int, page: RingMemory) -> None:
         pass  # the test keeps looking at it
 
     def domains(self) -> dict[int, DomainInfo]:
@@ -90,6 +99,19 @@ class FakeHypervisor:
     def inheritable_fds(self) -> dict[str, int]:
         return {}
 
+    def adopt_evtchn(self, fd: int) -> None:
+        pass
+
+    def restored_port(self, domid: int, local_port: int) -> int:
+        self.bound[local_port] = domid
+        return local_port
+
+    def prepare_exec(self) -> None:
+        pass
+
+    def exec_failed(self) -> None:
+        pass
+
     def close(self) -> None:
         self.closed = True
         self.guest_end.close()
@@ -100,10 +122,10 @@ class FakeHypervisor:
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, page_kind: str = "mmap") -> None:
         self.store = Store(StoreConfig())
         self.server = Server(self.store)
-        self.hv = FakeHypervisor()
+        self.hv = FakeHypervisor(page_kind)
         self.rings = RingDomains(self.server, self.store, self.hv)
         self.rings.start(auto_introduce=False)
         ours, self.dom0 = socket.socketpair()
@@ -145,7 +167,7 @@ class World:
 
     # --- the guest on its page ------------------------------------------------
 
-    def page(self, domid: int = 5) -> mmap.mmap:
+    def page(self, domid: int = 5) -> RingMemory:
         return self.hv.pages[domid]
 
     def guest_send(self, data: bytes, port: int = 7) -> None:
@@ -171,9 +193,9 @@ class World:
         return type_, out[16 : 16 + length]
 
 
-@pytest.fixture
-def world() -> Iterator[World]:
-    w = World()
+@pytest.fixture(params=["mmap", "ctypes"])
+def world(request: pytest.FixtureRequest) -> Iterator[World]:
+    w = World(request.param)
     yield w
     w.rings.close()
     w.server.close()

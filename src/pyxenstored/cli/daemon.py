@@ -551,7 +551,7 @@ def _build_and_run(options: DaemonOptions, readiness: Readiness | None) -> None:
     rings = None
     try:
         # Before a restore: live update maps the dumped rings through it.
-        hypervisor = _open_backend(options.backend)
+        hypervisor = _open_backend(options.backend, options.config.store_domid)
         if hypervisor is not None:
             from pyxenstored.server.ring_domains import RingDomains
 
@@ -592,12 +592,12 @@ def _open_tracer(options: DaemonOptions) -> Tracer:
     return tracer
 
 
-def _open_backend(choice: BackendChoice) -> Hypervisor | None:
+def _open_backend(choice: BackendChoice, store_domid: int) -> Hypervisor | None:
     from pyxenstored.server.backends import BackendUnavailable, open_backend
 
     log.info("hypervisor backend: %s (%s)", choice.kind, choice.reason)
     try:
-        return open_backend(choice)
+        return open_backend(choice, store_domid)
     except BackendUnavailable as exc:
         raise StartError(1, str(exc)) from None
 

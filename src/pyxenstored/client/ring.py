@@ -319,7 +319,8 @@ class RingTransport:
         mem = self.page.mem
         start = cons % RING_SIZE
         first = min(avail, RING_SIZE - start)
-        data = mem[RING_RSP_OFFSET + start : RING_RSP_OFFSET + start + first]
+        chunk = mem[RING_RSP_OFFSET + start : RING_RSP_OFFSET + start + first]
+        data = chunk.tobytes() if isinstance(chunk, memoryview) else chunk
         if avail > first:  # the bytes wrapped round to the queue's start
             data += mem[RING_RSP_OFFSET : RING_RSP_OFFSET + avail - first]
         self.page.set_word(RING_RSP_CONS, cons + avail)

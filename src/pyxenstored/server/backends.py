@@ -78,8 +78,12 @@ def choose_backend(
     return BackendChoice("none", None, f"no {evtchn_device} and no ring directory")
 
 
-def open_backend(choice: BackendChoice) -> Hypervisor | None:
-    """Open the chosen backend; None for ``none``.  Raises :class:`BackendUnavailable`."""
+def open_backend(choice: BackendChoice, store_domid: int = 0) -> Hypervisor | None:
+    """Open the chosen backend; None for ``none``.  Raises :class:`BackendUnavailable`.
+
+    ``store_domid`` is the domain the store runs in (``--master-domid``): on
+    Xen its ring is the one ``/proc/xen/xsd_kva`` maps.
+    """
     if choice.kind == "none":
         return None
     if choice.kind == "sim":
@@ -88,7 +92,7 @@ def open_backend(choice: BackendChoice) -> Hypervisor | None:
             return SimulatedHypervisor(choice.ring_dir)
         except OSError as exc:
             raise BackendUnavailable(f"cannot serve rings in {choice.ring_dir}: {exc}") from None
-    return _open_xen()
+    return _open_xen(store_domid)
 
 
 def open_hypervisor(
@@ -98,7 +102,7 @@ def open_hypervisor(
     return open_backend(choose_backend(kind, ring_dir, environ))
 
 
-def _open_xen() -> Hypervisor:
+def _open_xen(store_domid: int) -> Hypervisor:
     # Imported by name and only here: the module loads Xen's libraries, and a
     # pyxenstored without it must still serve the other backends.
     try:
@@ -110,6 +114,6 @@ def _open_xen() -> Hypervisor:
             ) from None
         raise BackendUnavailable(f"the Xen backend cannot be loaded: {exc}") from None
     try:
-        return cast(Hypervisor, xen.XenHypervisor.open())
+        return cast(Hypervisor, xen.XenHypervisor.open(store_domid=store_domid))
     except xen.HypervisorUnavailable as exc:
         raise BackendUnavailable(f"cannot use Xen: {exc}") from None

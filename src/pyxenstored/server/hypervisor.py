@@ -45,15 +45,9 @@ guest was introduced with (the guest kicks with the number it knows), and the
 under the shim.  A port that is bound twice (two guests introduced with the
 same number) wakes both.
 
-A real implementation would use libxenevtchn (``xenevtchn_open``,
-``xenevtchn_fd``, ``xenevtchn_bind_interdomain``, ``xenevtchn_bind_virq``,
-``xenevtchn_pending``/``xenevtchn_unmask``, ``xenevtchn_notify``,
-``xenevtchn_unbind``), libxengnttab (``xengnttab_map_grant_ref`` of grant
-reference 1 with ``PROT_READ|PROT_WRITE``, wrapped in a ``memoryview`` of
-``ctypes`` memory, and ``xengnttab_unmap``) and libxenmanage
-(``xenmanage_poll_changed_domain``, ``xenmanage_get_domain_info`` for the
-unique id and state; on older Xen libxenctrl's ``xc_domain_getinfo``)
-through ``ctypes``; it fits the same methods.
+The real one is :class:`pyxenstored.server.xen.XenHypervisor` (libxenevtchn,
+libxengnttab, libxenctrl or libxenmanage through ``ctypes``); it fits the
+same methods.
 """
 
 from __future__ import annotations
@@ -93,7 +87,12 @@ class DomainInfo:
     domid: int
     unique_id: int = 0  # 0: unknown
     shutdown: bool = False
-    dying: bool = False
+    dying: bool = False  # being destroyed: gone for xenstore (C 4.17 check_domains)
+
+
+# A mapped ring page: an ``mmap`` (files, ``/proc/xen/xsd_kva``) or a byte
+# ``memoryview`` of memory a Xen library mapped (grant or foreign mapping).
+RingMemory = mmap.mmap | memoryview
 
 
 class Hypervisor(Protocol):
@@ -122,14 +121,15 @@ class Hypervisor(Protocol):
         """Signal the domain at the other end of ``local_port`` (never blocks)."""
         ...
 
-    def map_ring(self, domid: int, gfn: int) -> mmap.mmap:
+    def map_ring(self, domid: int, gfn: int) -> RingMemory:
         """Map ``domid``'s ring page (4096 bytes, shared, writable).
 
-        Raises ``OSError`` when it cannot be mapped.
+        ``gfn``: the page frame INTRODUCE named (0: unknown, after a live
+        update).  Raises ``OSError`` when it cannot be mapped.
         """
         ...
 
-    def unmap_ring(self, domid: int, page: mmap.mmap) -> None: ...
+    def unmap_ring(self, domid: int, page: RingMemory) -> None: ...
 
     def domains(self) -> dict[int, DomainInfo]:
         """The domains that exist now, by domid (read on ``VIRQ_DOM_EXC``)."""
@@ -153,6 +153,22 @@ class Hypervisor(Protocol):
 
     def inheritable_fds(self) -> dict[str, int]:
         """Descriptors to keep open across a live-update exec, by role."""
+        ...
+
+    def adopt_evtchn(self, fd: int) -> None:
+        """Take over the event channel descriptor a live update handed over."""
+        ...
+
+    def restored_port(self, domid: int, local_port: int) -> int:
+        """A channel a live update carried over (its local port); the port to use now."""
+        ...
+
+    def prepare_exec(self) -> None:
+        """Just before a live-update exec: leave what the successor sets up again."""
+        ...
+
+    def exec_failed(self) -> None:
+        """The exec failed: undo :meth:`prepare_exec` and serve on."""
         ...
 
     def close(self) -> None: ...
@@ -318,10 +334,13 @@ class SimulatedHypervisor:
         finally:
             os.close(fd)
 
-    def unmap_ring(self, domid: int, page: mmap.mmap) -> None:
+    def unmap_ring(self, domid: int, page: RingMemory) -> None:
         with contextlib.suppress(BufferError):
             # A view still exported elsewhere keeps it; the GC frees it later.
-            page.close()
+            if isinstance(page, memoryview):
+                page.release()
+            else:
+                page.close()
 
     def domains(self) -> dict[int, DomainInfo]:
         path = os.path.join(self.ring_dir, "domains")
@@ -360,6 +379,23 @@ class SimulatedHypervisor:
     def inheritable_fds(self) -> dict[str, int]:
         os.set_inheritable(self._evtchn, True)
         return {"evtchn": self._evtchn}
+
+    def adopt_evtchn(self, fd: int) -> None:
+        # The FIFO is one pipe: our own descriptor of it reads the same
+        # kicks, so the inherited one is closed.
+        if fd >= 0 and fd != self._evtchn:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def restored_port(self, domid: int, local_port: int) -> int:
+        # Local and remote ports are one number here.
+        return self.bind_interdomain(domid, local_port)
+
+    def prepare_exec(self) -> None:
+        pass  # the FIFO descriptor is all a successor needs
+
+    def exec_failed(self) -> None:
+        pass
 
     def close(self) -> None:
         for fd, _when in self._notify.values():

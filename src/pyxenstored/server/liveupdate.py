@@ -476,9 +476,13 @@ class LiveUpdate:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
+        for hook in self.server.before_exec:
+            hook()
         try:
             os.execv(session.file, argv)
         except OSError as exc:
+            for hook in self.server.exec_failed:
+                hook()
             for sock in sockets:
                 sock.setblocking(False)
             log.error("live update: exec of %s failed: %s", session.file, exc)

@@ -135,6 +135,10 @@ class Server:
         # Called at the end of every loop turn (rings re-check guests held
         # back by their memory quota, as C does on every main-loop pass).
         self.after_turn: list[Callable[[], None]] = []
+        # Called just before a live-update exec, and after an exec that
+        # failed (the hypervisor backend leaves and retakes VIRQ_DOM_EXC).
+        self.before_exec: list[Callable[[], None]] = []
+        self.exec_failed: list[Callable[[], None]] = []
         # Monotonic time by which the loop must take a turn (see wake_in).
         self._wake_at: float | None = None
 

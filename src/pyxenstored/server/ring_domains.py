@@ -42,12 +42,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 
 from pyxenstored.ringpage import RingPage
 from pyxenstored.server.connection import Connection
-from pyxenstored.server.hypervisor import Hypervisor
+from pyxenstored.server.hypervisor import Hypervisor, RingMemory
 from pyxenstored.server.loop import Server
 from pyxenstored.server.poller import EVENT_READ, EVENT_WRITE
 from pyxenstored.server.ring_transport import RingTransport
@@ -90,7 +89,7 @@ class Ring:
     )
 
     def __init__(
-        self, domid: int, remote_port: int, local_port: int, unique_id: int, mem: mmap.mmap
+        self, domid: int, remote_port: int, local_port: int, unique_id: int, mem: RingMemory
     ) -> None:
         self.domid = domid
         self.remote_port = remote_port
@@ -141,6 +140,8 @@ class RingDomains:
         self.server.watch_fd(self.hv.fileno(), self._kicked)
         self.server.watch_fd(self._doorbell, self._rung)
         self.server.after_turn.append(self._recheck_held)
+        self.server.before_exec.append(self.hv.prepare_exec)
+        self.server.exec_failed.append(self.hv.exec_failed)
         self._started = True
         if auto_introduce:
             self._introduce_existing()
@@ -181,12 +182,11 @@ class RingDomains:
     def adopt_inherited_evtchn(self, fd: int) -> None:
         """The event channel descriptor a live update handed over (GLOBAL_DATA).
 
-        The FIFO is one pipe: our own descriptor of it reads the same kicks,
-        so the inherited one is closed once ours is open.
+        Called after the restore, before :meth:`start`: the channels the
+        restored rings use are bound on it (see :meth:`restore_transport`).
         """
-        if fd >= 0 and fd != self.hv.fileno():
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if fd >= 0:
+            self.hv.adopt_evtchn(fd)
 
     @property
     def evtchn_fd(self) -> int:
@@ -200,8 +200,13 @@ class RingDomains:
         if self._started:
             self.server.unwatch_fd(self.hv.fileno())
             self.server.unwatch_fd(self._doorbell)
-            with contextlib.suppress(ValueError):
-                self.server.after_turn.remove(self._recheck_held)
+            for hooks, hook in (
+                (self.server.after_turn, self._recheck_held),
+                (self.server.before_exec, self.hv.prepare_exec),
+                (self.server.exec_failed, self.hv.exec_failed),
+            ):
+                with contextlib.suppress(ValueError):
+                    hooks.remove(hook)
             self._started = False
         with contextlib.suppress(OSError):
             os.close(self._doorbell)
@@ -224,15 +229,27 @@ class RingDomains:
                 mem = self.hv.map_ring(domid, gfn)
             except (OSError, ValueError) as exc:
                 raise XsError("EINVAL", f"cannot map the ring of domain {domid}: {exc}") from exc
-            local = self.hv.bind_interdomain(domid, evtchn)
+            try:
+                local = self.hv.bind_interdomain(domid, evtchn)
+            except OSError as exc:
+                self.hv.unmap_ring(domid, mem)
+                raise XsError(
+                    "EINVAL", f"cannot bind domain {domid}'s port {evtchn}: {exc}"
+                ) from exc
             ring = Ring(domid, evtchn, local, info.unique_id if info else 0, mem)
             self._rings[domid] = ring
         else:
             # Repeated INTRODUCE only binds the event channel again (digest 6.3).
             self._unbind(ring)
             ring.remote_port = evtchn
-            ring.local_port = self.hv.bind_interdomain(domid, evtchn)
-        self._by_port.setdefault(ring.local_port, []).append(ring)
+            try:
+                ring.local_port = self.hv.bind_interdomain(domid, evtchn)
+            except OSError as exc:
+                # As C: the domain stays introduced without a channel.
+                log.warning("cannot bind domain %d's port %d again: %s", domid, evtchn, exc)
+                ring.local_port = 0
+        if ring.local_port:
+            self._by_port.setdefault(ring.local_port, []).append(ring)
         if first:
             record = self.store.domains.get(domid)
             features = record.features if record is not None else SUPPORTED_FEATURES
@@ -263,8 +280,10 @@ class RingDomains:
         def describe() -> tuple[RingSpec, int | None]:
             dom = self.store.domains.get(ring.domid)
             target = dom.target if dom is not None and dom.target is not None else None
+            # Our local port, as C dumps it: the channel stays bound on the
+            # event channel descriptor the successor inherits.
             spec = RingSpec(
-                ring.domid, DOMID_INVALID if target is None else target, ring.remote_port
+                ring.domid, DOMID_INVALID if target is None else target, ring.local_port
             )
             return spec, ring.unique_id or None
 
@@ -360,10 +379,11 @@ class RingDomains:
             if peers:
                 for ring in peers:
                     ready[ring.domid] = ring
-            elif port != self.hv.virq_port:
+            else:
                 unknown = True
         if unknown:
-            # Like C, which looks at every ring after any event.
+            # Like C, which looks at every ring after any event (VIRQ_DOM_EXC
+            # included: under a test shim a guest's kick may carry its number).
             for ring in self._rings.values():
                 ready[ring.domid] = ring
         if virq:
@@ -534,11 +554,14 @@ class RingDomains:
         if not isinstance(spec, RingSpec):
             return None
         try:
-            mem = self.hv.map_ring(spec.domid, 1)
+            mem = self.hv.map_ring(spec.domid, 0)  # the frame is not in the record
         except OSError as exc:
             log.error("live update: cannot map the ring of domain %d: %s", spec.domid, exc)
             return None
-        local = self.hv.bind_interdomain(spec.domid, spec.evtchn)
+        # The record holds the predecessor's local port, still bound on the
+        # event channel descriptor it handed over: nothing to bind (as C's
+        # domain.c:new_domain on restore, where posix.c:evtchn_rebind is a no-op).
+        local = self.hv.restored_port(spec.domid, spec.evtchn)
         ring = Ring(spec.domid, spec.evtchn, local, record.unique_id or 0, mem)
         self._rings[spec.domid] = ring
         self._by_port.setdefault(local, []).append(ring)

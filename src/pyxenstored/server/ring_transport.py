@@ -27,6 +27,7 @@ header, the transport follows message boundaries in the request stream
 
 from __future__ import annotations
 
+import mmap
 import struct
 import sys
 from collections.abc import Callable, Sequence
@@ -67,6 +68,7 @@ class RingTransport:
         "_notify",
         "_words",
         "_mem",
+        "_mmap",
         "_hdr",
         "_body_left",
         "doomed",
@@ -106,6 +108,8 @@ class RingTransport:
         self._consumed = False
         self._words = page.words
         self._mem = page.mem
+        # The page as an mmap (its slices are bytes already), or None.
+        self._mmap = page.mem if isinstance(page.mem, mmap.mmap) else None
         # Request framing: header bytes seen of the current message, and
         # payload bytes still to come.
         self._hdr = bytearray()
@@ -158,7 +162,13 @@ class RingTransport:
         start = cons % RING_SIZE
         first = min(used, RING_SIZE - start)
         mem = self._mem
-        data = mem[RING_REQ_OFFSET + start : RING_REQ_OFFSET + start + first]
+        mm = self._mmap
+        if mm is not None:
+            data = mm[RING_REQ_OFFSET + start : RING_REQ_OFFSET + start + first]
+        else:
+            # A memoryview page (memory a Xen library mapped) slices to
+            # views: copy out, as an mmap's slice does.
+            data = bytes(mem[RING_REQ_OFFSET + start : RING_REQ_OFFSET + start + first])
         if used > first:  # wrapped round to the queue's start
             data += mem[RING_REQ_OFFSET : RING_REQ_OFFSET + used - first]
         budget = self.allowance() if self.allowance is not None else -1
