@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from tests.util import REFERENCE_RUNNER, REPO, XEN_BIN, require_shim, require_tool
+from tests.util import REFERENCE_RUNNER, XEN_BIN, require_shim, require_tool
 
 from pyxenstored.client import Client, Perm, create_ring_page
 
@@ -34,8 +34,6 @@ SPARE = 6  # a second existing domain, for introduce/release events
 GUEST_PORT = 7
 EXISTING_DOMAINS = (0, GUEST, SPARE)
 START_TIMEOUT = 15.0
-# pyxenstored on the Xen backend, until the daemon has --hypervisor xen.
-XEN_LAUNCHER = REPO / "tests" / "xen" / "launch_xen.py"
 REQUEST_TIMEOUT = 10.0
 
 

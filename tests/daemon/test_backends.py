@@ -83,7 +83,7 @@ def test_xen_unavailable_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) 
 
     class XenHypervisor:
         @classmethod
-        def open(cls) -> XenHypervisor:
+        def open(cls, *, store_domid: int = 0) -> XenHypervisor:
             raise HypervisorUnavailable(
                 "libxenevtchn.so.1 not found (Debian package libxenevtchn1)"
             )

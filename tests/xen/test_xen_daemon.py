@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 from tests.client.daemons import (
-    XEN_LAUNCHER,
     Daemon,
     introduce_guest,
     run_daemon,
@@ -42,7 +41,7 @@ from pyxenstored.wire import HEADER, MsgType
 
 M = MsgType
 HOME = "/local/domain/5"
-LAUNCHER = [sys.executable, str(XEN_LAUNCHER)]
+LAUNCHER = [sys.executable, "-m", "pyxenstored", "--hypervisor", "xen"]
 
 
 @pytest.fixture
@@ -144,7 +143,7 @@ def test_without_the_libraries_answers_start_fails_in_one_line(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LD_PRELOAD", "XS_SHIM"))}
     run = tmp_path / "run"
     out = subprocess.run(
-        [*LAUNCHER, "--rundir", str(run), "--ring-dir", str(tmp_path)],
+        [*LAUNCHER, "-N", "--rundir", str(run)],
         env=env,
         capture_output=True,
         text=True,
@@ -152,7 +151,7 @@ def test_without_the_libraries_answers_start_fails_in_one_line(tmp_path: Path) -
     )
     assert out.returncode == 1
     assert out.stderr.splitlines() == [
-        "pyxenstored: cannot open the event channel device /dev/xen/evtchn:"
+        "pyxenstored: cannot use Xen: cannot open the event channel device /dev/xen/evtchn:"
         " No such file or directory (not a Xen host, or the kernel module xen_evtchn"
         " is not loaded)"
     ]
@@ -221,8 +220,12 @@ def test_a_guest_goes_from_c_to_the_xen_backend_and_back(tmp_path: Path) -> None
     )
     require(started.returncode == 0, f"reference xenstored did not start: {started.stderr}")
     pid = int(started.stdout.split()[-1])
+    # The backend through the environment: C gets pyxenstored's arguments back.
     successor = write_successor(
-        tmp_path / "pyxenstored-successor", run, tmp_path / "dumps", LAUNCHER
+        tmp_path / "pyxenstored-successor",
+        run,
+        tmp_path / "dumps",
+        ["env", "PYXENSTORED_HYPERVISOR=xen", sys.executable, "-m", "pyxenstored"],
     )
     control_env = dict(env, XENSTORED_PATH=str(run / "socket"))
     control_env.pop("LD_PRELOAD", None)

@@ -162,11 +162,14 @@ def _add_backend_options(guests: argparse._ArgumentGroup) -> None:
     guests.add_argument(
         "--hypervisor",
         choices=KINDS,
-        default="auto",
+        # From the environment too: a live update hands the successor the
+        # predecessor's arguments, and a C successor refuses this option.
+        default=os.environ.get("PYXENSTORED_HYPERVISOR") or "auto",
         help="xen: the real hypervisor through its libraries; sim: guests on ring "
-        "files in --ring-dir; none: the socket only; auto (default): sim when "
+        "files in --ring-dir; none: the socket only; auto: sim when "
         "--ring-dir is given, else xen when /dev/xen/evtchn exists, else sim "
-        "when $XS_SHIM_RINGDIR is set, else none",
+        "when $XS_SHIM_RINGDIR is set, else none (default: $PYXENSTORED_HYPERVISOR, "
+        "else auto)",
     )
     guests.add_argument(
         "--ring-dir",
