@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,20 @@ def _require_reference() -> None:
     require_tool(str(OXENSTORED))
     require_tool("xenstore-ls")
     require_tool("unshare")
+
+
+def _stop(run: Path, env: dict[str, str]) -> str:
+    """Stop the daemon of ``run``, wait for it, remove ``run``; returns its log."""
+    subprocess.run([str(REFERENCE_OXENSTORED), "stop", str(run)], env=env, check=False)
+    pidfile = run / "oxenstored.pid"
+    for _ in range(50):  # it removes its pid file on the way out
+        if not pidfile.exists():
+            break
+        time.sleep(0.1)
+    log = run / "log" / "xenstored.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    shutil.rmtree(run, ignore_errors=True)
+    return text
 
 
 def _make_dumps() -> object:
@@ -111,7 +127,7 @@ def test_oxenstored_loads_the_tree_we_write() -> None:
         assert 'name = "c417 fixture"' in ls.stdout
         written = (run / "dumps" / "db.1").read_bytes()
     finally:
-        subprocess.run([runner, "stop", str(run)], env=env, check=False)
+        log = _stop(run, env)
 
     assert check_dump(written) == []
     theirs = _store(written)
@@ -120,7 +136,6 @@ def test_oxenstored_loads_the_tree_we_write() -> None:
     theirs.pop(b"/tool/xenstored")
     expected.pop(b"/tool/xenstored")
     assert theirs == expected
-    log = (run / "log" / "xenstored.log").read_text(errors="replace")
     assert "ignoring" not in log
 
 
@@ -168,9 +183,8 @@ def test_the_lines_we_call_dropped_are_the_lines_oxenstored_skips() -> None:
         assert done.returncode == 0, done.stdout + done.stderr
         loaded = (run / "run" / "xenstored" / "db").read_bytes()
     finally:
-        subprocess.run([runner, "stop", str(run)], env=env, check=False)
+        log = _stop(run, env)
 
-    log = (run / "log" / "xenstored.log").read_text(errors="replace")
     marker = "restoring: ignoring unknown line: "
     skipped = {
         line.split(marker, 1)[1].split(" (exception:")[0].encode()

@@ -17,6 +17,7 @@ fresh dumps with the committed ones.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -150,6 +151,11 @@ def _run(rich: bool) -> dict[str, bytes]:
                 obj.kill()
                 obj.wait()
         subprocess.run([str(RUNNER), "stop", str(run)], env=env, check=False)
+        for _ in range(50):  # it removes its pid file on the way out
+            if not (run / "oxenstored.pid").exists():
+                break
+            time.sleep(0.1)
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def generate() -> dict[str, bytes]:
