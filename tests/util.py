@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 PEERS = SHARED / "peers"
 REFERENCE_RUNNER = PEERS / "reference-xenstored"
+REFERENCE_OXENSTORED = PEERS / "reference-oxenstored"
 XEN_BIN = Path("/usr/lib/xen-4.17/bin")
 
 
