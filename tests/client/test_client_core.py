@@ -486,3 +486,16 @@ def test_open_transport_picks_socket_or_device(tmp_path: Path) -> None:
     transport.close()
     with pytest.raises(ClientConnectionError, match="cannot connect"):
         open_transport(str(tmp_path / "missing"))
+
+
+def test_close_twice_closes_the_transport_once() -> None:
+    closes: list[int] = []
+
+    class Counting(ScriptedTransport):
+        def close(self) -> None:
+            closes.append(1)
+
+    xs = Client(Counting(ok))
+    with xs:
+        xs.close()
+    assert closes == [1]

@@ -270,6 +270,7 @@ class Client(Operations):
         self._submitted: dict[int, tuple[int, bytes]] = {}  # req_id -> (type, payload)
         self._events: deque[WatchEvent] = deque()
         self._broken: str | None = None
+        self._closed = False
 
     # --- opening --------------------------------------------------------------
 
@@ -298,7 +299,10 @@ class Client(Operations):
         return cls(RingTransport(ring_dir, domid, port, notify=notify), timeout)
 
     def close(self) -> None:
-        self.transport.close()
+        """End the connection; closing again does nothing, as with files and sockets."""
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
 
     def __enter__(self) -> Client:
         return self
