@@ -58,9 +58,9 @@ class XsClientError(XsError, OSError):
         # Every name of the wire error table is a Linux errno name, so the
         # host has a number for it, as libxenstore's get_error (xs.c) finds.
         code: int = getattr(errno, self.name)
-        self.args = (code, os.strerror(code))
         self.errno = code
         self.strerror = os.strerror(code)
+        self.args = (code, self.strerror)
         self.request = request
 
     def __str__(self) -> str:
