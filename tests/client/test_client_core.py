@@ -6,7 +6,11 @@ req_id, tx_id, len) and the payload rules of xenstore.txt / digest 2.7.
 
 from __future__ import annotations
 
+import errno
+import os
+import pickle
 import struct
+import sys
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -157,11 +161,69 @@ def test_error_reply_raises_with_wire_name() -> None:
     assert info.value.request == READ
 
 
+# The wire error table (xs_wire.h: xsd_errors) with Linux's numbers for the names.
+LINUX_ERRNO = {
+    "EINVAL": 22,
+    "EACCES": 13,
+    "EEXIST": 17,
+    "EISDIR": 21,
+    "ENOENT": 2,
+    "ENOMEM": 12,
+    "ENOSPC": 28,
+    "EIO": 5,
+    "ENOTEMPTY": 39,
+    "ENOSYS": 38,
+    "EROFS": 30,
+    "EBUSY": 16,
+    "EAGAIN": 11,
+    "EISCONN": 106,
+    "E2BIG": 7,
+    "EPERM": 1,
+}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="errno numbers are Linux's")
+@pytest.mark.parametrize("name", sorted(LINUX_ERRNO))
+def test_error_reply_is_an_oserror_with_errno(name: str) -> None:
+    xs, _ = client_for(lambda r: [msg(ERROR, r[1], name.encode() + b"\0")])
+    with pytest.raises(OSError) as info:
+        xs.write("/vm/x", b"v")
+    exc = info.value
+    assert isinstance(exc, XsClientError)
+    assert exc.errno == LINUX_ERRNO[name]
+    assert exc.args == (LINUX_ERRNO[name], os.strerror(LINUX_ERRNO[name]))  # as pyxs's PyXSError
+    assert exc.strerror == os.strerror(LINUX_ERRNO[name])
+    assert exc.name == name
+    assert str(exc) == f"{name}: WRITE /vm/x"
+    assert exc.filename is None
+
+
+def test_client_side_errors_carry_errno_too() -> None:
+    xs, _ = client_for(ok)
+    with pytest.raises(OSError) as info:
+        xs.write("/x", b"v" * 4096)
+    assert info.value.errno == errno.E2BIG
+
+
+def test_error_survives_pickling() -> None:
+    exc = XsClientError("EACCES", READ, payload=b"/tool\0")
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is XsClientError
+    assert (back.name, back.errno, back.request, str(back)) == (
+        "EACCES",
+        errno.EACCES,
+        READ,
+        "EACCES: READ /tool",
+    )
+    assert repr(back) == "XsClientError('EACCES', 'READ /tool')"
+
+
 def test_unknown_error_name_reads_as_einval() -> None:
     xs, _ = client_for(lambda r: [msg(ERROR, r[1], b"EWHATEVER\0")])
     with pytest.raises(XsClientError) as info:
         xs.read("/x")
     assert info.value.name == "EINVAL"
+    assert info.value.errno == errno.EINVAL
 
 
 def test_reply_of_wrong_type_breaks_the_connection() -> None:
@@ -424,3 +486,16 @@ def test_open_transport_picks_socket_or_device(tmp_path: Path) -> None:
     transport.close()
     with pytest.raises(ClientConnectionError, match="cannot connect"):
         open_transport(str(tmp_path / "missing"))
+
+
+def test_close_twice_closes_the_transport_once() -> None:
+    closes: list[int] = []
+
+    class Counting(ScriptedTransport):
+        def close(self) -> None:
+            closes.append(1)
+
+    xs = Client(Counting(ok))
+    with xs:
+        xs.close()
+    assert closes == [1]

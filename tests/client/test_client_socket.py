@@ -7,6 +7,8 @@ depth, GET/SET_FEATURE and _QUOTA) the test checks 4.17's answer instead.
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 from tests.client.daemons import Daemon
 
@@ -39,6 +41,17 @@ def test_write_read_values(xs: Client) -> None:
     assert xs.read("/t/empty") == b""
     assert xs.read("/t") == b""  # created as an empty ancestor
     assert sorted(xs.directory("/t")) == ["a", "empty", "nul"]
+
+
+def test_errors_are_oserrors_with_errno(xs: Client) -> None:
+    with pytest.raises(OSError) as info:
+        xs.read("/no/such/node")
+    assert info.value.errno == errno.ENOENT
+    xs.watch("/e", "tok")
+    with pytest.raises(OSError) as info:
+        xs.watch("/e", "tok")  # the same watch twice
+    assert isinstance(info.value, XsClientError)
+    assert (info.value.name, info.value.errno) == ("EEXIST", errno.EEXIST)
 
 
 def test_mkdir_rm_and_error_names(xs: Client) -> None:

@@ -16,9 +16,11 @@ Example::
     guest = Client.connect_ring("/run/ring-dir", 5, 7, timeout=10)
     guest.write("data/x", b"1")                     # relative: /local/domain/5/data/x
 
-Errors from the daemon raise :class:`XsClientError` (a :class:`pyxenstored.wire.XsError`)
-whose ``name`` is the wire error name; a broken connection raises
-:class:`ClientConnectionError`.
+Errors from the daemon raise :class:`XsClientError`, an :class:`OSError` (and a
+:class:`pyxenstored.wire.XsError`) whose ``errno`` is the error's number and
+``name`` the wire error name; a broken connection raises
+:class:`ClientConnectionError` (a :class:`ConnectionError`).  The API with
+examples: ``docs/client.md``.
 """
 
 from .core import Client, Perm, Transaction, WatchEvent, XsClientError

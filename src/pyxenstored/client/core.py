@@ -10,6 +10,8 @@ use one per thread.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -36,8 +38,14 @@ DEFAULT_TRANSACTION_RETRIES = 100
 _REQ_ID_MASK = 0xFFFFFFFF
 
 
-class XsClientError(XsError):
-    """The daemon answered a request with an ERROR reply; ``name`` is its error name."""
+class XsClientError(XsError, OSError):
+    """The daemon answered a request with an ERROR reply (or the client refused it first).
+
+    An :class:`OSError` as pyxs's ``PyXSError`` and libxenstore's ``errno``
+    are: ``errno`` is the host's number for the error and ``strerror`` its
+    text; ``name`` is the wire error name (``ENOENT``, ``EAGAIN``, ...),
+    ``request`` the request type and ``detail`` what was asked.
+    """
 
     def __init__(
         self, name: str, request: int | None = None, detail: str = "", payload: bytes = b""
@@ -46,8 +54,23 @@ class XsClientError(XsError):
             # Name the request and its first argument (usually the path).
             first = payload.split(b"\0", 1)[0][:200]
             detail = f"{_type_name(request)} {_dec(first)}".rstrip()
-        super().__init__(name, detail)
+        XsError.__init__(self, name, detail)
+        # Every name of the wire error table is a Linux errno name, so the
+        # host has a number for it, as libxenstore's get_error (xs.c) finds.
+        code: int = getattr(errno, self.name)
+        self.errno = code
+        self.strerror = os.strerror(code)
+        self.args = (code, self.strerror)
         self.request = request
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.detail}" if self.detail else self.name
+
+    def __repr__(self) -> str:
+        return f"XsClientError({self.name!r}, {self.detail!r})"
+
+    def __reduce__(self) -> tuple[type[XsClientError], tuple[str, int | None, str]]:
+        return (type(self), (self.name, self.request, self.detail))
 
 
 def _type_name(type_: int) -> str:
@@ -165,7 +188,7 @@ class Operations:
 
     def _directory_by_parts(self, path: str | bytes) -> list[str]:
         # Each slice starts with the node's generation; if it changes between
-        # slices the list changed under us and we start again (digest 2.7).
+        # slices the list changed under us and we start again (core.c:send_directory_part).
         for _ in range(DIRECTORY_PART_RESTARTS):
             names: list[bytes] = []
             offset = 0
@@ -226,7 +249,7 @@ class Transaction(Operations):
         self._end(b"F\0")
 
     def _end(self, how: bytes) -> None:
-        # The daemon forgets the transaction whatever the answer (digest 2.7).
+        # The daemon forgets the transaction whatever the answer (transaction.c:do_transaction_end).
         self.ended = True
         self.client.request(MsgType.TRANSACTION_END, how, self.tx_id)
 
@@ -247,6 +270,7 @@ class Client(Operations):
         self._submitted: dict[int, tuple[int, bytes]] = {}  # req_id -> (type, payload)
         self._events: deque[WatchEvent] = deque()
         self._broken: str | None = None
+        self._closed = False
 
     # --- opening --------------------------------------------------------------
 
@@ -277,7 +301,10 @@ class Client(Operations):
         return cls(RingTransport(ring_dir, domid, port, notify=notify), timeout)
 
     def close(self) -> None:
-        self.transport.close()
+        """End the connection; closing again does nothing, as with files and sockets."""
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
 
     def __enter__(self) -> Client:
         return self

@@ -1,12 +1,12 @@
 """The guest side of a xenstore shared ring, on the simulated hypervisor.
 
-The ring page layout is ``reference/xenstore-ring.txt`` (digest 6.6): two
+The ring page layout is that of ``xenstore-ring.txt`` (xen.git docs/misc): two
 1024-byte circular byte queues (requests at 0, responses at 1024) with
 free-running u32 consumer/producer offsets at 2048..2063, then the server
 feature bitmap (2064), the connection state (2068), the error indicator (2072)
 and the event-channel port (2076).  All fields are native byte order.
 
-Simulated hypervisor conventions (shared with ``../shared/peers``): the page is
+Simulated hypervisor conventions (those of ``server/hypervisor.py``): the page is
 the 4096-byte file ``DIR/ring-dom<domid>`` that both sides map; a guest kicks
 the daemon by writing a native u32 port number to the FIFO ``DIR/evtchn``;
 the daemon may wake a guest by writing to the FIFO ``DIR/notify-dom<domid>``
