@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -41,6 +41,7 @@ class Daemon:
     ring_dir: str | None
     stop: Callable[[], None] = field(repr=False)
     log: str = ""
+    pid: int = 0  # the daemon process (for /proc/<pid>/status)
 
     def connect(self) -> Client:
         return Client.connect_socket(self.socket, timeout=REQUEST_TIMEOUT)
@@ -81,7 +82,7 @@ def _pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start_reference(rundir: str, ring: bool) -> Daemon:
+def start_reference(rundir: str, ring: bool, args: Sequence[str] = ()) -> Daemon:
     runner = require_tool(str(REFERENCE_RUNNER))
     require_tool(str(XEN_BIN / "xenstored"))
     env = dict(os.environ)
@@ -90,7 +91,7 @@ def start_reference(rundir: str, ring: bool) -> Daemon:
         env["XS_SHIM_RINGDIR"] = rundir
         env["XS_SHIM_DOMAINS"] = ",".join(map(str, EXISTING_DOMAINS))
     out = subprocess.run(
-        [runner, "start", rundir], env=env, capture_output=True, text=True, timeout=120
+        [runner, "start", rundir, *args], env=env, capture_output=True, text=True, timeout=120
     )
     if out.returncode != 0:
         pytest.fail(
@@ -107,7 +108,7 @@ def start_reference(rundir: str, ring: bool) -> Daemon:
             os.kill(pid, 9)
 
     return Daemon(
-        "reference", rundir, os.path.join(rundir, "socket"), rundir if ring else None, stop
+        "reference", rundir, os.path.join(rundir, "socket"), rundir if ring else None, stop, pid=pid
     )
 
 
@@ -119,8 +120,8 @@ def pyxenstored_help() -> str:
     return out.stdout + out.stderr
 
 
-def start_pyxenstored(rundir: str, ring: bool) -> Daemon:
-    args = [sys.executable, "-m", "pyxenstored", "--rundir", rundir]
+def start_pyxenstored(rundir: str, ring: bool, extra: Sequence[str] = ()) -> Daemon:
+    args = [sys.executable, "-m", "pyxenstored", "--rundir", rundir, *extra]
     if ring:
         if "--ring-dir" not in pyxenstored_help():
             pytest.skip("pyxenstored has no --ring-dir yet (issue 6, simulated hypervisor)")
@@ -148,17 +149,20 @@ def start_pyxenstored(rundir: str, ring: bool) -> Daemon:
     except BaseException:
         stop()
         raise
-    return Daemon("pyxenstored", rundir, sock, rundir if ring else None, stop, log)
+    return Daemon("pyxenstored", rundir, sock, rundir if ring else None, stop, log, proc.pid)
 
 
-def run_daemon(kind: str, ring: bool) -> Iterator[Daemon]:
-    """Start ``kind`` in a fresh short temp dir, yield it, stop it and clean up."""
+def run_daemon(kind: str, ring: bool, args: Sequence[str] = ()) -> Iterator[Daemon]:
+    """Start ``kind`` in a fresh short temp dir, yield it, stop it and clean up.
+
+    ``args``: extra daemon arguments (the reference runner passes them on).
+    """
     rundir = tempfile.mkdtemp(prefix="xsc-", dir="/tmp")
     try:
         daemon = (
-            start_reference(rundir, ring)
+            start_reference(rundir, ring, args)
             if kind == "reference"
-            else start_pyxenstored(rundir, ring)
+            else start_pyxenstored(rundir, ring, args)
         )
         try:
             yield daemon
