@@ -179,3 +179,12 @@ def introduce_guest(dom0: Client, ring_dir: str, domid: int, port: int) -> None:
     dom0.mkdir(home)
     dom0.set_perms(home, [Perm("n", domid)])
     dom0.introduce(domid, 1, port)
+
+
+def set_domains(daemon: Daemon, text: str) -> None:
+    """Replace pyxenstored's ``DIR/domains``: the domains its simulated hypervisor knows."""
+    assert daemon.ring_dir is not None
+    path = os.path.join(daemon.ring_dir, "domains")
+    with open(path + ".new", "w") as f:
+        f.write(text)
+    os.replace(path + ".new", path)

@@ -25,11 +25,19 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 
-from tests.client.daemons import REQUEST_TIMEOUT, Daemon, introduce_guest, run_daemon
+from tests.client.daemons import (
+    REQUEST_TIMEOUT,
+    Daemon,
+    introduce_guest,
+    run_daemon,
+    set_domains,
+)
+from tests.rings.conftest import kick
 
 from pyxenstored.client import Client
 from pyxenstored.client.ring import RingTransport
 from pyxenstored.ringpage import queue_used
+from pyxenstored.server.hypervisor import VIRQ_DOM_EXC_PORT
 from pyxenstored.wire import (
     HEADER,
     HEADER_SIZE,
@@ -246,6 +254,17 @@ class Arena:
             f"(RSS {self.base_kib} KiB at the start)"
         )
         return growth
+
+    def hypervisor_says(self, *domains: str) -> None:
+        """The domains that exist now (``domid [unique-id] [shutdown]``); VIRQ_DOM_EXC fires.
+
+        pyxenstored's simulated hypervisor only (the C shim's list is fixed).
+        """
+        set_domains(self.daemon, "".join(line + "\n" for line in domains))
+        kick(self.ring_dir, VIRQ_DOM_EXC_PORT)
+        # The bystander's kick follows in the same event channel: once it is
+        # answered, the daemon has looked at the new list.
+        self.bystander.read("warm")
 
     def release_attacker(self) -> None:
         """What a toolstack does to a misbehaving guest: RELEASE it."""
