@@ -138,6 +138,11 @@ class RawRing:
                 time.sleep(0.002)
         return done
 
+    def wait_error(self, timeout: float = REQUEST_TIMEOUT) -> int:
+        """The ring's error indicator, once the daemon sets one (0 if it does not)."""
+        wait_until(lambda: self.page.error != 0, timeout)
+        return self.page.error
+
     def pending_requests(self) -> int:
         """Request bytes the daemon has not consumed."""
         return self.page.request_bytes()

@@ -37,18 +37,15 @@ from tests.hostile.harness import (
     KIB,
     MIB,
     Arena,
-    RawRing,
     call,
     error_of,
     message,
     parse_messages,
-    wait_until,
 )
 from tests.util import XEN_BIN, require
 
 from pyxenstored.client import Client, Perm, WatchEvent
 from pyxenstored.wire import (
-    RING_ERROR,
     RING_ERROR_PROTO,
     RING_ERROR_RINGIDX,
     RING_REQ_CONS,
@@ -70,10 +67,6 @@ def reintroduce(a: Arena) -> Client:
     return a.attacker
 
 
-def cut_off_with(raw: RawRing, error: int) -> bool:
-    return wait_until(lambda: raw.page.word(RING_ERROR) == error)
-
-
 def test_xsa38_ring_offsets_out_of_range(hostile: Arena) -> None:
     """XSA-38: offsets that claim more than a queue holds cut the guest off (error 2).
 
@@ -91,14 +84,14 @@ def test_xsa38_ring_offsets_out_of_range(hostile: Arena) -> None:
         raw = hostile.raw_attacker()
         raw.page.set_word(offset, value(raw.page))
         raw.transport.kick()
-        assert cut_off_with(raw, RING_ERROR_RINGIDX), offset
+        assert raw.wait_error() == RING_ERROR_RINGIDX, offset
         hostile.serves_bystander()
         reintroduce(hostile)
     # The response consumer: the daemon finds it when it writes a reply.
     raw = hostile.raw_attacker()
     raw.page.set_word(RING_RSP_CONS, raw.page.word(RING_RSP_PROD) + 3000)
     raw.push(message(M.READ, b"back\0"))
-    assert cut_off_with(raw, RING_ERROR_RINGIDX)
+    assert raw.wait_error() == RING_ERROR_RINGIDX
     reintroduce(hostile)
     hostile.survived(1 * MIB // KIB)
 
@@ -128,7 +121,7 @@ def test_xsa420_absurd_message_lengths(hostile: Arena) -> None:
         good = message(M.READ, b"back\0" if length != 4097 else b"warm\0", req_id=1)
         bad = good[:12] + length.to_bytes(4, sys.byteorder)
         raw.push(good + bad + b"x" * 100)
-        assert cut_off_with(raw, RING_ERROR_PROTO), length
+        assert raw.wait_error() == RING_ERROR_PROTO, length
         replies = parse_messages(raw.drain(quiet=0.1))
         assert [r[:2] for r in replies] == [(M.READ, 1)]
         hostile.serves_bystander()
