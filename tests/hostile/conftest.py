@@ -1,15 +1,44 @@
-"""Fixtures of the hostile-guest suite: a fresh pyxenstored arena per test (see harness.py)."""
+"""Fixtures of the hostile-guest suite: a fresh pyxenstored arena per test (see harness.py).
+
+``@pytest.mark.daemon_args(...)`` passes arguments to that test's daemon.
+With ``HOSTILE_REPORT=1`` in the environment the session ends with each
+test's measured memory growth and its bound.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from tests.hostile.harness import Arena, arena
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "daemon_args(*args): arguments of the arena's daemon")
+
+
 @pytest.fixture
-def hostile() -> Iterator[Arena]:
+def hostile(request: pytest.FixtureRequest) -> Iterator[Arena]:
     """pyxenstored serving dom0, the attacker (domain 5) and the bystander (domain 6)."""
-    with arena("pyxenstored") as a:
+    marker = request.node.get_closest_marker("daemon_args")
+    with arena("pyxenstored", marker.args if marker else ()) as a:
         yield a
+        if a.measured is not None:
+            request.node.user_properties.append(("memory_kib", a.measured))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not os.environ.get("HOSTILE_REPORT"):
+        return
+    rows = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            props = dict(getattr(report, "user_properties", ()))
+            if getattr(report, "when", "") == "teardown" and "memory_kib" in props:
+                growth, bound = props["memory_kib"]
+                rows.append((report.nodeid.split("::")[-1], growth, bound))
+    if rows:
+        terminalreporter.section("daemon memory growth (KiB) / bound (KiB)")
+        for name, growth, bound in sorted(rows):
+            terminalreporter.write_line(f"{growth:8d} / {bound:6d}  {name}")

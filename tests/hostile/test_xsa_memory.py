@@ -32,7 +32,6 @@ from tests.hostile.harness import (
     MEMORY_QUOTA,
     MIB,
     Arena,
-    arena,
     call,
     message,
     parse_messages,
@@ -211,7 +210,8 @@ def test_xsa326_events_caused_by_the_toolstack_are_bounded(hostile: Arena) -> No
     hostile.serves_dom0()
 
 
-def test_xsa326_unread_events_time_out_for_the_writer() -> None:
+@pytest.mark.daemon_args("-w", "watch-event=1")
+def test_xsa326_unread_events_time_out_for_the_writer(hostile: Arena) -> None:
     """XSA-326 (CVE-2022-42311): a guest that never reads holds back whoever fires its watches.
 
     An event keeps the request that caused it outstanding until it is sent,
@@ -219,17 +219,17 @@ def test_xsa326_unread_events_time_out_for_the_writer() -> None:
     its 20 outstanding requests for ever; unread events time out (``-w
     watch-event=1`` here, 20 s by default) and it goes on.  Bound: 1 MiB.
     """
-    with arena("pyxenstored", ["-w", "watch-event=1"]) as a:
-        home6 = "/local/domain/6"
-        a.bystander.write("shared", b"")
-        a.bystander.set_perms("shared", [Perm("n", 6), Perm("r", 5)])
-        a.attacker.watch(f"{home6}/shared", "spy")
-        assert a.attacker.next_event(5.0) is not None  # the initial event
-        a.attacker.close()  # never reads again
-        for i in range(30):
-            a.bystander.write("shared", b"%d" % i)  # each reply within the client's timeout
-        assert a.dom0.read(f"{home6}/shared") == b"29"
-        a.survived(1 * MIB // KIB)
+    a = hostile
+    home6 = "/local/domain/6"
+    a.bystander.write("shared", b"")
+    a.bystander.set_perms("shared", [Perm("n", 6), Perm("r", 5)])
+    a.attacker.watch(f"{home6}/shared", "spy")
+    assert a.attacker.next_event(5.0) is not None  # the initial event
+    a.attacker.close()  # never reads again
+    for i in range(30):
+        a.bystander.write("shared", b"%d" % i)  # each reply within the client's timeout
+    assert a.dom0.read(f"{home6}/shared") == b"29"
+    a.survived(1 * MIB // KIB)
 
 
 def test_xsa326_nodes_bounded_by_the_memory_quota(hostile: Arena) -> None:
