@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from tests.hostile import attacks
 from tests.hostile.harness import (
     HOME,
     KIB,
@@ -33,43 +34,16 @@ from tests.hostile.harness import (
     MIB,
     Arena,
     call,
+    error_of,
     message,
-    parse_messages,
     quota_text,
     wait_until,
 )
 
-from pyxenstored.client import Perm, Transaction, XsClientError
+from pyxenstored.client import Perm
 from pyxenstored.wire import MsgType
 
 M = MsgType
-
-
-def written_until_refused(write: object, limit: int) -> tuple[int, str]:
-    """Call ``write(i)`` until it raises an xenstore error; (count, error name)."""
-    assert callable(write)
-    for i in range(limit):
-        try:
-            write(i)
-        except XsClientError as exc:
-            return i, exc.name
-    return limit, ""
-
-
-def read_missing(tx: Transaction, k: int, i: int) -> None:
-    """A read of a node that does not exist: one access, recorded as "absent"."""
-    try:
-        tx.read(f"x{k}-{i}")
-    except XsClientError as exc:
-        if exc.name != "ENOENT":
-            raise
-    else:
-        raise AssertionError(f"x{k}-{i} exists")
-
-
-def nested(i: int, fanout: int = 20) -> str:
-    """Spread nodes over directories: a parent's child list counts in its node size."""
-    return f"d{i // fanout}/n{i % fanout}"
 
 
 @pytest.mark.xfail(strict=True, reason="transaction memory not yet charged (h-txquota)")
@@ -80,20 +54,13 @@ def test_xsa326_transaction_writes_are_charged_to_the_memory_quota(hostile: Aren
     quota as it arrives: 4.17 refuses after about 1 400 writes (EIO, 3 MiB
     of RSS growth).  Bound: 2 x the memory quota.
     """
-    g = hostile.attacker
-    txs = [g.start_transaction() for _ in range(9)]
-    count, error = written_until_refused(
-        lambda i: txs[i % 9].write(f"t{i % 9}/{nested(i)}", b"x" * 1800), 12_000
-    )
+    count, error = attacks.transactions(hostile)
     assert error in ("ENOMEM", "EIO"), (count, error)  # D01: ENOMEM for C's EIO
     assert count * 1800 <= 2 * MEMORY_QUOTA
-    usage = quota_text(hostile.dom0, 5)
-    assert usage["memory"] < MEMORY_QUOTA
+    assert quota_text(hostile.dom0, 5)["memory"] < MEMORY_QUOTA
     hostile.survived(2 * MEMORY_QUOTA // KIB)
-    for tx in txs:
-        tx.abort()
-    assert quota_text(hostile.dom0, 5)["memory"] < 4 * KIB  # home and warm-up node
-    hostile.serves_dom0()
+    hostile.release_attacker()  # its transactions go with it
+    hostile.serves_dom0()  # counters exact
 
 
 def test_xsa326_transaction_accesses_are_bounded(hostile: Arena) -> None:
@@ -104,20 +71,15 @@ def test_xsa326_transaction_accesses_are_bounded(hostile: Arena) -> None:
     answers ENOMEM).  Short paths here (long ones are the path-cache test
     below).  Bound: 16 MiB for 9 x 1023 remembered accesses.
     """
-    g = hostile.attacker
-    txs = [g.start_transaction() for _ in range(9)]
-    for k, tx in enumerate(txs):
-        count, error = written_until_refused(lambda i, tx=tx, k=k: read_missing(tx, k, i), 2000)
-        # 1023 accesses: the home (looked at once, to tell ENOENT from
-        # EACCES) and 1022 absent children.
-        assert (count, error) == (1022, "ENOSPC")
+    count, error = attacks.transaction_accesses(hostile)
+    # 1023 accesses each: the home (looked at once, to tell ENOENT from
+    # EACCES) and 1022 absent nodes.
+    assert (count, error) == (9 * 1022, "ENOSPC")
     usage = quota_text(hostile.dom0, 5)
     assert usage["transactions"] == 9 and usage["transaction-nodes"] == 0
     hostile.survived(16 * MIB // KIB)
-    for tx in txs:
-        with pytest.raises(XsClientError, match="ENOMEM"):
-            tx.commit()
-    assert not hostile.dom0.exists(f"{HOME}/a0")
+    for tx_id in range(1, 10):  # ids start at 1; each failed, its commit answers ENOMEM
+        assert error_of(hostile.attacker, M.TRANSACTION_END, b"T\0", tx_id) == "ENOMEM"
     assert quota_text(hostile.dom0, 5)["transactions"] == 0
     hostile.serves_dom0()
 
@@ -134,9 +96,7 @@ def test_xsa326_requests_for_many_paths_leave_nothing_behind(hostile: Arena) -> 
     may stay: 3 000 reads of 4 000-byte paths are 12 MB of requests; the
     C reference grows by nothing.  Bound: 4 MiB.
     """
-    g = hostile.attacker
-    for i in range(3000):
-        call(g, M.READ, b"%06d" % i + b"q" * 3994 + b"\0")
+    assert attacks.many_paths(hostile) == [b"EINVAL\0"]  # longer than path-max
     hostile.survived(4 * MIB // KIB)
 
 
@@ -148,20 +108,15 @@ def test_xsa326_xsa416_unread_replies_stop_the_ring(hostile: Arena) -> None:
     of 2 KiB are held.  XSA-416's point, that a request's temporary memory
     must not wait for its reply to be read, is (c) here.  Bound: 1 MiB.
     """
-    g = hostile.attacker
-    value = b"r" * 2000
-    g.write("big", value)
-    raw = hostile.raw_attacker()
-    requests = b"".join(message(M.READ, b"big\0", req_id=i + 1) for i in range(300))
-    raw.push_all(requests, settle=0.5)
+    raw = attacks.unread_replies(hostile)
     assert raw.pending_requests() > 0  # the daemon stopped reading the ring
     assert quota_text(hostile.dom0, 5)["outstanding"] == 20
     hostile.survived(1 * MIB // KIB)
     # Reading the replies lets the daemon go on: every one arrives, in order.
-    replies = parse_messages(raw.drain())
+    replies = attacks.replies(raw)
     assert len(replies) >= 20
     assert [r[1] for r in replies] == list(range(1, len(replies) + 1))
-    assert all(r[0] == M.READ and r[3] == value for r in replies)
+    assert all(r[0] == M.READ and r[3] == b"r" * 2000 for r in replies)
     assert wait_until(lambda: quota_text(hostile.dom0, 5)["outstanding"] == 0)
 
 
@@ -173,12 +128,7 @@ def test_xsa326_own_watch_events_bounded_by_the_memory_quota(hostile: Arena) -> 
     rule); its requests stay outstanding while their events wait.
     Bound: 2 x the memory quota.
     """
-    g = hostile.attacker
-    for i in range(127):
-        g.watch(HOME, b"t%03d" % i + b"x" * 3000)
-    assert len(g.pending_events()) <= 127
-    raw = hostile.raw_attacker()
-    raw.push_all(b"".join(message(M.WRITE, b"e%04d\0" % i, req_id=i) for i in range(400)), 1.0)
+    attacks.own_events(hostile)
     # Replies of up to 16 bytes are charged unchecked, as in C (core.c:
     # send_reply): at most 20 outstanding "OK" replies past the quota.
     assert quota_text(hostile.dom0, 5)["memory"] <= MEMORY_QUOTA + 20 * 32
@@ -239,10 +189,7 @@ def test_xsa326_nodes_bounded_by_the_memory_quota(hostile: Arena) -> None:
     about 450 such nodes (EIO, 2.7 MiB of growth), pyxenstored with ENOMEM
     (docs/compat.md D01).  Bound: 2 x the memory quota.
     """
-    g = hostile.attacker
-    count, error = written_until_refused(
-        lambda i: g.write(nested(i) + "/" + "p" * 1900, b"v" * 1900), 1000
-    )
+    count, error = attacks.nodes(hostile)
     assert error == "ENOMEM"
     assert count * 3800 <= MEMORY_QUOTA
     assert quota_text(hostile.dom0, 5)["memory"] <= MEMORY_QUOTA
@@ -258,10 +205,7 @@ def test_xsa326_watches_bounded(hostile: Arena) -> None:
     ``watches`` (128: 127 usable, ENOSPC) and the memory each one is charged
     (path + token).  Bound: 2 MiB.
     """
-    g = hostile.attacker
-    count, error = written_until_refused(
-        lambda i: g.watch(b"w%03d" % i + b"p" * 2040, b"t" * 2040), 200
-    )
+    count, error = attacks.watches(hostile)
     assert (count, error) == (127, "ENOSPC")
     usage = quota_text(hostile.dom0, 5)
     assert usage["watches"] == 127 and usage["memory"] >= 127 * 4084
@@ -275,14 +219,12 @@ def test_xsa326_partial_input_is_held_within_one_message(hostile: Arena) -> None
     message (4 112 bytes) for it.  The rest of the message completes it.
     Bound: 1 MiB.
     """
-    raw = hostile.raw_attacker()
-    body = b"big\0" + b"v" * 4092
-    whole = message(M.WRITE, body, req_id=77)
-    assert raw.push_all(whole[:3000]) == 3000
+    raw = attacks.partial_input(hostile)
     assert wait_until(lambda: raw.pending_requests() == 0)
     hostile.survived(1 * MIB // KIB)
+    whole = message(M.WRITE, b"big\0" + b"v" * 4092, req_id=77)
     assert raw.push_all(whole[3000:]) == len(whole) - 3000
-    replies = parse_messages(raw.drain())
+    replies = attacks.replies(raw)
     assert replies == [(M.ERROR, 77, 0, b"ENOSPC\0")]  # node-size: a clear answer
 
 
