@@ -1,5 +1,16 @@
 """Fixtures of the hostile-guest suite: a fresh pyxenstored arena per test (see harness.py).
 
+The suite, one module per group of Xen security advisory classes (each
+test is named after the advisory it covers; the module docstrings say which
+parts of a class do not apply to this daemon and why):
+
+* ``test_xsa_memory.py``: XSA-326, 330, 416 (attacks in ``attacks.py``,
+  shared with ``bench/guest_memory.py``);
+* ``test_xsa_protocol.py``: XSA-38, 72, 324, 418, 420, 481;
+* ``test_xsa_permissions.py``: XSA-115, 322, 352, 353, 417;
+* ``test_xsa_accounting.py``: XSA-272, 414, 415, 419, 421, 440, 483, 484;
+* ``test_xsa_domains.py``: XSA-206, 233, 325, 425.
+
 ``@pytest.mark.daemon_args(...)`` passes arguments to that test's daemon.
 With ``HOSTILE_REPORT=1`` in the environment the session ends with each
 test's measured memory growth and its bound.

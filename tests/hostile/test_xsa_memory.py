@@ -249,3 +249,27 @@ def test_xsa330_reset_watches_releases_every_watch(hostile: Arena) -> None:
     time.sleep(0.2)
     assert g.pending_events() == []
     hostile.survived(2 * MIB // KIB)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server/connection.py queue_reply charges replies unchecked; C answers ENOMEM "
+    "to a reply of more than 16 bytes past the memory quota (core.c:send_reply)",
+)
+@pytest.mark.daemon_args("-Q", "memory=65536")
+def test_xsa326_replies_past_the_memory_quota_are_enomem(hostile: Arena) -> None:
+    """XSA-326 (CVE-2022-42315, ``f6d0013364``): replies are charged and checked too.
+
+    A guest at its ``memory`` quota (64 KiB here) reads a 2000-byte node:
+    C 4.17 answers ENOMEM (measured), as it does for any reply longer than
+    16 bytes that would pass the quota; short replies (errors, "OK") go
+    unchecked so that the guest still learns what happened.
+    """
+    g = hostile.attacker
+    g.write("big", b"r" * 2000)
+    for i in range(100):
+        if call(g, M.WRITE, b"f%d\0" % i + b"v" * 1500)[0] == M.ERROR:
+            break
+    assert error_of(g, M.READ, b"big\0") == "ENOMEM"
+    assert call(g, M.READ, b"warm\0") == (M.READ, b"19")  # short: unchecked
+    hostile.survived(1 * MIB // KIB)
