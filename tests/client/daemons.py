@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -86,7 +86,7 @@ def _pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start_reference(rundir: str, ring: bool) -> Daemon:
+def start_reference(rundir: str, ring: bool, args: Sequence[str] = ()) -> Daemon:
     runner = require_tool(str(REFERENCE_RUNNER))
     require_tool(str(XEN_BIN / "xenstored"))
     env = dict(os.environ)
@@ -95,7 +95,7 @@ def start_reference(rundir: str, ring: bool) -> Daemon:
         env["XS_SHIM_RINGDIR"] = rundir
         env["XS_SHIM_DOMAINS"] = ",".join(map(str, EXISTING_DOMAINS))
     out = subprocess.run(
-        [runner, "start", rundir], env=env, capture_output=True, text=True, timeout=120
+        [runner, "start", rundir, *args], env=env, capture_output=True, text=True, timeout=120
     )
     if out.returncode != 0:
         pytest.fail(
@@ -112,7 +112,7 @@ def start_reference(rundir: str, ring: bool) -> Daemon:
             os.kill(pid, 9)
 
     return Daemon(
-        "reference", rundir, os.path.join(rundir, "socket"), rundir if ring else None, stop
+        "reference", rundir, os.path.join(rundir, "socket"), rundir if ring else None, stop, pid=pid
     )
 
 
@@ -134,7 +134,9 @@ def xen_environment(ring_dir: str, domains: str = "") -> dict[str, str]:
     }
 
 
-def start_pyxenstored(rundir: str, ring: bool, backend: str = "sim") -> Daemon:
+def start_pyxenstored(
+    rundir: str, ring: bool, backend: str = "sim", extra: Sequence[str] = ()
+) -> Daemon:
     """pyxenstored on the simulated hypervisor (``sim``) or its Xen backend under the shim."""
     env = dict(os.environ)
     env.pop("XENSTORED_PATH", None)
@@ -151,10 +153,11 @@ def start_pyxenstored(rundir: str, ring: bool, backend: str = "sim") -> Daemon:
             "xen",
             "--rundir",
             rundir,
+            *extra,
         ]
         env.update(xen_environment(rundir))
     else:
-        args = [sys.executable, "-m", "pyxenstored", "-N", "--rundir", rundir]
+        args = [sys.executable, "-m", "pyxenstored", "-N", "--rundir", rundir, *extra]
     if ring and backend != "xen":
         if "--ring-dir" not in pyxenstored_help():
             pytest.skip("pyxenstored has no --ring-dir yet (issue 6, simulated hypervisor)")
@@ -183,20 +186,21 @@ def start_pyxenstored(rundir: str, ring: bool, backend: str = "sim") -> Daemon:
     return Daemon(kind, rundir, sock, rundir if ring else None, stop, log, proc.pid)
 
 
-def run_daemon(kind: str, ring: bool) -> Iterator[Daemon]:
+def run_daemon(kind: str, ring: bool, args: Sequence[str] = ()) -> Iterator[Daemon]:
     """Start ``kind`` in a fresh short temp dir, yield it, stop it and clean up.
 
     Kinds: ``reference`` (C, shim), ``pyxenstored`` (simulated hypervisor),
-    ``pyxenstored-xen`` (Xen backend, shim).
+    ``pyxenstored-xen`` (Xen backend, shim).  ``args``: extra daemon arguments
+    (the reference runner passes them on).
     """
     rundir = tempfile.mkdtemp(prefix="xsc-", dir="/tmp")
     try:
         if kind == "reference":
-            daemon = start_reference(rundir, ring)
+            daemon = start_reference(rundir, ring, args)
         elif kind == "pyxenstored-xen":
-            daemon = start_pyxenstored(rundir, ring, backend="xen")
+            daemon = start_pyxenstored(rundir, ring, backend="xen", extra=args)
         else:
-            daemon = start_pyxenstored(rundir, ring)
+            daemon = start_pyxenstored(rundir, ring, extra=args)
         try:
             yield daemon
         finally:
@@ -212,3 +216,12 @@ def introduce_guest(dom0: Client, ring_dir: str, domid: int, port: int) -> None:
     dom0.mkdir(home)
     dom0.set_perms(home, [Perm("n", domid)])
     dom0.introduce(domid, 1, port)
+
+
+def set_domains(daemon: Daemon, text: str) -> None:
+    """Replace pyxenstored's ``DIR/domains``: the domains its simulated hypervisor knows."""
+    assert daemon.ring_dir is not None
+    path = os.path.join(daemon.ring_dir, "domains")
+    with open(path + ".new", "w") as f:
+        f.write(text)
+    os.replace(path + ".new", path)

@@ -155,6 +155,9 @@ def test_oversized_header_dooms_the_ring_after_the_good_messages() -> None:
     assert t.read() == good  # served up to the bad header
     assert t.doomed == 3
     assert t.read() == b""  # then the connection is over
+    reply = HDR.pack(2, 1, 0, 1) + b"v"
+    assert t.write([reply]) == len(reply)  # the good request is still answered
+    assert guest_take(mem) == reply
     assert get(mem, 2072) == 0
     t.close()
     assert get(mem, 2072) == 3  # protocol violation

@@ -9,15 +9,19 @@ behaviour is the digest's (3.4, 4.3, 6.3-6.5, 7.2, 8.2).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from tests.client.daemons import Daemon, introduce_guest, start_pyxenstored, start_reference
+from tests.client.daemons import (
+    Daemon,
+    introduce_guest,
+    set_domains,
+    start_pyxenstored,
+    start_reference,
+)
 from tests.rings.conftest import (
     EVENT_WAIT,
     RawGuest,
@@ -44,13 +48,6 @@ def pdom0(py_daemon: Daemon) -> Iterator[Client]:
 def ring_dir_of(daemon: Daemon) -> str:
     assert daemon.ring_dir is not None
     return daemon.ring_dir
-
-
-def set_domains(daemon: Daemon, text: str) -> None:
-    path = Path(ring_dir_of(daemon)) / "domains"
-    tmp = path.with_suffix(".new")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def guest_on(daemon: Daemon, dom0: Client, domid: int, port: int) -> Client:

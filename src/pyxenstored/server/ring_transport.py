@@ -240,9 +240,14 @@ class RingTransport:
         return size
 
     def write(self, buffers: Sequence[bytes | memoryview]) -> int:
-        """Copy as much of ``buffers`` as fits in the response queue; bytes taken."""
-        if self.doomed:
-            return 0
+        """Copy as much of ``buffers`` as fits in the response queue; bytes taken.
+
+        A ring doomed by what the guest wrote in its request queue still
+        takes the replies to the requests before the bad part (they go out
+        as the connection closes, before the error indicator): C answered
+        each of them before it read further.  Broken response offsets are
+        refused below.
+        """
         words = self._words
         if words[W_CONNECTION] != RING_CONNECTED:
             return 0
