@@ -46,7 +46,6 @@ from pyxenstored.wire import MsgType
 M = MsgType
 
 
-@pytest.mark.xfail(strict=True, reason="transaction memory not yet charged (h-txquota)")
 def test_xsa326_transaction_writes_are_charged_to_the_memory_quota(hostile: Arena) -> None:
     """XSA-326: 9 transactions, 1800-byte values written until refused.
 
@@ -84,11 +83,6 @@ def test_xsa326_transaction_accesses_are_bounded(hostile: Arena) -> None:
     hostile.serves_dom0()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/base.py path caches keep up to 8192 payloads and paths of up to 4 KiB "
-    "each, per cache, filled by any guest's requests and charged to nobody",
-)
 def test_xsa326_requests_for_many_paths_leave_nothing_behind(hostile: Arena) -> None:
     """XSA-326 class: reads of distinct long paths (every reply ENOENT or EINVAL).
 

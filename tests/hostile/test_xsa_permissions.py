@@ -228,11 +228,6 @@ def test_xsa417_rights_for_a_domain_that_does_not_exist_are_ignored(hostile: Are
     hostile.survived(1 * MIB // KIB)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/node_ops.py op_set_perms flags new entries stale against the node's "
-    "previous generation (_persist_stale before _account_write); C stamps the node first",
-)
 def test_xsa417_rights_prepared_before_introduce_count(hostile: Arena) -> None:
     """XSA-417, the other half: rights the toolstack gives an existing domain before INTRODUCE.
 
