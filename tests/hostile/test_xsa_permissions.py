@@ -29,7 +29,6 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
 from tests.client.daemons import introduce_guest
 from tests.hostile.harness import (
     ATTACKER,
