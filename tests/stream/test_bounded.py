@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyxenstored.cli.stream_tool import load_state, main
 from pyxenstored.stream.byteorder import swap_pending
 from pyxenstored.stream.convert_bounded import BoundedConverter
 from pyxenstored.stream.diff import diff_states, state_of
@@ -42,7 +44,7 @@ from pyxenstored.stream.records import (
 )
 from pyxenstored.stream.spill import ExternalSorter, SpillLimits, Spool
 from pyxenstored.stream.synth import SynthConfig, synth_records, write_synth
-from pyxenstored.stream.writer import TARGETS, StreamWriteError, adapt_for_target
+from pyxenstored.stream.writer import TARGETS, StreamWriteError, adapt_for_target, write_stream
 
 TINY = SpillLimits(cap=3, cap_bytes=1 << 20, fan_in=2, chunk=2)
 
@@ -290,3 +292,30 @@ def test_a_refused_loss_names_the_first_five_and_counts_all() -> None:
     assert isinstance(got, str) and got == want
     assert "(and 4 more)" in got
     assert conv.dropped == 9
+
+
+# --- the command line uses the bounded engines --------------------------------------
+
+
+def test_cli_diff_matches_the_in_memory_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "a.xs", tmp_path / "b.xs"
+    write_synth(str(a), SynthConfig(domains=5, seed=1), big_endian=False)
+    write_synth(str(b), SynthConfig(domains=6, seed=2, version=1), big_endian=True)
+    want = list(diff_states(load_state(str(a)), load_state(str(b))))
+    assert main(["diff", str(a), str(b)]) == 1
+    assert capsys.readouterr().out.splitlines() == want
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cli_convert_matches_the_in_memory_path(tmp_path: Path, target: str) -> None:
+    src, dst = tmp_path / "a.xs", tmp_path / "b.xs"
+    write_synth(str(src), SynthConfig(domains=5, seed=1))
+    version = 1 if target == "c-4.17" else 2
+    records = [swap_pending(r, False) for r in StreamReader(str(src))]
+    converted, _ = adapt_for_target(records, version, target, lossy=True)
+    want = write_stream(converted, version=version, big_endian=True, target=target)
+    args = ["convert", str(src), str(dst), "--endian", "big", "--target", target, "--lossy"]
+    assert main(args) == 0
+    assert dst.read_bytes() == want

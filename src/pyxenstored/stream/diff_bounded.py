@@ -91,7 +91,10 @@ class _Side:
         self.global_quota: dict[str, int] | None = None
         self.global_only_quota: dict[str, int] | None = None
 
-    def read(self, records: Iterable[Record], big_endian: bool) -> None:
+    def read(
+        self, records: Iterable[Record], big_endian: bool, other: _Side | None = None
+    ) -> None:
+        """Take a stream in; ``other``: the side read before, whose batch must go first."""
         for r in records:
             if big_endian:
                 # compare pending wire messages in one byte order (as state_of does)
@@ -102,6 +105,8 @@ class _Side:
             if self.held > self.peak_held:
                 self.peak_held = self.held
             if self.held >= self.limits.cap or self.held_bytes >= self.limits.cap_bytes:
+                if other is not None and other.held:
+                    other.spill()  # hold one batch, not one per side
                 self.spill()
 
     def spill(self) -> None:
@@ -115,7 +120,7 @@ class _Side:
                 items: list[Item] = [(k, n, k, None) for k in got]
             else:
                 items = [(_sort_key(name, k), n, k, v) for k, v in got.items()]
-            items.sort(key=lambda item: item[:2])
+            items.sort()  # sort keys are unique in a batch: payloads are never compared
             self.sorters[name].add_run(items)
         self._keep_globals(b)
         self.batch = StreamState()
@@ -243,14 +248,17 @@ def diff_streams_with(
     run = run if run is not None else DiffRun()
     side_a, side_b = _Side(new_file, limits), _Side(new_file, limits)
     side_a.read(a, a_big_endian)
-    side_b.read(b, b_big_endian)
+    if side_a.batches:
+        side_a.spill()  # the rest of a too: b is read with one batch in memory
+    side_b.read(b, b_big_endian, side_a)
     run.peak_held = max(side_a.peak_held, side_b.peak_held)
     if not side_a.batches and not side_b.batches:
         yield from differ(side_a.batch, side_b.batch)
         return
     run.spilled = True
     for side in (side_a, side_b):
-        side.spill()
+        if side.held:
+            side.spill()
     run.runs_written = sum(
         s.runs_written for side in (side_a, side_b) for s in side.sorters.values()
     )
