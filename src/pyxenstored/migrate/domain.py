@@ -620,16 +620,16 @@ def _install_nodes(store: Store, planned: list[_NewNode], old_home: Node | None)
     home = planned[0]
     if old_home is not None:
         before = (old_home.owner, old_home.memory(home.path))
-        store._account_write(home.path, home.node, before)
+        store.account_write(home.path, home.node, before)
     else:
         parent_path = parent_of(home.path)
         parent = store.nodes[parent_path]
         before = (parent.owner, parent.memory(parent_path))
         parent.add_child(home.path[len(parent_path) + 1 :])
-        store._account_write(parent_path, parent, before)
-        store._account_write(home.path, home.node, None)
+        store.account_write(parent_path, parent, before)
+        store.account_write(home.path, home.node, None)
     for item in planned[1:]:
-        store._account_write(item.path, item.node, None)
+        store.account_write(item.path, item.node, None)
 
 
 __all__ = [

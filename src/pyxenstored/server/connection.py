@@ -382,6 +382,11 @@ class Connection:
         data = b"".join(entry[0] for entry in self._out)
         return data[self._out_offset :]
 
+    def output_head(self) -> tuple[bytes, int] | None:
+        """The first queued message and how many of its bytes are written (None: no output)."""
+        out = self._out
+        return (out[0][0], self._out_offset) if out else None
+
     def restore_output(self, data: bytes) -> None:
         """Queue raw bytes dumped by a live update (they go out first, as they are)."""
         if data:

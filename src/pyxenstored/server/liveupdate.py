@@ -514,11 +514,11 @@ class LiveUpdate:
         in_data = conn.pending_input()
         out_data = conn.pending_output()
         resp_len = 0
-        queue = conn._out  # the queue's head decides out-resp-len
-        if queue:
-            head = queue[0][0]
-            if conn._out_offset or head is self._fragments.get(conn.conn_id):
-                resp_len = len(head) - conn._out_offset
+        queued = conn.output_head()  # the queue's head decides out-resp-len
+        if queued is not None:
+            head, written = queued
+            if written or head is self._fragments.get(conn.conn_id):
+                resp_len = len(head) - written
         if session is not None and session.conn is conn and session.start is not None:
             req_id, tx_id = session.start
             out_data += HEADER.pack(_CONTROL, req_id, tx_id, len(_OK)) + _OK
@@ -698,7 +698,7 @@ class LiveUpdate:
 
 def _server_sockets(server: Server) -> list[socket.socket]:
     """The listening sockets and every socket connection of ``server``."""
-    out = [entry[0] for entry in server._listeners]
+    out = server.listeners
     for conn in server.connections:
         if isinstance(conn.transport, SocketTransport):
             out.append(conn.transport.socket)
@@ -706,8 +706,8 @@ def _server_sockets(server: Server) -> list[socket.socket]:
 
 
 def _listener_fd(server: Server) -> int:
-    listeners = server._listeners  # GLOBAL_DATA carries the first one
-    return listeners[0][0].fileno() if listeners else -1
+    listeners = server.listeners  # GLOBAL_DATA carries the first one
+    return listeners[0].fileno() if listeners else -1
 
 
 def _atoi(raw: bytes) -> int:

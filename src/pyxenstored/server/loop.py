@@ -180,6 +180,11 @@ class Server:
     def connection(self, conn_id: int) -> Connection | None:
         return self._conns.get(conn_id)
 
+    @property
+    def listeners(self) -> list[socket.socket]:
+        """The listening sockets, in the order they were added (a live update passes them on)."""
+        return [entry[0] for entry in self._listeners]
+
     def add_connection(
         self, transport: Transport, domid: int, conn_id: int | None = None
     ) -> Connection:
@@ -620,6 +625,10 @@ class Server:
         self.stalled.discard(conn)
         if not conn.closed:
             self._wake(conn)
+
+    def flush_soon(self, conn: Connection) -> None:
+        """Write ``conn``'s queued output on this loop turn (it was queued from outside a request)."""
+        self._dirty.add(conn)
 
     def _deliver(self, events: Sequence[EventLike], token: PendingRequest | None) -> None:
         conns = self._conns

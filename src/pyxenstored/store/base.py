@@ -192,11 +192,11 @@ class StoreBase:
             node = Node(b"", perms, 0)
             for name in children:
                 node.add_child(name)
-            self._account_write(path, node, None)
+            self.account_write(path, node, None)
 
     def mark_introduced(self, domid: int) -> Domain:
         """``domid`` is introduced (its record made if need be); it gets write-rate credits."""
-        dom = self._domain(domid)
+        dom = self.ensure_domain(domid)
         dom.introduced = True
         self.wrl.add_domain(domid, self._now_ms())
         return dom
@@ -223,7 +223,12 @@ class StoreBase:
         """Whether the hypervisor knows ``domid`` now (see :meth:`domain_info`)."""
         return self.domain_info(domid) is not None
 
-    def _domain(self, domid: int) -> Domain:
+    def next_watch_seq(self) -> int:
+        """The creation number of a new watch (a dump lists each connection's in this order)."""
+        self._watch_seq += 1
+        return self._watch_seq
+
+    def ensure_domain(self, domid: int) -> Domain:
         """The record of ``domid``, created (with the global quota) if missing."""
         dom = self.domains.get(domid)
         if dom is None:
@@ -234,7 +239,7 @@ class StoreBase:
 
     def _known_domain(self, domid: int, facts: DomainFacts) -> Domain:
         """The record of a domain the hypervisor reports, made if missing, with its unique id."""
-        dom = self._domain(domid)
+        dom = self.ensure_domain(domid)
         if facts.unique_id:
             dom.unique_id = facts.unique_id
         return dom
@@ -342,7 +347,7 @@ class StoreBase:
         if dom is not None:
             self._check_memory(conn, conn.domid, mem, tx)
         node = tx.first_access(path, committed)
-        tx.memory += mem  # _tx_charge, inlined: every first access in a transaction
+        tx.memory += mem  # tx_charge, inlined: every first access in a transaction
         if conn.domain is not None:
             conn.domain.add(q.MEMORY, mem)
         return node
@@ -367,7 +372,7 @@ class StoreBase:
         """``node`` was written last, with the counter's current value (a bulk restore)."""
         self._gen_last = node
 
-    def _stale(self, domid: int, gen: int) -> bool:
+    def is_stale(self, domid: int, gen: int) -> bool:
         """An entry for a domain unknown, or younger than the node (C's ``chk_domain_generation``).
 
         ``gen`` is the node's generation; see ``NodeOps.op_set_perms`` for
@@ -391,7 +396,7 @@ class StoreBase:
             if bits & PERM_IGNORE:
                 continue
             if entry in (domid, DOMID_ANY) or (target is not None and entry == target):
-                if entry != DOMID_ANY and self._stale(entry, gen):
+                if entry != DOMID_ANY and self.is_stale(entry, gen):
                     continue
                 return bits & PERM_RW
         return perms[0][1] & PERM_RW
@@ -447,7 +452,7 @@ class StoreBase:
         changed = False
         out = [perms[0]]
         for entry, bits in perms[1:]:
-            if not bits & PERM_IGNORE and entry != DOMID_ANY and self._stale(entry, node.gen):
+            if not bits & PERM_IGNORE and entry != DOMID_ANY and self.is_stale(entry, node.gen):
                 bits |= PERM_IGNORE
                 changed = True
             out.append((entry, bits))
@@ -462,7 +467,7 @@ class StoreBase:
         node.gen = self.generation
         self._gen_last = node
 
-    def _account_write(self, path: str, node: Node, before: tuple[int, int] | None) -> None:
+    def account_write(self, path: str, node: Node, before: tuple[int, int] | None) -> None:
         """Install ``node`` at ``path`` in the committed tree with a fresh generation.
 
         ``before`` is (owner, memory) of the node this replaces, None for a
@@ -473,19 +478,19 @@ class StoreBase:
         owner = node.perms[0][0]
         mem = node.memory(path)
         if before is None:
-            dom = self._domain(owner)
+            dom = self.ensure_domain(owner)
             dom.add(q.NODES, 1)
             dom.add(q.MEMORY, mem)
             return
         old_owner, old_mem = before
         if old_owner == owner:
             if mem != old_mem:
-                self._domain(owner).add(q.MEMORY, mem - old_mem)
+                self.ensure_domain(owner).add(q.MEMORY, mem - old_mem)
             return
-        old = self._domain(old_owner)
+        old = self.ensure_domain(old_owner)
         old.add(q.NODES, -1)
         old.add(q.MEMORY, -old_mem)
-        dom = self._domain(owner)
+        dom = self.ensure_domain(owner)
         dom.add(q.NODES, 1)
         dom.add(q.MEMORY, mem)
 
@@ -499,16 +504,16 @@ class StoreBase:
         """
         self._stamp(node)
         if delta:
-            self._domain(node.perms[0][0]).add(q.MEMORY, delta)
+            self.ensure_domain(node.perms[0][0]).add(q.MEMORY, delta)
 
     def _account_delete(self, path: str, node: Node) -> None:
         self._node_writes += 1
         del self.nodes[path]
-        dom = self._domain(node.perms[0][0])
+        dom = self.ensure_domain(node.perms[0][0])
         dom.add(q.NODES, -1)
         dom.add(q.MEMORY, -node.memory(path))
 
-    def _tx_charge(self, conn: Connection, tx: Transaction, delta: int) -> None:
+    def tx_charge(self, conn: Connection, tx: Transaction, delta: int) -> None:
         """The copies ``tx`` holds grew by ``delta`` bytes (may be negative).
 
         Charged to the domain of the transaction's connection whoever owns

@@ -214,7 +214,7 @@ def control_quota(store: ControlOps, args: list[bytes], kind: int) -> bytes:
         if len(args) > 2 or (len(args) == 2 and args[1] != b"-r"):
             raise XsError("EINVAL", "quota max [-r]")
         if len(args) == 2:
-            store._reset_maxima()
+            store.reset_maxima()
         return q.format_max(store.global_maxima()).encode("ascii") + b"\0"
     if len(args) != 1:
         raise XsError("EINVAL", "quota <domid>")

@@ -81,7 +81,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
             conn_id, domid, is_socket, domid == self.config.priv_domid, self._conn_seq
         )
         if not is_socket:
-            conn.attach(self._domain(domid))
+            conn.attach(self.ensure_domain(domid))
         self.conns[conn_id] = conn
 
     def disconnect(self, conn_id: int) -> None:

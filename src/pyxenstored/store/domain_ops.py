@@ -81,7 +81,7 @@ class DomainOps(NodeWrites, TransactionOps):
                 self.domain_hooks.release(domid)
         if self.domain_hooks is not None:
             self.domain_hooks.introduce(domid, c_atoi(parts[1]), evtchn)
-        dom = self._domain(domid) if facts is None else self._known_domain(domid, facts)
+        dom = self.ensure_domain(domid) if facts is None else self._known_domain(domid, facts)
         if not dom.introduced:
             self.mark_introduced(domid)
             if domid != self.config.priv_domid:
@@ -141,7 +141,7 @@ class DomainOps(NodeWrites, TransactionOps):
         # Connections that remain (the server closes them) get a fresh record.
         for conn in self.conns.values():
             if conn.domid == domid and not conn.is_socket:
-                conn.attach(self._domain(domid))
+                conn.attach(self.ensure_domain(domid))
 
     def _remove_domain_from_tree(self, domid: int, events: list[Event]) -> None:
         """Digest 3.4: owned nodes go (or go to priv_domid with -K), entries go.
@@ -175,7 +175,7 @@ class DomainOps(NodeWrites, TransactionOps):
         if stripped != node.perms:
             before = (node.perms[0][0], node.memory(path))
             node.perms = intern_perms(stripped)
-            self._account_write(path, node, before)
+            self.account_write(path, node, before)
         return True
 
     def domains_changed(self, shutdown: set[int], dead: set[int]) -> list[Event]:

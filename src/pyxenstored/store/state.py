@@ -85,7 +85,7 @@ def effective_perms(store: Store, perms: Perms, gen: int) -> Perms:
         return perms
     out = None
     for i, (domid, bits) in enumerate(perms):
-        if i and not bits & PERM_IGNORE and domid != DOMID_ANY and store._stale(domid, gen):
+        if i and not bits & PERM_IGNORE and domid != DOMID_ANY and store.is_stale(domid, gen):
             if out is None:
                 out = list(perms)
             out[i] = (domid, bits | PERM_IGNORE)
@@ -225,7 +225,7 @@ def domain_record(store: Store, domid: int) -> Domain:
     """
     dom = store.domains.get(domid)
     if dom is None:
-        dom = store._domain(domid)
+        dom = store.ensure_domain(domid)
         dom.generation = 0
     return dom
 
@@ -249,8 +249,7 @@ def import_watch(store: Store, conn_id: int, wpath: str, token: bytes, depth: in
     watches = conn.watches
     if key in watches:
         raise StateError(f"watch {wpath!r} token {token!r} of connection {conn_id} twice")
-    seq = store._watch_seq = store._watch_seq + 1
-    watch = Watch(conn_id, conn.seq, seq, path, token, depth, prefix)
+    watch = Watch(conn_id, conn.seq, store.next_watch_seq(), path, token, depth, prefix)
     watches[key] = watch
     store.watches.add(watch)
 
@@ -351,7 +350,7 @@ def import_transaction(
     conn.next_tx_id = max(conn.next_tx_id, (tx_id + 1) & 0xFFFFFFFF)
     # Its copies are charged to the connection's domain as they were before
     # the dump (rebuild_counters counts them again after a whole restore).
-    store._tx_charge(conn, tx, tx.held_memory())
+    store.tx_charge(conn, tx, tx.held_memory())
     store.transactions_restored()
 
 

@@ -128,9 +128,8 @@ class WatchOps(StoreBase):
             ):
                 raise XsError("ENOSPC", "watches quota")
             self._check_memory(conn, conn.domid, len(path) + len(token))
-        self._watch_seq += 1
         prefix = len(f"/local/domain/{conn.domid}/") if relative else 0
-        watch = Watch(conn.conn_id, conn.seq, self._watch_seq, path, token, depth, prefix)
+        watch = Watch(conn.conn_id, conn.seq, self.next_watch_seq(), path, token, depth, prefix)
         conn.watches[(path, token)] = watch
         self.watches.add(watch)
         if dom is not None:
