@@ -86,7 +86,6 @@ class Result(NamedTuple):
     payload: bytes
     events: Sequence[Event] = ()
     events_before_reply: bool = False
-    deferred: bool = False
 
 
 _new_tuple = tuple.__new__
@@ -99,7 +98,7 @@ def plain_result(reply_type: int, payload: bytes) -> Result:
     here); building the tuple directly is 0.14 us, and replies made per
     request (TRANSACTION_START, errors) are on the hot path.
     """
-    return _new_tuple(Result, (reply_type, payload, (), False, False))
+    return _new_tuple(Result, (reply_type, payload, (), False))
 
 
 @dataclass(slots=True)

@@ -56,10 +56,6 @@ def perms_payload(perms: Perms) -> bytes:
 _PAYLOADS: dict[Perms, bytes] = {}
 
 
-def perms_text(perms: Perms) -> str:
-    return ",".join(perm_to_string(d, b) for d, b in perms)
-
-
 # Most nodes carry one of a handful of permission lists; equal lists built
 # separately (a guest's creations, SET_PERMS) share one tuple.  Bounded so that
 # a guest cycling through distinct lists cannot grow it without limit.
