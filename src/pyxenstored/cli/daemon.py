@@ -66,6 +66,12 @@ _WITHOUT_MEANING: dict[str, str] = {
     "no_recovery": "-R: the store lives in memory and is never repaired on start",
     "internal_db": "-I: the store always lives in memory",
     "event": "--event: only C's stub-domain build uses it",
+    "config_file": "--config-file: oxenstored's configuration; only its quota keys are read,"
+    " when taking over oxenstored's state",
+    "reraise_top_level": "--reraise-top-level: oxenstored's debugging aid",
+    "no_access_log": "--no-access-log: there is no access log (see -T)",
+    "disable_socket": "--disable-socket: oxenstored's; the socket is always served",
+    "restart": "--restart: oxenstored's; --live alone reads its dump",
 }
 
 _EPILOG = """\
@@ -142,7 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
         )
     _add_process_options(parser.add_argument_group("process"))
     _add_compat_options(parser.add_argument_group("accepted for the C daemon's sake"))
+    _add_oxenstored_options(parser.add_argument_group("accepted for oxenstored's sake"))
     return parser
+
+
+def _add_oxenstored_options(ox: argparse._ArgumentGroup) -> None:
+    ox.add_argument(
+        "--live",
+        action="store_true",
+        help="take over the state oxenstored's live update left (its dump, "
+        "default /var/run/xenstored/db, and its descriptors); with --help: "
+        "check that it would be taken, exit 0 or 1 (docs/migration.md)",
+    )
+    ox.add_argument("--restart", action="store_true", help="oxenstored's; goes with --live")
+    ox.add_argument("--config-file", metavar="FILE", help="oxenstored's configuration (its quota)")
+    ox.add_argument(
+        "--oxenstored-dump", metavar="FILE", help="read oxenstored's dump from FILE (with --live)"
+    )
+    ox.add_argument("--config-test", action="store_true", help="as --live --help")
+    for flag in ("--reraise-top-level", "--no-access-log", "--disable-socket"):
+        ox.add_argument(flag, action="store_true", help="oxenstored's (no effect)")
 
 
 def _add_where_options(where: argparse._ArgumentGroup) -> None:
@@ -357,6 +382,7 @@ class DaemonOptions:
     trace_path: str | None = None
     trace_switches: list[str] = field(default_factory=list)
     live_update: bool = False
+    oxenstored_dump: str | None = None
     fork: bool = True
     output_pid: bool = False
 
@@ -377,7 +403,15 @@ class DaemonOptions:
         for switch in args.trace_control:
             if not valid_trace_switch(switch):
                 raise ValueError(f"illegal trace switch {switch!r}")
-        rundir, sock_path = socket_path(args.rundir, args.socket)
+        for name, value in _oxenstored_quota(args):
+            apply_quota_option(config.quota, "-Q", f"{name}={value}")
+        if args.live and not args.rundir and not args.socket:
+            # oxenstored's own places (the listening socket is inherited).
+            from pyxenstored.migrate.oxenstored import OXENSTORED_RUNDIR, OXENSTORED_SOCKET
+
+            rundir, sock_path = OXENSTORED_RUNDIR, OXENSTORED_SOCKET
+        else:
+            rundir, sock_path = socket_path(args.rundir, args.socket)
         return cls(
             config=config,
             rundir=rundir,
@@ -388,11 +422,32 @@ class DaemonOptions:
             pid_file=args.pid_file,
             trace_path=os.path.abspath(args.trace_file) if args.trace_file else None,
             trace_switches=list(args.trace_control),
-            live_update=args.live_update,
+            live_update=args.live_update or args.live,
+            oxenstored_dump=_oxenstored_dump(args),
             # A live update's successor runs in the process it replaces (C too).
-            fork=not args.no_fork and not args.live_update,
+            fork=not args.no_fork and not args.live_update and not args.live,
             output_pid=args.output_pid,
         )
+
+
+def _oxenstored_dump(args: argparse.Namespace) -> str | None:
+    from pyxenstored.migrate.oxenstored import OXENSTORED_DB
+
+    return (args.oxenstored_dump or OXENSTORED_DB) if args.live else None
+
+
+def _oxenstored_quota(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """The quota of oxenstored's configuration, by C-family name (with --config-file)."""
+    if not args.config_file:
+        return []
+    from pyxenstored.server.oxenstored_lu import config_quota
+    from pyxenstored.stream.oxenstored import quota_to_c
+
+    values, _lost = quota_to_c(config_quota(["--config-file", args.config_file]))
+    from pyxenstored.store.quota import QUOTAS
+
+    known = {info.name for info in QUOTAS}
+    return [(v.name, v.value) for v in values if v.name in known]
 
 
 class StartError(Exception):
@@ -411,6 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyxenstored.cli.migrate_cmd import main as migrate_main
 
         return migrate_main(given[1:])
+    if "--live" in given and "--help" in given:
+        # oxenstored's pre-exec check of its successor (docs/migration.md).
+        setup_logging(logging.WARNING)
+        return _oxenstored_check([w for w in given if w != "--help"])
     try:
         args = parse_args(given)
         setup_logging(level_from_options(args.verbose, args.log_level))
@@ -418,12 +477,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     if args.check_state:
         return _check_state(args.check_state, as_program=argv is None)
+    if args.config_test:
+        return _oxenstored_check(given)
     try:
         options = DaemonOptions.from_args(args, given)
     except ValueError as exc:
         return _fail(str(exc), 2)
     _log_accepted_options(args)
     return run(options)
+
+
+def _oxenstored_check(given: list[str]) -> int:
+    from pyxenstored.migrate.oxenstored import OXENSTORED_DB
+    from pyxenstored.server.oxenstored_lu import help_check
+
+    try:
+        args = parse_args(given)
+        options = DaemonOptions.from_args(args, given)
+    except (UsageError, ValueError) as exc:
+        return _fail(str(exc), 2)
+    return help_check(options.oxenstored_dump or OXENSTORED_DB, given, options.config)
 
 
 def _fail(message: str, status: int = 1) -> int:
@@ -532,12 +605,21 @@ def _build_and_run(options: DaemonOptions, readiness: Readiness | None) -> None:
     """Build the store, server and guest backend; restore or listen; serve."""
     # Imported here, not at the top: the check run (--check-state) needs none
     # of the server, and its start-up is part of the live-update blackout.
+    from pyxenstored.server import oxenstored_lu
     from pyxenstored.server.control_hooks import ServerControlHooks
     from pyxenstored.server.domain_state import DomainState
     from pyxenstored.server.liveupdate import LiveUpdate
     from pyxenstored.server.loop import Server, ServerConfig
     from pyxenstored.store import Store
 
+    ox_state = None
+    if options.oxenstored_dump is not None:
+        # Checked before anything is opened: a dump that cannot be taken
+        # falls back to the oxenstored that wrote it.
+        try:
+            ox_state = oxenstored_lu.prepare(options.oxenstored_dump, options.argv, options.config)
+        except RestoreError as exc:
+            raise StartError(1, f"oxenstored's state cannot be taken: {exc}") from None
     tracer = _open_tracer(options)
     hooks = ServerControlHooks(tracer)
     store = Store(options.config, hooks)
@@ -560,7 +642,15 @@ def _build_and_run(options: DaemonOptions, readiness: Readiness | None) -> None:
 
             rings = RingDomains(server, store, hypervisor)
             updater.ring_restorer = rings.restore_transport
-        if options.live_update:
+        from pyxenstored.server.oxenstored_lu import OxenstoredSuccessor
+
+        updater.foreign = OxenstoredSuccessor(updater, rings)
+        if ox_state is not None:
+            try:
+                oxenstored_lu.adopt(updater, rings, ox_state)
+            except RestoreError as exc:
+                raise StartError(1, f"taking over oxenstored's state failed: {exc}") from None
+        elif options.live_update:
             try:
                 updater.restore()
             except RestoreError as exc:

@@ -46,7 +46,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 if TYPE_CHECKING:
     # Only the old daemon's side of a switch uses these (imported there): a
@@ -129,6 +129,17 @@ TXT_EXEC_FAILED = "Error activating new binary."
 TXT_DUMP_OPEN = "Dump state open error"
 TXT_DUMP_WRITE = "Dump write error"
 
+
+class ForeignSuccessor(Protocol):
+    """Live update to another implementation: check at ``-f``, switch at ``-s``."""
+
+    def accepts(self, program: str) -> bool: ...
+
+    def validate(self, program: str) -> str | None: ...
+
+    def switch(self, session: Session) -> None: ...
+
+
 RingRestorer = Callable[[ConnectionData], Transport | None]
 """Recreates a ring connection's transport from its record (None: cannot, keep it dormant)."""
 
@@ -148,6 +159,8 @@ class Session:
     started_at: float = 0.0
     # The successor's check run, started with the session (pyxenstored only).
     checker: SuccessorCheck | None = None
+    # The new program is another implementation (LiveUpdate.foreign's).
+    foreign: bool = False
 
 
 @dataclass(slots=True)
@@ -199,6 +212,12 @@ class LiveUpdate:
         # Loop turns to wait, after a restore, before the cyclic collector
         # runs again (see restore()); 0: nothing deferred.
         self._gc_turns = 0
+        # The answer for the next "-s" outside a session (after a live
+        # update from oxenstored, whose xenstore-control asks again).
+        self.result: str | None = None
+        # Live update towards another implementation (oxenstored):
+        # server/oxenstored_lu.py:OxenstoredSuccessor.
+        self.foreign: ForeignSuccessor | None = None
 
     def install(self, hooks: ServerControlHooks) -> None:
         """Hook into the server (interceptor, ticker) and the CONTROL hooks."""
@@ -278,6 +297,15 @@ class LiveUpdate:
             return TXT_NOT_ACCESSIBLE
         if not st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
             return TXT_NOT_EXECUTABLE
+        foreign = self.foreign
+        if foreign is not None and foreign.accepts(path):
+            problem = foreign.validate(path)
+            if problem is not None:
+                return problem.encode("utf-8", "replace") + b"\0"
+            self.session = Session(conn, path, foreign=True)
+            self.server.intercepted = _IN_SESSION
+            log.info("live update: session opened by connection %d for %s", conn.conn_id, path)
+            return _OK
         self.session = Session(conn, path)
         self.server.intercepted = _IN_SESSION
         if is_pyxenstored(path):
@@ -313,6 +341,9 @@ class LiveUpdate:
             else:
                 raise XsError("EINVAL", f"bad -s option {opt!r}")
             i += 1
+        if self.session is None and self.result is not None:
+            text, self.result = self.result, None
+            return text.encode() + b"\0"
         session = self._own_session(conn)
         if session is None or session.start is not None:
             return TXT_NOT_IN_SESSION
@@ -340,6 +371,13 @@ class LiveUpdate:
         self.server.intercepted = _QUIET
         for conn in list(self.server.stalled):
             self.server.release(conn)
+
+    def answer(self, session: Session, text: str) -> None:
+        """Answer the pending ``-s`` with ``text`` (for :class:`ForeignSuccessor`)."""
+        self._answer(session, text)
+
+    def end_session(self) -> None:
+        self._end_session()
 
     def _answer(self, session: Session, text: str) -> None:
         """Answer the pending ``-s`` with ``text`` and let its connection go on."""
@@ -407,6 +445,9 @@ class LiveUpdate:
 
     def _switch(self, session: Session) -> None:
         """Dump, check, exec; on any failure answer ``-s`` with the reason and serve on."""
+        if session.foreign and self.foreign is not None:
+            self.foreign.switch(session)
+            return
         started = time.monotonic()
         path = self.state_path()
         is_py = is_pyxenstored(session.file)

@@ -79,6 +79,7 @@ class Ring:
 
     __slots__ = (
         "domid",
+        "gfn",
         "remote_port",
         "local_port",
         "unique_id",
@@ -92,6 +93,9 @@ class Ring:
         self, domid: int, remote_port: int, local_port: int, unique_id: int, mem: RingMemory
     ) -> None:
         self.domid = domid
+        # The frame INTRODUCE named (0: not known, e.g. restored from a
+        # stream); an oxenstored successor needs it (dom lines).
+        self.gfn = 0
         self.remote_port = remote_port
         self.local_port = local_port
         self.unique_id = unique_id
@@ -237,6 +241,7 @@ class RingDomains:
                     "EINVAL", f"cannot bind domain {domid}'s port {evtchn}: {exc}"
                 ) from exc
             ring = Ring(domid, evtchn, local, info.unique_id if info else 0, mem)
+            ring.gfn = gfn
             self._rings[domid] = ring
         else:
             # Repeated INTRODUCE only binds the event channel again (digest 6.3).
