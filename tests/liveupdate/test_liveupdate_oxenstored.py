@@ -154,7 +154,9 @@ class Ox:
             ' -m pyxenstored "$@"\n'
         )
         self.successor.chmod(0o755)
-        self.env = dict(os.environ, XS_SHIM_RINGDIR=str(self.rings), XS_SHIM_DOMAINS="0,5")
+        self.env = dict(
+            os.environ, XS_SHIM_RINGDIR=str(self.rings), XS_SHIM_DOMAINS="0,5", XS_SHIM_DEBUG="1"
+        )
         for name in ("XENSTORED_PATH", "XENSTORED_RUNDIR", "LD_PRELOAD"):
             self.env.pop(name, None)
         self.socket = str(self.run / "run" / "xenstored" / "socket")
@@ -263,6 +265,13 @@ def test_oxenstored_to_pyxenstored_and_back_twice(tmp_path: Path) -> None:
         # The quota pyxenstored took over from oxenstored's configuration.
         assert quota_py is not None and "path-max" in quota_py
         assert len(list((ox.run / "dumps").iterdir())) == 2
+        log = ox.log()
+        # Each successor took the event channel over with VIRQ_DOM_EXC still
+        # bound at oxenstored's port: only the first oxenstored bound it on
+        # the handed-over descriptor (pyxenstored's own handle binds it
+        # at start, then closes).
+        assert log.count("[xsshim] xenevtchn_fdopen fd ") == 3
+        assert "bind_virq 3 -> 100" not in log
         guest.close()
         own.close()
     finally:

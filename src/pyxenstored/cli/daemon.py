@@ -656,7 +656,8 @@ def _build_and_run(options: DaemonOptions, readiness: Readiness | None) -> None:
             except RestoreError as exc:
                 raise StartError(1, f"live update restore failed: {exc}") from None
         if rings is not None:
-            rings.adopt_inherited_evtchn(updater.evtchn_fd)
+            virq = ox_state.extras.domexc_port if ox_state is not None else None
+            rings.adopt_inherited_evtchn(updater.evtchn_fd, virq)
             updater.evtchn_fd = rings.evtchn_fd
             rings.start(auto_introduce=not options.live_update)
         if not options.live_update:

@@ -155,8 +155,12 @@ class Hypervisor(Protocol):
         """Descriptors to keep open across a live-update exec, by role."""
         ...
 
-    def adopt_evtchn(self, fd: int) -> None:
-        """Take over the event channel descriptor a live update handed over."""
+    def adopt_evtchn(self, fd: int, virq_port: int | None = None) -> None:
+        """Take over the event channel descriptor a live update handed over.
+
+        ``virq_port``: ``VIRQ_DOM_EXC`` is still bound on it at that port
+        (oxenstored hands it over bound); None: bind it here.
+        """
         ...
 
     def restored_port(self, domid: int, local_port: int) -> int:
@@ -380,7 +384,7 @@ class SimulatedHypervisor:
         os.set_inheritable(self._evtchn, True)
         return {"evtchn": self._evtchn}
 
-    def adopt_evtchn(self, fd: int) -> None:
+    def adopt_evtchn(self, fd: int, virq_port: int | None = None) -> None:
         # The FIFO is one pipe: our own descriptor of it reads the same
         # kicks, so the inherited one is closed.
         if fd >= 0 and fd != self._evtchn:

@@ -183,14 +183,14 @@ class RingDomains:
             if domid in self.store.domains:
                 self.store.mark_introduced(domid)  # nobody watches yet: no event to fire
 
-    def adopt_inherited_evtchn(self, fd: int) -> None:
+    def adopt_inherited_evtchn(self, fd: int, virq_port: int | None = None) -> None:
         """The event channel descriptor a live update handed over (GLOBAL_DATA).
 
         Called after the restore, before :meth:`start`: the channels the
         restored rings use are bound on it (see :meth:`restore_transport`).
         """
         if fd >= 0:
-            self.hv.adopt_evtchn(fd)
+            self.hv.adopt_evtchn(fd, virq_port)
 
     @property
     def evtchn_fd(self) -> int:

@@ -189,7 +189,7 @@ class XenHypervisor:
             opened.pop_all()  # the handles are the hypervisor's now
             return hv
 
-    def _use_evtchn(self, xce: int) -> None:
+    def _use_evtchn(self, xce: int, virq_port: int | None = None) -> None:
         """Make ``xce`` the event channel handle: its descriptor, ``VIRQ_DOM_EXC`` on it."""
         ev = self._ev
         fd = ev["xenevtchn_fd"](xce)
@@ -199,7 +199,12 @@ class XenHypervisor:
         self._fd = fd
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
-        self._bind_virq()
+        if virq_port is not None:
+            # oxenstored hands the descriptor over with the virq still bound
+            # (its evtchn-dev line): binding it again would fail on Xen.
+            self._virq = virq_port
+        else:
+            self._bind_virq()
 
     def _bind_virq(self) -> None:
         port = self._ev["xenevtchn_bind_virq"](self._xce, VIRQ_DOM_EXC)
@@ -439,7 +444,7 @@ class XenHypervisor:
         os.set_inheritable(self._fd, True)
         return {"evtchn": self._fd}
 
-    def adopt_evtchn(self, fd: int) -> None:
+    def adopt_evtchn(self, fd: int, virq_port: int | None = None) -> None:
         """The predecessor's event channel descriptor, with its channels bound (``xenevtchn_fdopen``).
 
         Ours, opened at start, has only ``VIRQ_DOM_EXC`` on it: it is
@@ -454,7 +459,7 @@ class XenHypervisor:
             raise OSError(err, f"the inherited event channel descriptor {fd}: {os.strerror(err)}")
         self.unbind(self._virq)
         ev["xenevtchn_close"](self._xce)
-        self._use_evtchn(xce)
+        self._use_evtchn(xce, virq_port)
 
     def restored_port(self, domid: int, local_port: int) -> int:
         return local_port  # bound on the descriptor adopt_evtchn takes over
