@@ -299,6 +299,23 @@ def test_refused_updates_leave_the_daemon_serving(tmp_path: Path) -> None:
         done = ox.to_py()
         assert done.returncode == 0, (done.stdout, done.stderr, ox.log())
         assert ox.which() == "py"
+        # oxenstored's configuration names the pid file: pyxenstored writes it too.
+        assert (ox.run / "oxenstored.pid").read_text().strip() == str(ox.pid)
+        # A watch with a depth: oxenstored has none; refused, then forced.
+        own.watch("/r", "deep", depth=1)
+        assert own.next_event(5) == WatchEvent("/r", "deep")
+        done = ox.to_ox("-t", "10")
+        assert done.returncode != 0 and ox.which() == "py"
+        assert "would lose: depth 1 of watch '/r'" in done.stdout + done.stderr
+        own.write("/r/b", "2")
+        assert own.next_event(5) == WatchEvent("/r/b", "deep")
+        done = ox.to_ox("-F", "-t", "10")
+        assert done.returncode == 0, (done.stdout, done.stderr, ox.log())
+        assert ox.which() == "ox" and own.read("/r/b") == b"2"
+        assert "is lost" in ox.log()
+        done = ox.to_py()
+        assert done.returncode == 0, (done.stdout, done.stderr, ox.log())
+        assert ox.which() == "py"
         # An open transaction: oxenstored cannot take it; pyxenstored says so and serves on.
         tx = own.start_transaction()
         done = ox.to_ox("-t", "1")

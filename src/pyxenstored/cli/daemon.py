@@ -419,7 +419,7 @@ class DaemonOptions:
             backend=choose_backend(args.hypervisor, args.ring_dir),
             argv=argv,
             watch_timeout=parse_timeouts(args.timeout),
-            pid_file=args.pid_file,
+            pid_file=args.pid_file or _config_pid_file(args),
             trace_path=os.path.abspath(args.trace_file) if args.trace_file else None,
             trace_switches=list(args.trace_control),
             live_update=args.live_update or args.live,
@@ -434,6 +434,15 @@ def _oxenstored_dump(args: argparse.Namespace) -> str | None:
     from pyxenstored.migrate.oxenstored import OXENSTORED_DB
 
     return (args.oxenstored_dump or OXENSTORED_DB) if args.live else None
+
+
+def _config_pid_file(args: argparse.Namespace) -> str | None:
+    """oxenstored's ``pid-file`` key, when started with its ``--config-file`` (as it does)."""
+    if not args.config_file:
+        return None
+    from pyxenstored.server.oxenstored_lu import config_pid_file
+
+    return config_pid_file(args.config_file)
 
 
 def _oxenstored_quota(args: argparse.Namespace) -> list[tuple[str, int]]:

@@ -80,6 +80,20 @@ def config_quota(argv: Sequence[str]) -> OxenstoredQuota:
     return quota
 
 
+def config_pid_file(path: str) -> str | None:
+    """The ``pid-file`` key of oxenstored's configuration file (the last one), if any."""
+    found = None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, eq, value = line.strip().partition("=")
+                if eq and key.strip() == "pid-file" and value.strip():
+                    found = value.strip()
+    except OSError:
+        return None
+    return found
+
+
 def load(path: str, argv: Sequence[str]) -> OxenstoredState:
     """Read oxenstored's dump at ``path``; raises RestoreError saying why it cannot be taken."""
     try:
