@@ -267,11 +267,10 @@ def test_oxenstored_to_pyxenstored_and_back_twice(tmp_path: Path) -> None:
         assert len(list((ox.run / "dumps").iterdir())) == 2
         log = ox.log()
         # Each successor took the event channel over with VIRQ_DOM_EXC still
-        # bound at oxenstored's port: only the first oxenstored bound it on
-        # the handed-over descriptor (pyxenstored's own handle binds it
-        # at start, then closes).
+        # bound at oxenstored's port: only the first oxenstored bound it
+        # (Xen allows one binding; pyxenstored's own handle binds none).
         assert log.count("[xsshim] xenevtchn_fdopen fd ") == 3
-        assert "bind_virq 3 -> 100" not in log
+        assert log.count("[xsshim] bind_virq ") == 1
         guest.close()
         own.close()
     finally:

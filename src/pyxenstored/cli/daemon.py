@@ -645,7 +645,11 @@ def _build_and_run(options: DaemonOptions, readiness: Readiness | None) -> None:
     rings = None
     try:
         # Before a restore: live update maps the dumped rings through it.
-        hypervisor = _open_backend(options.backend, options.config.store_domid)
+        hypervisor = _open_backend(
+            options.backend,
+            options.config.store_domid,
+            bind_virq=ox_state is None or not oxenstored_lu.hands_over_virq(ox_state),
+        )
         if hypervisor is not None:
             from pyxenstored.server.ring_domains import RingDomains
 
@@ -666,6 +670,8 @@ def _build_and_run(options: DaemonOptions, readiness: Readiness | None) -> None:
                 raise StartError(1, f"live update restore failed: {exc}") from None
         if rings is not None:
             virq = ox_state.extras.domexc_port if ox_state is not None else None
+            if ox_state is not None and not oxenstored_lu.hands_over_virq(ox_state):
+                virq = None
             rings.adopt_inherited_evtchn(updater.evtchn_fd, virq)
             updater.evtchn_fd = rings.evtchn_fd
             rings.start(auto_introduce=not options.live_update)
@@ -695,12 +701,14 @@ def _open_tracer(options: DaemonOptions) -> Tracer:
     return tracer
 
 
-def _open_backend(choice: BackendChoice, store_domid: int) -> Hypervisor | None:
+def _open_backend(
+    choice: BackendChoice, store_domid: int, *, bind_virq: bool = True
+) -> Hypervisor | None:
     from pyxenstored.server.backends import BackendUnavailable, open_backend
 
     log.info("hypervisor backend: %s (%s)", choice.kind, choice.reason)
     try:
-        return open_backend(choice, store_domid)
+        return open_backend(choice, store_domid, bind_virq=bind_virq)
     except BackendUnavailable as exc:
         raise StartError(1, str(exc)) from None
 

@@ -183,6 +183,17 @@ def adopt(updater: LiveUpdate, rings: RingDomains | None, state: OxenstoredState
     log.info("took over oxenstored's state (%d records)", len(state.records))
 
 
+def hands_over_virq(state: OxenstoredState) -> bool:
+    """Whether the dump hands an event-channel descriptor over with ``VIRQ_DOM_EXC`` bound.
+
+    Then the successor must not bind the virq on a handle of its own: Xen
+    allows one binding.
+    """
+    return state.extras.domexc_port is not None and any(
+        isinstance(r, GlobalData) and r.evtchn_fd >= 0 for r in state.records
+    )
+
+
 def _listener_path(state: OxenstoredState) -> str | None:
     """The path of the inherited listening socket (as it was bound)."""
     for r in state.records:

@@ -109,8 +109,13 @@ class XenHypervisor:
         xm: int | None = None,
         fmem: int | None = None,
         store_domid: int = 0,
+        bind_virq: bool = True,
     ) -> None:
-        """Take over opened handles; binds ``VIRQ_DOM_EXC``.  Use :meth:`open`."""
+        """Take over opened handles; binds ``VIRQ_DOM_EXC``.  Use :meth:`open`.
+
+        ``bind_virq`` False: an inherited descriptor with the virq bound is
+        taken over right after (:meth:`adopt_evtchn` with its port).
+        """
         self._lib = lib
         self._ev = lib.evtchn
         self._xce = xce
@@ -123,12 +128,14 @@ class XenHypervisor:
         self._virq = 0
         # xenmanage: domains as last reported (None: not read yet).
         self._known: dict[int, DomainState] | None = None
-        self._use_evtchn(xce)
+        self._use_evtchn(xce, None if bind_virq else 0)
 
     # --- opening ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, *, store_domid: int = 0, lib: XenLib | None = None) -> XenHypervisor:
+    def open(
+        cls, *, store_domid: int = 0, lib: XenLib | None = None, bind_virq: bool = True
+    ) -> XenHypervisor:
         """Load the libraries and open their handles, as C's ``domain_init`` does.
 
         Raises :class:`HypervisorUnavailable` with one line naming the
@@ -183,7 +190,16 @@ class XenHypervisor:
                         lib, opened, lib.foreignmemory, "xenforeignmemory", (logger, 0), "", ""
                     )
             try:
-                hv = cls(lib, xce, gnttab, xc=xc, xm=xm, fmem=fmem, store_domid=store_domid)
+                hv = cls(
+                    lib,
+                    xce,
+                    gnttab,
+                    xc=xc,
+                    xm=xm,
+                    fmem=fmem,
+                    store_domid=store_domid,
+                    bind_virq=bind_virq,
+                )
             except OSError as exc:
                 raise HypervisorUnavailable(exc.strerror or str(exc)) from None
             opened.pop_all()  # the handles are the hypervisor's now
