@@ -21,6 +21,7 @@ from tests.liveupdate.conftest import LineReader
 from tests.util import REFERENCE_OXENSTORED, XEN_BIN, require, require_shim, require_tool
 
 from pyxenstored.client import Client, WatchEvent
+from pyxenstored.client.ring import RingTransport
 from pyxenstored.migrate import quota_values
 from pyxenstored.migrate.oxenstored import (
     check_state,
@@ -40,6 +41,7 @@ from pyxenstored.stream import (
     WatchDataExtended,
 )
 from pyxenstored.stream.oxenstored import OxenstoredExtras, OxenstoredQuota, parse_dump
+from pyxenstored.wire import HEADER, RING_REQ_OFFSET, RING_REQ_PROD, MsgType
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "oxenstored"
 OXENSTORED = XEN_BIN / "oxenstored"
@@ -134,6 +136,18 @@ def test_the_help_check_proves_the_dump_restores(tmp_path: Path) -> None:
 
 
 # --- against the real oxenstored -------------------------------------------------------------
+
+
+def _put_unannounced(guest: Client, data: bytes) -> None:
+    """Put ``data`` in the guest's request queue without kicking the daemon."""
+    transport = guest.transport
+    assert isinstance(transport, RingTransport)
+    page = transport.page
+    prod = page.word(RING_REQ_PROD)
+    start = prod % 1024
+    assert start + len(data) <= 1024
+    page.mem[RING_REQ_OFFSET + start : RING_REQ_OFFSET + start + len(data)] = data
+    page.set_word(RING_REQ_PROD, prod + len(data))
 
 
 class Ox:
@@ -239,12 +253,20 @@ def test_oxenstored_to_pyxenstored_and_back_twice(tmp_path: Path) -> None:
         guest.watch("data", "g")
         assert guest.next_event(10) == WatchEvent("data", "g")
         before = ox.ls()
+        # Half a request in the ring, not announced (no kick): oxenstored
+        # leaves it there, and its successor reads it from the page.
+        payload = b"data/a\0"
+        request = HEADER.pack(MsgType.READ, 4242, 0, len(payload)) + payload
+        _put_unannounced(guest, request[:9])
         quota_py = None
         for n, expect in enumerate(["py", "ox", "py"]):
             done = ox.to_py() if expect == "py" else ox.to_ox("-t", "10")
             assert done.returncode == 0, (done.stdout, done.stderr, ox.log())
             assert ox.which() == expect, ox.log()
             assert ox.ls() == before, ox.log()
+            if n == 0:
+                guest.send_raw(request[9:])
+                assert guest.collect(4242, 20) == b"guest"
             if expect == "py":
                 quota = own.control("quota")
                 assert quota_py is None or quota == quota_py
