@@ -1,4 +1,6 @@
-"""Live update from oxenstored: pyxenstored as the successor oxenstored execs.
+"""Live update to and from oxenstored (docs/migration.md), the daemon's side.
+
+From oxenstored, pyxenstored is the successor oxenstored execs:
 
 oxenstored's live update (``process.ml:LiveUpdate``, ``xenstored.ml``)
 first runs ``<binary> --live --restart <its arguments> --help`` and goes on
@@ -19,6 +21,10 @@ socket, the event-channel descriptor and every accepted socket left open.
   event channel) and leaves ``OK`` for the ``live-update -s`` that
   ``xenstore-control`` sends again, as oxenstored does after its own
   restart.
+
+To oxenstored, :class:`OxenstoredSuccessor` is installed as
+:attr:`.LiveUpdate.foreign`: pyxenstored's own live update with oxenstored
+as the new program (its check at ``-f``, its dump and exec at ``-s``).
 """
 
 from __future__ import annotations
