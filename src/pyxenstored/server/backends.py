@@ -118,7 +118,10 @@ def _open_xen(store_domid: int, bind_virq: bool = True) -> Hypervisor:
         raise BackendUnavailable(f"the Xen backend cannot be loaded: {exc}") from None
     try:
         return cast(
-            Hypervisor, xen.XenHypervisor.open(store_domid=store_domid, bind_virq=bind_virq)
+            Hypervisor,
+            xen.XenHypervisor.open(
+                store_domid=store_domid, **({} if bind_virq else {"bind_virq": False})
+            ),
         )
     except xen.HypervisorUnavailable as exc:
         raise BackendUnavailable(f"cannot use Xen: {exc}") from None
