@@ -81,6 +81,7 @@ def test_generators_read_the_options_a_parser_has_when_they_run() -> None:
     grow.add_argument("--colour", choices=("red", "green"), help="its colour, %(choices)s")
     grow.add_argument("--into", metavar="DIR", help="where it grows")
     grow.add_argument("seed", help="the seed")
+    grow.add_argument("path", nargs="?", help="a xenstore path")
     toy = describe(
         parser,
         summary="a toy",
@@ -91,6 +92,7 @@ def test_generators_read_the_options_a_parser_has_when_they_run() -> None:
     assert "\\fB\\-\\-colour\\fR \\fI{red,green}\\fR\nits colour, red, green" in roff
     assert '.SS "toy grow"' in roff and "Make it grow." in roff
     assert ".SH EXIT STATUS\n.TP\n\\fB0\\fR\ngrown" in roff
+    assert [o.completes for o in toy.subcommands[0].options if o.positional] == ["file", "none"]
     bash = completion.script(toy)
     assert "--colour)\n                mapfile -t COMPREPLY < <(compgen -W 'red green'" in bash
     assert (

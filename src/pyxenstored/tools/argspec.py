@@ -22,6 +22,8 @@ from pyxenstored.cli.helptext import Section
 # How a value is completed, from its metavar: a file name, a directory name.
 FILE_METAVARS = frozenset({"FILE", "PATH", "SOCKET"})
 DIR_METAVARS = frozenset({"DIR"})
+# A positional argument of these names is a xenstore path, not a file.
+XENSTORE_PATH_NAMES = frozenset({"path", "PATH", "node", "NODE"})
 
 
 @dataclass(slots=True, frozen=True)
@@ -154,8 +156,10 @@ def _completes(action: argparse.Action, metavar: str | None, choices: tuple[str,
         return "choices"
     if metavar in DIR_METAVARS:
         return "dir"
-    # Every positional argument of these commands names a file.
-    if metavar in FILE_METAVARS or not action.option_strings:
+    if metavar in FILE_METAVARS and action.option_strings:
+        return "file"
+    # The commands' other positional arguments all name files.
+    if not action.option_strings and metavar not in XENSTORE_PATH_NAMES:
         return "file"
     return "none"
 
