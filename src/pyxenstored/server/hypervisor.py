@@ -14,7 +14,8 @@ the quota and feature requests with a domid, INTRODUCE), never per plain
 read or write.  :class:`Hypervisor` is that interface;
 :class:`SimulatedHypervisor` implements it with plain files so that the daemon
 serves guests on a machine without Xen, following the conventions of the C
-reference under its test shim (``../shared/peers/xsshim.c``), so that one guest
+reference under its test shim (``xsshim.c``, beside the reference daemons the
+tests find through ``PYXENSTORED_PEERS``), so that one guest
 harness drives both daemons:
 
 * ``DIR/ring-dom<domid>``: the domain's ring page, a 4096-byte file both sides
