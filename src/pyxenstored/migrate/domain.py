@@ -1,7 +1,8 @@
 """Domain migration: one domain's xenstore state as a stream, and back into another store.
 
-The migration stream's second job (``reference/xenstore-migration.md``,
-``reference/non-cooperative-migration.md``; digest 10.8): a version-2 stream
+The migration stream's second job (xen.git ``docs/designs/xenstore-migration.md``
+and ``docs/designs/non-cooperative-migration.md``; the C daemon has no code for
+it, see docs/migration.md): a version-2 stream
 holding exactly one domain's state, in this order:
 
 * its ring connection (CONNECTION_DATA; pending data only as whole

@@ -2,7 +2,8 @@
 
 The connection is transport-agnostic: the transport only reads and writes
 bytes.  Here live the rules the C daemon applies to every connection
-(digest 2.1, 4.5, 8):
+(``core.c:send_reply``, ``core.c:send_event``, ``core.c:check_event_timeout``,
+``domain.c:domain_can_read``):
 
 * replies are queued in request order; watch events after them;
 * a watch event identical (path and token) to one still queued -- even if its

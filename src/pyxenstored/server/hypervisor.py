@@ -38,7 +38,7 @@ harness drives both daemons:
 At start the daemon serves the store domain's own ring (``ring-dom0``, port
 ``$XS_SHIM_DOM0_PORT``, default 1, as the shim's ``/proc/xen/xsd_port``) and
 every existing domain whose page file already holds a port at offset 2076
-(dom0less guests), as C HEAD introduces them (digest 6.2).
+(dom0less guests), as C HEAD introduces them (``domain.c:init_domains``).
 
 Ports: in the simulation an interdomain channel's local port is the port the
 guest was introduced with (the guest kicks with the number it knows), and the

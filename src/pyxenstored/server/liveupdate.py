@@ -1,6 +1,6 @@
 """Live update: CONTROL ``live-update``, the state dump, the exec, the restore.
 
-The old daemon's side (digest 11.1-11.2):
+The old daemon's side (C's ``lu.c:do_control_lu`` and ``lu.c:do_lu_start``):
 
 * ``-f <file>`` opens a session bound to the requesting connection (one at a
   time); ``-c <cmdline>`` replaces the new program's arguments; ``-a`` ends
@@ -236,7 +236,7 @@ class LiveUpdate:
     # --- CONTROL live-update ---------------------------------------------------------
 
     def control(self, args: list[bytes]) -> bytes:
-        """CONTROL ``live-update <args>`` (digest 11.1)."""
+        """CONTROL ``live-update <args>`` (C's ``lu.c:do_control_lu``)."""
         if self._current is None:
             raise XsError("EINVAL", "live-update needs a connection")
         conn, req_id, tx_id = self._current

@@ -5,7 +5,7 @@ and the owner of every ring connection of a :class:`~.loop.Server`.  It
 
 * maps a domain's page and binds its event channel at INTRODUCE, zeroes the
   four queue offsets and resets the connection (every INTRODUCE, as C
-  does), writes the feature word at the first one (digest 6.3);
+  does), writes the feature word at the first one (``domain.c:introduce_domain``);
 * reads the hypervisor's event channel and serves the rings that were kicked:
   each kicked ring gets one turn (at most one queue's worth of requests)
   before the loop goes back to the selector, so a flooding guest cannot
@@ -134,7 +134,7 @@ class RingDomains:
 
         ``auto_introduce`` (a fresh start, not a live update): serve the
         store domain's ring and those of domains whose page already names
-        their port, as C HEAD does at start (digest 6.2).
+        their port, as C HEAD does at start (``domain.c:init_domains``).
         """
         self.store.domain_hooks = self
         self.server.watch_fd(self.hv.fileno(), self._kicked)
@@ -239,7 +239,7 @@ class RingDomains:
             ring = Ring(domid, evtchn, local, info.unique_id if info else 0, mem)
             self._rings[domid] = ring
         else:
-            # Repeated INTRODUCE only binds the event channel again (digest 6.3).
+            # Repeated INTRODUCE only binds the event channel again (domain.c:introduce_domain).
             self._unbind(ring)
             ring.remote_port = evtchn
             try:
@@ -459,7 +459,10 @@ class RingDomains:
             self._cut_off(ring, transport)
 
     def _memory_full(self, ring: Ring, conn: Connection) -> bool:
-        """Whether an unprivileged domain uses its whole ``memory`` quota (digest 6.6)."""
+        """Whether an unprivileged domain uses its whole ``memory`` quota.
+
+        C stops reading such a ring (``domain.c:domain_can_read``).
+        """
         limit = self.store.quota_for_conn(conn.conn_id, "memory")
         if limit is None:
             return False

@@ -74,7 +74,7 @@ class WatchState:
 
 
 def effective_perms(store: Store, perms: Perms, gen: int) -> Perms:
-    """``perms`` with the stale flag set on entries that are stale now (digest 3.3).
+    """``perms`` with the stale flag set on entries stale now (domain.c:domain_adjust_node_perms).
 
     An entry naming a domain the store does not know, or one younger than
     the node, is ignored by permission checks; a dump writes that as the
@@ -93,7 +93,7 @@ def effective_perms(store: Store, perms: Perms, gen: int) -> Perms:
 
 
 def committed_nodes(store: Store) -> Iterator[tuple[str, Node]]:
-    """The committed tree in C HEAD's dump order (digest 10.5).
+    """The committed tree in C HEAD's dump order (``lu.c:lu_dump_state``).
 
     Depth first, pre-order from ``/``, children in their list order (which is
     creation order, and stream order after a restore); then ``@releaseDomain``
@@ -221,7 +221,7 @@ def domain_record(store: Store, domid: int) -> Domain:
 
     A record made while restoring is older than every restored node (the
     domain existed when they were dumped): generation 0, so that permission
-    entries naming it are not taken for stale (digest 3.3).
+    entries naming it are not taken for stale (``domain.c:chk_domain_generation``).
     """
     dom = store.domains.get(domid)
     if dom is None:
