@@ -1,4 +1,4 @@
-"""migrate: store state <-> migration-stream records (see DESIGN.md).
+"""migrate: store state <-> migration-stream records (see docs/architecture.md).
 
 The only package that knows both :mod:`pyxenstored.store` and
 :mod:`pyxenstored.stream`.  :func:`dump_state` writes a store (plus the
