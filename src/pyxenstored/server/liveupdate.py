@@ -179,6 +179,7 @@ class Switch:
     bytes: int = 0
     target: str = ""
     lost: list[str] = field(default_factory=list)
+    version: int = 0
 
 
 class LiveUpdate:
@@ -427,14 +428,32 @@ class LiveUpdate:
 
     def _switch(self, session: Session) -> None:
         """Dump, check, exec; on any failure answer ``-s`` with the reason and serve on."""
-        started = time.monotonic()
         path = self.state_path()
+        if not self._dump_and_check(session, path):
+            return
+        argv = self.new_argv(session)
+        log.info(
+            "live update: %d bytes of state (%s, v%d) dumped in %.3f s, checked in %.3f s;"
+            " exec at monotonic %.6f: %s",
+            self.last_switch.bytes,
+            self.last_switch.target,
+            self.last_switch.version,
+            self.last_switch.dump_seconds,
+            self.last_switch.check_seconds,
+            time.monotonic(),
+            _shlex_join(argv),
+        )
+        self._exec(session, path, argv)
+
+    def _dump_and_check(self, session: Session, path: str) -> bool:
+        """Write the state to ``path`` and have the successor check it; False: ``-s`` answered."""
+        started = time.monotonic()
         is_py = is_pyxenstored(session.file)
         try:
             records, target, version, lost = self.build_records(session, pyxenstored=is_py)
         except (DumpError, StreamWriteError) as exc:
             self._answer(session, f"Dump state error: {exc}")
-            return
+            return False
         if lost:
             if not session.force:
                 shown = "; ".join(lost[:5]) + (
@@ -445,7 +464,7 @@ class LiveUpdate:
                     f"Live update to {os.path.basename(session.file)} (stream version {version},"
                     f" {target}) would lose: {shown}. Use -F to go on anyway.",
                 )
-                return
+                return False
             for item in lost:
                 log.warning("live update (forced): %s is lost", item)
         checker = session.checker if is_py else None
@@ -457,15 +476,15 @@ class LiveUpdate:
             if checker is not None:
                 checker.cancel()
             self._answer(session, f"{TXT_DUMP_WRITE}: {exc}")
-            return
+            return False
         except OSError as exc:
             _remove(path)
             if checker is not None:
                 checker.cancel()
             self._answer(session, f"{TXT_DUMP_OPEN}: {exc.strerror}")
-            return
+            return False
         dumped = time.monotonic()
-        self.last_switch = Switch(dumped - started, 0.0, size, target, lost)
+        self.last_switch = Switch(dumped - started, 0.0, size, target, lost, version)
         if is_py:
             problem = checker.result() if checker is not None else run_check(session.file, path)
             self.last_switch.check_seconds = time.monotonic() - dumped
@@ -473,19 +492,11 @@ class LiveUpdate:
                 _remove(path)
                 log.error("live update refused by the new program: %s", problem)
                 self._answer(session, f"New program refused the state: {problem}")
-                return
-        argv = self.new_argv(session)
-        log.info(
-            "live update: %d bytes of state (%s, v%d) dumped in %.3f s, checked in %.3f s;"
-            " exec at monotonic %.6f: %s",
-            size,
-            target,
-            version,
-            self.last_switch.dump_seconds,
-            self.last_switch.check_seconds,
-            time.monotonic(),
-            _shlex_join(argv),
-        )
+                return False
+        return True
+
+    def _exec(self, session: Session, path: str, argv: list[str]) -> None:
+        """Hand the sockets over and exec ``argv``; if the exec fails, serve on."""
         self.server.inherit_fds()
         # Hand the sockets over in blocking mode, as the C daemon creates them:
         # O_NONBLOCK belongs to the open file and survives exec, and C 4.17
