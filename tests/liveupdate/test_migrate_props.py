@@ -116,11 +116,15 @@ def conn_records(store: Store) -> list[ConnectionData]:
 
 
 def doomed_copies(store: Store, domid: int) -> int:
-    """Memory charged for the copies of ``domid``'s transactions whose commit will fail."""
+    """Memory charged for the copies of ``domid``'s transactions whose commit will fail.
+
+    Only connections that act for a domain record are charged (a socket's
+    copies are not).
+    """
     return sum(
         tx.memory
         for conn_id, conn in store.conns.items()
-        if conn.domid == domid
+        if conn.domid == domid and conn.domain is not None
         for tx in transactions_of(store, conn_id)
         if any(p.changed for p in pending_nodes(store, tx))
     )
