@@ -1,6 +1,7 @@
 """Start and stop the two daemons under comparison, each in its own run dir.
 
-* the C reference (Xen 4.17) through ``../shared/peers/reference-xenstored``;
+* the C reference (Xen 4.17) through ``reference-xenstored`` in the directory
+  ``PYXENSTORED_PEERS`` names (``tests/util.py``);
 * pyxenstored through ``python -m pyxenstored --rundir DIR``.
 
 Both listen on ``DIR/socket``.  :class:`Daemon` is a plain context manager so
@@ -23,9 +24,9 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.conformance.rawclient import create_ring_page
+from tests.util import REFERENCE_RUNNER, peer_missing
 
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE_RUNNER = REPO.parent / "shared" / "peers" / "reference-xenstored"
 REFERENCE_BINARY = Path("/usr/lib/xen-4.17/bin/xenstored")
 
 REFERENCE = "reference"
@@ -41,7 +42,7 @@ class DaemonError(Exception):
 
 def reference_available() -> tuple[bool, str]:
     if not REFERENCE_RUNNER.exists():
-        return False, f"{REFERENCE_RUNNER} missing"
+        return False, peer_missing(REFERENCE_RUNNER)
     if not REFERENCE_BINARY.exists():
         return False, f"{REFERENCE_BINARY} missing (reference-xenstored install)"
     return True, ""

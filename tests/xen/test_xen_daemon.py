@@ -1,6 +1,6 @@
 """pyxenstored on its Xen backend, as a daemon, with the C reference's shim in LD_PRELOAD.
 
-The shim (``../shared/peers/xsshim.c``) answers the Xen libraries' calls
+The shim (``xsshim.c`` in the directory ``PYXENSTORED_PEERS`` names, see tests/util.py) answers the Xen libraries' calls
 the way it answers them for the C daemon: ``xengnttab_map_grant_ref`` maps
 ``DIR/ring-dom<N>``, the event channel is the FIFO ``DIR/evtchn`` it opens,
 ``/proc/xen/xsd_port`` and ``xsd_kva`` are its own files, the domains are
@@ -34,7 +34,7 @@ from tests.client.daemons import (
 )
 from tests.liveupdate.conftest import start_pyxenstored
 from tests.rings.conftest import err, kick, make_guest, ok
-from tests.util import REFERENCE_RUNNER, XEN_BIN, require
+from tests.util import REFERENCE_RUNNER, XEN_BIN, require, require_peer
 
 from pyxenstored.client import Client, WatchEvent
 from pyxenstored.wire import HEADER, MsgType
@@ -206,7 +206,7 @@ def test_guests_carry_on_across_xen_backend_live_updates(tmp_path: Path) -> None
 @pytest.mark.reference
 def test_a_guest_goes_from_c_to_the_xen_backend_and_back(tmp_path: Path) -> None:
     """C 4.17 execs pyxenstored on its Xen backend (same shim, same descriptor), then back."""
-    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
+    require_peer()
     require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
     run = tmp_path / "ref"
     env = dict(os.environ, XS_SHIM_RINGDIR=str(run), XS_SHIM_DOMAINS="0,5", XS_SHIM_DEBUG="1")
