@@ -1,4 +1,4 @@
-"""Starting daemons for the client tests: the C reference (../shared/peers) and pyxenstored.
+"""Starting daemons for the client tests: the C reference (``PYXENSTORED_PEERS``) and pyxenstored.
 
 Each daemon runs in its own short temp dir (unix socket paths are limited to
 108 bytes).  For ring tests the same dir is the ring dir: the C reference's
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from tests.util import REFERENCE_RUNNER, XEN_BIN, require_shim, require_tool
+from tests.util import REFERENCE_RUNNER, XEN_BIN, require_peer, require_shim, require_tool
 
 from pyxenstored.client import Client, Perm, create_ring_page
 
@@ -89,7 +89,7 @@ def _pid_alive(pid: int) -> bool:
 def start_reference(
     rundir: str, ring: bool, args: Sequence[str] = (), domains: Sequence[int] = EXISTING_DOMAINS
 ) -> Daemon:
-    runner = require_tool(str(REFERENCE_RUNNER))
+    runner = str(require_peer(REFERENCE_RUNNER))
     require_tool(str(XEN_BIN / "xenstored"))
     env = dict(os.environ)
     env.pop("XENSTORED_PATH", None)

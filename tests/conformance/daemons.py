@@ -1,6 +1,7 @@
 """Start and stop the two daemons under comparison, each in its own run dir.
 
-* the C reference (Xen 4.17) through ``../shared/peers/reference-xenstored``;
+* the C reference (Xen 4.17) through ``reference-xenstored`` in the directory
+  ``PYXENSTORED_PEERS`` names (``tests/util.py``);
 * pyxenstored through ``python -m pyxenstored --rundir DIR``;
 * ``pyxenstored-xen``: the same on its Xen backend under the C reference's
   shim (guests on rings only: the comparison with the simulated backend).
@@ -25,9 +26,9 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.conformance.rawclient import create_ring_page
+from tests.util import REFERENCE_RUNNER, peer_missing, shim_library
 
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE_RUNNER = REPO.parent / "shared" / "peers" / "reference-xenstored"
 REFERENCE_BINARY = Path("/usr/lib/xen-4.17/bin/xenstored")
 
 REFERENCE = "reference"
@@ -44,7 +45,7 @@ class DaemonError(Exception):
 
 def reference_available() -> tuple[bool, str]:
     if not REFERENCE_RUNNER.exists():
-        return False, f"{REFERENCE_RUNNER} missing"
+        return False, peer_missing(REFERENCE_RUNNER)
     if not REFERENCE_BINARY.exists():
         return False, f"{REFERENCE_BINARY} missing (reference-xenstored install)"
     return True, ""
@@ -61,11 +62,8 @@ def pyxenstored_available() -> tuple[bool, str]:
 
 
 def shim_available() -> tuple[bool, str]:
-    from tests.util import REFERENCE_RUNNER as runner
-    from tests.util import shim_library
-
     if not shim_library().exists():
-        return False, f"the xsshim library {shim_library()} (built by {runner} install)"
+        return False, f"the xsshim library {shim_library()} (built by {REFERENCE_RUNNER} install)"
     return pyxenstored_available()
 
 
@@ -144,8 +142,6 @@ class Daemon:
         ]
         if self.kind == PYXENSTORED_XEN:
             # Xen's libraries, answered by the shim as for the C reference
-            from tests.util import shim_library
-
             env["LD_PRELOAD"] = str(shim_library())
             env["XS_SHIM_RINGDIR"] = str(self.rundir)
             env["XS_SHIM_DOMAINS"] = ",".join(str(d) for d in (0, *self.guests))

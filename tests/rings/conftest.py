@@ -8,7 +8,7 @@ pyxenstored backends.  What the shim cannot do is played on the simulated
 backend only: a test marked ``sim_only(reason=...)`` is skipped for the
 other daemons with that reason, before any daemon starts.  A guest is driven either by the project's client
 (:class:`pyxenstored.client.Client` over a ring) or by
-``../shared/peers/ring_guest.py`` (the harness the peers provide for the C
+``ring_guest.py`` of ``PYXENSTORED_PEERS`` (the harness the peers provide for the C
 reference), wrapped here in the same small interface so that one scenario
 runs with both drivers against both daemons.
 """
@@ -25,7 +25,7 @@ from typing import Protocol
 
 import pytest
 from tests.client.daemons import REQUEST_TIMEOUT, Daemon, introduce_guest, run_daemon
-from tests.util import PEERS, require
+from tests.util import RING_GUEST, require_peer
 
 from pyxenstored.client import Client, XsClientError
 from pyxenstored.wire import HEADER, MsgType
@@ -77,8 +77,7 @@ class ClientGuest:
 
 
 def ring_guest_module() -> ModuleType:
-    path = PEERS / "ring_guest.py"
-    require(path.exists(), f"{path} (the peers' ring guest) is missing")
+    path = require_peer(RING_GUEST)
     spec = importlib.util.spec_from_file_location("peers_ring_guest", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -87,7 +86,7 @@ def ring_guest_module() -> ModuleType:
 
 
 class RawGuest:
-    """``../shared/peers/ring_guest.py``'s RingClient (it polls; it never waits on a FIFO)."""
+    """``ring_guest.py`` of ``PYXENSTORED_PEERS``'s RingClient (it polls; it never waits on a FIFO)."""
 
     def __init__(self, ring_dir: str, domid: int, port: int) -> None:
         self.domid = domid

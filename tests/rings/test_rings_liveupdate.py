@@ -23,7 +23,7 @@ import pytest
 from tests.client.daemons import introduce_guest
 from tests.liveupdate.conftest import LuDaemon, start_on_rings, write_successor
 from tests.rings.conftest import kick
-from tests.util import REFERENCE_RUNNER, XEN_BIN, require
+from tests.util import REFERENCE_RUNNER, XEN_BIN, require, require_peer
 
 from pyxenstored.client import Client, WatchEvent
 from pyxenstored.wire import HEADER, MsgType
@@ -99,7 +99,7 @@ def test_guests_carry_on_across_live_updates(ring_lu: tuple[LuDaemon, Path, str]
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_guest_on_a_ring_goes_from_c_to_pyxenstored_and_back(tmp_path: Path, backend: str) -> None:
     """C 4.17 execs pyxenstored (its arguments, its shim environment): the ring carries on."""
-    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
+    require_peer()
     require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
     run = tmp_path / "ref"
     env = dict(os.environ, XS_SHIM_RINGDIR=str(run), XS_SHIM_DOMAINS="0,5", XS_SHIM_DEBUG="1")

@@ -1,6 +1,6 @@
 """pyxenstored on its Xen backend, as a daemon, with the C reference's shim in LD_PRELOAD.
 
-The shim (``../shared/peers/xsshim.c``) answers the Xen libraries' calls
+The shim (``xsshim.c`` in the directory ``PYXENSTORED_PEERS`` names, see tests/util.py) answers the Xen libraries' calls
 the way it answers them for the C daemon: ``xengnttab_map_grant_ref`` maps
 ``DIR/ring-dom<N>``, the event channel is the FIFO ``DIR/evtchn`` it opens,
 ``/proc/xen/xsd_port`` and ``xsd_kva`` are its own files, the domains are
@@ -8,10 +8,10 @@ the way it answers them for the C daemon: ``xengnttab_map_grant_ref`` maps
 show that the daemon's traffic with a guest goes through those calls (the
 shim's lines in the log, the FIFO the shim opened as the daemon's event
 channel, the page file it mapped), that without the shim and without
-``/dev/xen`` the daemon does not start and says why in one line, and that
-live update carries guests over (pyxenstored -> pyxenstored, C ->
-pyxenstored -> C) is in tests/rings/test_rings_liveupdate.py, for both
-backends, as is the rest of the guest-on-ring suite (tests/rings).
+``/dev/xen`` the daemon does not start and says why in one line.  Live
+update with guests on rings (pyxenstored -> pyxenstored, C -> pyxenstored
+-> C) is tested in tests/rings/test_rings_liveupdate.py, on both backends,
+as is the rest of the guest-on-ring suite (tests/rings).
 
 What the shim cannot show: notifications to guests (it drops them; guests
 poll), domain death and shutdown (its domain list is fixed at start), unique
