@@ -125,6 +125,7 @@ def test_a_reused_domid_inherits_nothing(py_daemon: Daemon, pdom0: Client) -> No
     six.close()
 
 
+@sim_only(SHIM_FIXED_DOMAINS)
 def test_a_unique_id_learnt_after_introduce_detects_the_next_reuse(
     py_daemon: Daemon, pdom0: Client
 ) -> None:
