@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyxenstored import __version__
+from pyxenstored.cli.helptext import Section, epilog
 from pyxenstored.migrate import RestoreError
 from pyxenstored.migrate.check import check_state_main
 from pyxenstored.server.backends import KINDS, BackendChoice, choose_backend
@@ -74,25 +75,116 @@ _WITHOUT_MEANING: dict[str, str] = {
     "restart": "--restart: oxenstored's; --live alone reads its dump",
 }
 
-_EPILOG = """\
-subcommand:
-  pyxenstored migrate ...   move one domain's state between two daemons
-                            (pyxenstored migrate --help)
-
-exit status:
-  0  the daemon stopped on SIGTERM or SIGINT; --help or --version; another
-     daemon holds the --pid-file lock (as the C daemon: silent, said under -v);
-     --check-state: the state restores
-  1  the daemon did not start: a live daemon already listens on the socket,
-     the run directory, socket, pid file or hypervisor backend cannot be
-     used, a live-update restore failed; --check-state: it does not restore
-  2  bad command line (an argument, a bad option value); options this
-     program does not know are ignored with a warning, as the C daemon does
-
-Options of the C daemon's other versions are accepted; those that mean
-nothing here (-D, -R, -I, --event) are logged under -v.  See docs/xen-host.md
-to start it from a Xen host's init, and docs/compat.md for the differences.
-"""
+# What ``--help`` ends with; the man page (pyxenstored.tools.manpage) writes
+# the same sections as EXIT STATUS, ENVIRONMENT and FILES.
+SUBCOMMANDS = Section(
+    "subcommand",
+    (
+        (
+            "pyxenstored migrate ...",
+            "move one domain's state between two daemons (as the first word; "
+            "pyxenstored migrate --help)",
+        ),
+    ),
+)
+EXIT_STATUS = Section(
+    "exit status",
+    (
+        (
+            "0",
+            "the daemon serves (forked: the command returns once it listens); it "
+            "stopped on SIGTERM or SIGINT (-N); --help or --version; another daemon "
+            "holds the --pid-file lock (silent as the C daemon, said under -v); "
+            "--check-state: the state restores",
+        ),
+        (
+            "1",
+            "the daemon did not start: a live daemon already listens on the socket, "
+            "the run directory, socket, pid file or hypervisor backend cannot be "
+            "used, a live-update restore failed, the daemon died before it served; "
+            "--check-state: the state does not restore",
+        ),
+        (
+            "2",
+            "bad command line (an argument, a bad option value); options this "
+            "program does not know are ignored with a warning, as the C daemon does",
+        ),
+        ("130", "interrupted while waiting for the forked daemon to listen"),
+    ),
+    man="EXIT STATUS",
+)
+ENVIRONMENT = Section(
+    "environment",
+    (
+        (
+            "XENSTORED_PATH",
+            "the socket, when neither --socket nor --rundir is given (where "
+            "libxenstore's clients look first)",
+        ),
+        ("XENSTORED_RUNDIR", "the run directory, when --rundir is not given"),
+        (
+            "XDG_RUNTIME_DIR",
+            "for a user other than root, the run directory is "
+            "$XDG_RUNTIME_DIR/pyxenstored (without it /tmp/pyxenstored-$UID)",
+        ),
+        (
+            "PYXENSTORED_HYPERVISOR",
+            "the default of --hypervisor (kept across a live update, whose "
+            "successor may be a C daemon that refuses the option)",
+        ),
+        (
+            "XS_SHIM_RINGDIR",
+            "the simulated hypervisor's directory when --ring-dir is not given "
+            "(as the C reference's LD_PRELOAD shim)",
+        ),
+        (
+            "XS_SHIM_DOMAINS",
+            "simulated hypervisor without a DIR/domains file: the domains that "
+            "exist, as 0,5,6 (default 0)",
+        ),
+        ("XS_SHIM_DOM0_PORT", "simulated hypervisor: the store domain's event channel (default 1)"),
+        (
+            "NOTIFY_SOCKET",
+            "the service manager's socket: READY=1 and MAINPID are sent there once "
+            "the daemon listens (sd_notify(3))",
+        ),
+    ),
+    man="ENVIRONMENT",
+)
+FILES = Section(
+    "files",
+    (
+        (
+            "/var/run/xenstored/socket",
+            "the socket, for root (the run directory /var/run/xenstored)",
+        ),
+        (
+            "$XDG_RUNTIME_DIR/pyxenstored/socket",
+            "the socket, for other users (/tmp/pyxenstored-$UID/socket without "
+            "XDG_RUNTIME_DIR; a /tmp directory that is not private is refused)",
+        ),
+        ("RUNDIR/state_dump", "the state a live update hands to its successor (-U)"),
+        (
+            "/dev/xen/evtchn, /dev/xen/gntdev, /proc/xen/xsd_kva, /proc/xen/xsd_port",
+            "the Xen devices of --hypervisor xen (auto picks xen when /dev/xen/evtchn exists)",
+        ),
+        (
+            "DIR/ring-dom<N>, DIR/evtchn, DIR/domains",
+            "the simulated hypervisor's ring pages, event channel FIFO and domain list",
+        ),
+        ("/dev/log", "where a daemon in the background logs (syslog, facility daemon)"),
+    ),
+    man="FILES",
+)
+_EPILOG = epilog(
+    SUBCOMMANDS,
+    EXIT_STATUS,
+    ENVIRONMENT,
+    FILES,
+    note="Options of the C daemon's other versions are accepted; those that mean "
+    "nothing here (-D, -R, -I, --event) are logged under -v.  See docs/xen-host.md "
+    "to start it from a Xen host's init, and docs/compat.md for the differences.",
+)
 
 
 class _QuotaAction(argparse.Action):
@@ -235,7 +327,7 @@ def _add_process_options(proc: argparse._ArgumentGroup) -> None:
         "--pid-file",
         metavar="FILE",
         help="write the daemon's pid to FILE and keep it locked; if another daemon "
-        "holds the lock, exit 0 at once (as C)",
+        "holds the lock, exit 0 at once (silent as C; said under -v)",
     )
     proc.add_argument(
         "-N",

@@ -5,7 +5,7 @@ and the owner of every ring connection of a :class:`~.loop.Server`.  It
 
 * maps a domain's page and binds its event channel at INTRODUCE, zeroes the
   four queue offsets and resets the connection (every INTRODUCE, as C
-  does), writes the feature word at the first one (digest 6.3);
+  does), writes the feature word at the first one (``domain.c:introduce_domain``);
 * reads the hypervisor's event channel and serves the rings that were kicked:
   each kicked ring gets one turn (at most one queue's worth of requests)
   before the loop goes back to the selector, so a flooding guest cannot
@@ -46,7 +46,7 @@ import os
 
 from pyxenstored.ringpage import RingPage
 from pyxenstored.server.connection import Connection
-from pyxenstored.server.hypervisor import Hypervisor, RingMemory
+from pyxenstored.server.hypervisor import DomainInfo, Hypervisor, RingMemory
 from pyxenstored.server.loop import Server
 from pyxenstored.server.poller import EVENT_READ, EVENT_WRITE
 from pyxenstored.server.ring_transport import RingTransport
@@ -138,7 +138,7 @@ class RingDomains:
 
         ``auto_introduce`` (a fresh start, not a live update): serve the
         store domain's ring and those of domains whose page already names
-        their port, as C HEAD does at start (digest 6.2).
+        their port, as C HEAD does at start (``domain.c:init_domains``).
         """
         self.store.domain_hooks = self
         self.server.watch_fd(self.hv.fileno(), self._kicked)
@@ -244,7 +244,7 @@ class RingDomains:
             ring.gfn = gfn
             self._rings[domid] = ring
         else:
-            # Repeated INTRODUCE only binds the event channel again (digest 6.3).
+            # Repeated INTRODUCE only binds the event channel again (domain.c:introduce_domain).
             self._unbind(ring)
             ring.remote_port = evtchn
             try:
@@ -464,7 +464,10 @@ class RingDomains:
             self._cut_off(ring, transport)
 
     def _memory_full(self, ring: Ring, conn: Connection) -> bool:
-        """Whether an unprivileged domain uses its whole ``memory`` quota (digest 6.6)."""
+        """Whether an unprivileged domain uses its whole ``memory`` quota.
+
+        C stops reading such a ring (``domain.c:domain_can_read``).
+        """
         limit = self.store.quota_for_conn(conn.conn_id, "memory")
         if limit is None:
             return False
@@ -516,9 +519,13 @@ class RingDomains:
 
         C's ``check_domains``: a domain with a record or a ring is dead when
         the hypervisor no longer has it, says it is dying, or has another
-        domain (unique id) under its domid.
+        domain (unique id) under its domid.  A record whose unique id is
+        still unknown (0: made while the hypervisor gave none) takes the one
+        the hypervisor reports now, as ``domain.c:do_check_domain`` does, so
+        that the next reuse of the domid is noticed.
         """
         now = self.hv.domains()
+        self._learn_unique_ids(now)
         config = self.store.config
         known = {domid: dom.unique_id for domid, dom in self.store.domains.items()}
         for domid, serving in self._rings.items():
@@ -543,6 +550,20 @@ class RingDomains:
             if ring is not None:
                 self._drop(ring, "domain died")
         self.server.deliver_events(events)
+
+    def _learn_unique_ids(self, now: dict[int, DomainInfo]) -> None:
+        """Records and rings with no unique id yet take the hypervisor's (see check_domains)."""
+        for domid, info in now.items():
+            if not info.unique_id or info.dying:
+                continue
+            record = self.store.domains.get(domid)
+            ring = self._rings.get(domid)
+            if (record is not None and record.unique_id) or (ring is not None and ring.unique_id):
+                continue  # known: compared, not replaced
+            if record is not None:
+                record.unique_id = info.unique_id
+            if ring is not None:
+                ring.unique_id = info.unique_id
 
     # --- live update ----------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The Store: one entry point from (connection, type, tx id, payload) to a reply.
 
 Pure logic, no I/O.  :meth:`Store.handle` dispatches like C's
-``process_message`` (digest 2.6) to one method per operation; every
+``core.c:process_message`` to one method per operation; every
 operation raises ``wire.XsError`` for a protocol error, and ``handle``
 turns it into an ERROR reply.  Watch events come back in the
 :class:`Result`, addressed to connection ids.
@@ -46,7 +46,7 @@ __all__ = ["Connection", "Event", "Result", "Store", "StoreConfig"]
 
 ERROR = MsgType.ERROR
 
-# Types only a privileged connection may send (digest 2.2).
+# Types only a privileged connection may send (core.c wire_funcs, XS_FLAG_PRIV).
 PRIVILEGED_TYPES = frozenset(
     {
         MsgType.CONTROL,
@@ -63,7 +63,7 @@ PRIVILEGED_TYPES = frozenset(
 # Plain ints, not enum members: these are looked up with every request's type.
 _PRIVILEGED = frozenset(int(t) for t in PRIVILEGED_TYPES)
 _TX_IGNORED = frozenset(int(t) for t in (MsgType.WATCH, MsgType.UNWATCH))
-# Requests whose node writes cost write-rate credits (digest 5.3).
+# Requests whose node writes cost write-rate credits (domain.c:wrl_apply_debit_direct).
 _WRL_WRITES = frozenset(
     int(t) for t in (MsgType.WRITE, MsgType.MKDIR, MsgType.RM, MsgType.SET_PERMS)
 )
@@ -114,7 +114,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
     # --- connections ---------------------------------------------------------
 
     def connect(self, conn_id: int, domid: int, *, is_socket: bool) -> None:
-        """Register a connection; socket ones act as ``store_domid`` (digest 6.1)."""
+        """Register a connection; socket ones act as ``store_domid`` (posix.c:accept_connection)."""
         if conn_id in self.conns:
             raise ValueError(f"connection {conn_id} already registered")
         if is_socket:
