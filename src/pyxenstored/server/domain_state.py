@@ -142,7 +142,8 @@ class DomainState:
         ring = self.rings.ring(domid) if self.rings is not None else None
         if ring is not None:
             # The page's feature word is the domain's (its page moved with it),
-            # and the error field is written only with feature ERROR (digest 7.2).
+            # and the error field is written only with feature ERROR
+            # (domain.c:ignore_connection).
             ring.page.set_word(RING_SERVER_FEATURES, done.features | RING_FEATURES)
             transport = ring.transport
             if transport is not None:

@@ -174,7 +174,7 @@ class StoreBase:
     # --- set-up and domain records -------------------------------------------
 
     def _setup_tree(self) -> None:
-        """The initial tree of C HEAD's ``setup_structure`` (digest 3.2)."""
+        """The initial tree of C HEAD's ``core.c:setup_structure``."""
         priv = self.config.priv_domid
         # C HEAD introduces the privileged domain (and the store domain) at start.
         self.mark_introduced(priv)
@@ -263,7 +263,7 @@ class StoreBase:
     # --- node access ---------------------------------------------------------
 
     def _canon(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
-        """Validate and absolutise a request path (digest 2.5)."""
+        """Validate and absolutise a request path (C's ``core.c:canonicalize``)."""
         path = self._path_cache.get(raw)
         if path is None:
             first = raw[:1]
@@ -283,7 +283,7 @@ class StoreBase:
                     _remember(self._rel_path_cache, key, path)
         dom = conn.limited
         if dom is not None:
-            # Only unprivileged domains are length checked (digest 2.5).
+            # Only unprivileged domains are length checked (core.c:canonicalize).
             length = relative_length(path)
             if q.exceeds(dom.quota.hard(q.PATH_MAX), length):
                 raise XsError("EINVAL", "path too long")
@@ -412,7 +412,10 @@ class StoreBase:
         return PERM_NONE
 
     def _lookup(self, conn: Connection, tx: Transaction | None, path: str, perm: int) -> Node:
-        """An existing node the caller has ``perm`` on, else ENOENT/EACCES (digest 2.8)."""
+        """An existing node the caller has ``perm`` on, else ENOENT/EACCES.
+
+        Which of the two: C's ``core.c:errno_from_parents``.
+        """
         node = self._lookup_or_none(conn, tx, path, perm)
         if node is None:
             raise XsError("ENOENT", path)
@@ -434,7 +437,7 @@ class StoreBase:
             if tx is not None:
                 # C asks the parents before it answers EACCES too (the answer
                 # stays EACCES): inside a transaction that is an access the
-                # commit checks (digest 5.1), so a later change there is EAGAIN.
+                # commit checks (transaction.c), so a later change there is EAGAIN.
                 self._parent_perm(conn, tx, path)
             raise XsError("EACCES", path)
         if self._parent_perm(conn, tx, path) & perm:
@@ -598,7 +601,7 @@ class StoreBase:
             raise XsError("ENOSPC", "node-size quota")
         dom.note_max(q.NODE_SIZE, size)
 
-    # --- write-rate limiting (digest 5.3, store/wrl.py) ------------------------------
+    # --- write-rate limiting (domain.c wrl_*, store/wrl.py) ---------------------------
 
     def _now_ms(self) -> int:
         return int(self.config.clock() * 1000)

@@ -193,7 +193,7 @@ def run_control(store: ControlOps, command: str, args: list[bytes]) -> bytes:
 
 
 def control_quota(store: ControlOps, args: list[bytes], kind: int) -> bytes:
-    """``quota`` / ``quota-soft`` (digest 8.5)."""
+    """``quota`` / ``quota-soft`` (``control.c:do_control_quota``, ``do_control_quota_s``)."""
     table = store.config.quota
     if not args:
         return q.format_settings(table, kind).encode("ascii") + b"\0"

@@ -1,7 +1,7 @@
 """The Store: one entry point from (connection, type, tx id, payload) to a reply.
 
 Pure logic, no I/O.  :meth:`Store.handle` dispatches like C's
-``process_message`` (digest 2.6) to one method per operation; every
+``core.c:process_message`` to one method per operation; every
 operation raises ``wire.XsError`` for a protocol error, and ``handle``
 turns it into an ERROR reply.  Watch events come back in the
 :class:`Result`, addressed to connection ids.
@@ -71,7 +71,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
     # --- connections ---------------------------------------------------------
 
     def connect(self, conn_id: int, domid: int, *, is_socket: bool) -> None:
-        """Register a connection; socket ones act as ``store_domid`` (digest 6.1)."""
+        """Register a connection; socket ones act as ``store_domid`` (posix.c:accept_connection)."""
         if conn_id in self.conns:
             raise ValueError(f"connection {conn_id} already registered")
         if is_socket:

@@ -4,7 +4,7 @@ INTRODUCE, RELEASE, RESUME, SET_TARGET, GET_DOMAIN_PATH, IS_DOMAIN_INTRODUCED.
 Also what happens when a domain goes away (RELEASE, death reported by the
 hypervisor through :meth:`DomainOps.domains_changed`, or a new domain with
 its domid found at INTRODUCE by its unique id): its connections
-lose their watches and transactions, its nodes leave the tree (digest 3.4)
+lose their watches and transactions, its nodes leave the tree (``domain.c:domain_tree_remove``)
 and ``@releaseDomain`` fires.  The records are :class:`~.domain.Domain`.
 """
 
@@ -144,7 +144,7 @@ class DomainOps(NodeWrites, TransactionOps):
                 conn.attach(self.ensure_domain(domid))
 
     def _remove_domain_from_tree(self, domid: int, events: list[Event]) -> None:
-        """Digest 3.4: owned nodes go (or go to priv_domid with -K), entries go.
+        """Owned nodes go (or to priv_domid with -K), entries go (domain.c:domain_tree_remove).
 
         Walks the tree depth first from ``/`` like C, then the special nodes.
         """
@@ -179,7 +179,7 @@ class DomainOps(NodeWrites, TransactionOps):
         return True
 
     def domains_changed(self, shutdown: set[int], dead: set[int]) -> list[Event]:
-        """What the hypervisor reported (C's ``do_check_domains``, digest 6.4).
+        """What the hypervisor reported (C's ``domain.c:do_check_domains``).
 
         A newly shut-down introduced domain fires ``@releaseDomain/<domid>`` at
         once (once per shutdown until RESUME); a dead one is destroyed (its

@@ -3,7 +3,7 @@
 :class:`NodeWrites` changes the tree for the node operations and for the
 removal of a dead domain's nodes: missing ancestors are created with their
 quota checks (C's ``create_node``), a subtree is removed with its watch
-events (digest 4.2).  Outside a transaction a change is accounted at once;
+events (``core.c:delnode_sub``).  Outside a transaction a change is accounted at once;
 inside one it goes to the transaction's copies, which are charged to the
 writer's domain as they change (:meth:`~.base.StoreBase.tx_charge`), and
 is accounted to the nodes' owners at commit.
@@ -142,7 +142,7 @@ class NodeWrites(WatchOps):
         node: Node,
         events: list[Event],
     ) -> None:
-        """Delete ``path`` with its subtree; events as in digest 4.2."""
+        """Delete ``path`` with its subtree; events as C's ``core.c:delnode_sub``."""
         parent_path = parent_of(path)
         if conn is None:
             parent = self.nodes[parent_path]

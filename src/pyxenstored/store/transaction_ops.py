@@ -3,7 +3,7 @@
 The overlay itself is :class:`~.transaction.Transaction`; here a
 connection opens one (with its quota), ends it, and a commit checks the
 quota and the conflicts, installs the modified nodes in the committed tree
-and fires the queued watch events (digest 5.2).
+and fires the queued watch events (``transaction.c:finalize_transaction``).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class TransactionOps(WatchOps):
         return Result(_END, OK, events, True) if events else _END_OK
 
     def _commit(self, conn: Connection, tx: Transaction) -> list[Event]:
-        """Finalize a transaction (digest 5.2)."""
+        """Finalize a transaction (C's ``transaction.c:finalize_transaction``)."""
         if tx.failed:
             raise XsError("ENOMEM", "transaction failed earlier")
         if conn.limited is not None:
