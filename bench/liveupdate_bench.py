@@ -43,7 +43,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RUNNER = REPO.parent / "shared" / "peers" / "reference-xenstored"
+sys.path.insert(0, str(REPO))
+from tests.util import REFERENCE_RUNNER as RUNNER  # noqa: E402
+from tests.util import peer_missing  # noqa: E402
+
 C_XENSTORED = "/usr/lib/xen-4.17/bin/xenstored"
 
 HDR = struct.Struct("=IIII")
@@ -265,6 +268,8 @@ def main() -> int:
             results["pyxenstored -> pyxenstored"] = bench_pyxenstored(args, tmp)
         if args.only in (None, "c") and RUNNER.exists():
             results["C 4.17 -> C 4.17"] = bench_reference(args, tmp)
+        elif args.only in (None, "c"):
+            print(f"not measured: {peer_missing(RUNNER)}")
     print()
     print(
         f"state: {args.domains * args.nodes_per_domain} nodes, {args.connections} connections, "

@@ -1,7 +1,8 @@
 """Ops/s for a guest domain on a shared ring: pyxenstored vs the C reference.
 
 One harness for both daemons: each runs in its own ring directory on the
-simulated hypervisor of ``../shared/peers`` (the C reference through its
+simulated hypervisor of the C reference daemons' directory (``PYXENSTORED_PEERS``,
+see ``tests/util.py``; the C reference through its
 shim with ``XS_SHIM_RINGDIR``, pyxenstored with ``--ring-dir``), dom0
 introduces domain 5 over the socket, and the project's client plays the
 guest on ``ring-dom5``.  Measured, each as the median of ``--repeat`` runs of
@@ -42,7 +43,9 @@ from pathlib import Path
 from pyxenstored.client import Client, Perm, create_ring_page
 from pyxenstored.wire import MsgType
 
-PEERS = Path(__file__).resolve().parent.parent.parent / "shared" / "peers"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.util import REFERENCE_RUNNER, peer_missing, shim_library  # noqa: E402
+
 GUEST, PORT = 5, 7
 VALUE = b"v" * 32
 
@@ -50,9 +53,9 @@ VALUE = b"v" * 32
 @contextlib.contextmanager
 def reference(cpu: str) -> Iterator[str]:
     """The C reference serving rings in a fresh dir; yields the dir."""
-    runner = PEERS / "reference-xenstored"
+    runner = REFERENCE_RUNNER
     if not runner.exists():
-        raise SystemExit(f"{runner} not found (the C reference runner of ../shared/peers)")
+        raise SystemExit(peer_missing(runner))
     ring_dir = tempfile.mkdtemp(prefix="rb-c-", dir="/tmp")
     env = dict(os.environ, XS_SHIM_RINGDIR=ring_dir, XS_SHIM_DOMAINS=f"0,{GUEST}")
     env.pop("XENSTORED_PATH", None)
@@ -68,14 +71,6 @@ def reference(cpu: str) -> Iterator[str]:
     finally:
         subprocess.run([str(runner), "stop", ring_dir], capture_output=True, timeout=30)
         shutil.rmtree(ring_dir, ignore_errors=True)
-
-
-def shim_library() -> Path:
-    """Where ``reference-xenstored install`` builds the shim."""
-    build = os.environ.get("XSSHIM_BUILD") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xsshim"
-    )
-    return Path(build) / "libxsshim.so"
 
 
 @contextlib.contextmanager

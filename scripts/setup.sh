@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set-up of a machine for pyxenstored, run once (again at will):
 #  1. the Debian packages the tests use: xenstore-utils and xen-utils-4.17 (the
-#     real clients), and, when the C reference daemons are there
-#     (../shared/peers), what their runner builds its shim with; it says which
+#     real clients), and, when the C reference daemons are there (the
+#     directory $PYXENSTORED_PEERS, default ../shared/peers from the top of
+#     the repository; the tests use the same variable), what their runner
+#     builds its shim with; it says which
 #     are missing and asks before apt-get installs them (CI set: no question);
 #  2. a virtual environment in .venv (made with the python3 on PATH, or
 #     $PYTHON; reused when it is there), with this package installed editable
@@ -14,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
 venv=.venv
-peers=../shared/peers # the C reference daemons, when present
+peers=${PYXENSTORED_PEERS:-../shared/peers} # the C reference daemons, when present
 runner=$peers/reference-xenstored
 
 say() { printf 'setup: %s\n' "$*"; }

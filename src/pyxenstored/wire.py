@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 PAYLOAD_MAX = 4096
-ABS_PATH_MAX = 3072  # defined by xs_wire.h, never enforced by C (digest 2.5)
+ABS_PATH_MAX = 3072  # defined by xs_wire.h, never enforced by C (core.c:canonicalize)
 REL_PATH_MAX = 2048  # default of the ``path-max`` quota
 RING_SIZE = 1024
 
@@ -34,7 +34,7 @@ DOMID_INVALID = 0x7FF4
 DOMID_ANY = 0x7FF5
 DOMID_IDLE = 0x7FFF
 
-# Server feature bits (xs_wire.h, digest 7.1)
+# Server feature bits (xs_wire.h, xenstore-ring.txt)
 FEATURE_RECONNECTION = 1
 FEATURE_ERROR = 2
 FEATURE_WATCHDEPTH = 4
@@ -187,7 +187,7 @@ def iter_frames(
         pos += HEADER_SIZE + length
 
 
-# --- argument parsing (digest 2.4) ------------------------------------------
+# --- argument parsing (core.c:onearg, get_strings; domain.c:parse_domid) ---
 
 
 def split_strings(payload: bytes) -> list[bytes]:
@@ -247,7 +247,7 @@ def c_strtol0(arg: bytes) -> int | None:
     return -value if m.group(1) == "-" else value
 
 
-# --- paths (digest 2.5) -------------------------------------------------------
+# --- paths (core.c:canonicalize, valid_chars) --------------------------------
 
 _VALID_PATH = re.compile(rb"[A-Za-z0-9\-/_@]*")
 
@@ -301,7 +301,7 @@ def basename(path: str) -> str:
 def is_child(path: str, parent: str, depth: int = -1) -> bool:
     """Whether ``path`` is ``parent`` or below it, within ``depth`` levels.
 
-    ``depth`` -1 means unlimited (digest 4.2, ``watch.c:is_child``).
+    ``depth`` -1 means unlimited (``watch.c:is_child``).
     """
     if path == parent:
         return True

@@ -17,6 +17,8 @@ from tests.client.daemons import (
 from pyxenstored.client import Client
 
 DAEMONS = ["reference", "pyxenstored"]
+# Guests on rings also against pyxenstored's Xen backend under the shim.
+RING_DAEMONS = [*DAEMONS, "pyxenstored-xen"]
 
 
 @pytest.fixture(params=DAEMONS)
@@ -38,7 +40,7 @@ def other(daemon: Daemon) -> Iterator[Client]:
         yield client
 
 
-@pytest.fixture(params=DAEMONS)
+@pytest.fixture(params=RING_DAEMONS)
 def ring_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
     """A daemon serving guests on rings in its run dir (domains 0, 5, 6 exist)."""
     yield from run_daemon(request.param, ring=True)

@@ -1,4 +1,4 @@
-"""Starting daemons for the client tests: the C reference (../shared/peers) and pyxenstored.
+"""Starting daemons for the client tests: the C reference (``PYXENSTORED_PEERS``) and pyxenstored.
 
 Each daemon runs in its own short temp dir (unix socket paths are limited to
 108 bytes).  For ring tests the same dir is the ring dir: the C reference's
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from tests.util import REFERENCE_RUNNER, XEN_BIN, require_shim, require_tool
+from tests.util import REFERENCE_RUNNER, XEN_BIN, require_peer, require_shim, require_tool
 
 from pyxenstored.client import Client, Perm, create_ring_page
 
@@ -86,14 +86,16 @@ def _pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start_reference(rundir: str, ring: bool, args: Sequence[str] = ()) -> Daemon:
-    runner = require_tool(str(REFERENCE_RUNNER))
+def start_reference(
+    rundir: str, ring: bool, args: Sequence[str] = (), domains: Sequence[int] = EXISTING_DOMAINS
+) -> Daemon:
+    runner = str(require_peer(REFERENCE_RUNNER))
     require_tool(str(XEN_BIN / "xenstored"))
     env = dict(os.environ)
     env.pop("XENSTORED_PATH", None)
     if ring:
         env["XS_SHIM_RINGDIR"] = rundir
-        env["XS_SHIM_DOMAINS"] = ",".join(map(str, EXISTING_DOMAINS))
+        env["XS_SHIM_DOMAINS"] = ",".join(map(str, domains))
     out = subprocess.run(
         [runner, "start", rundir, *args], env=env, capture_output=True, text=True, timeout=120
     )
@@ -135,9 +137,17 @@ def xen_environment(ring_dir: str, domains: str = "") -> dict[str, str]:
 
 
 def start_pyxenstored(
-    rundir: str, ring: bool, backend: str = "sim", extra: Sequence[str] = ()
+    rundir: str,
+    ring: bool,
+    backend: str = "sim",
+    extra: Sequence[str] = (),
+    domains: Sequence[int] = EXISTING_DOMAINS,
 ) -> Daemon:
-    """pyxenstored on the simulated hypervisor (``sim``) or its Xen backend under the shim."""
+    """pyxenstored on the simulated hypervisor (``sim``) or its Xen backend under the shim.
+
+    ``domains``: the domains that exist at start (``DIR/domains`` for ``sim``,
+    ``XS_SHIM_DOMAINS`` for ``xen``, whose list stays fixed).
+    """
     env = dict(os.environ)
     env.pop("XENSTORED_PATH", None)
     env.pop("NOTIFY_SOCKET", None)
@@ -155,14 +165,14 @@ def start_pyxenstored(
             rundir,
             *extra,
         ]
-        env.update(xen_environment(rundir))
+        env.update(xen_environment(rundir, ",".join(map(str, domains))))
     else:
         args = [sys.executable, "-m", "pyxenstored", "-N", "--rundir", rundir, *extra]
     if ring and backend != "xen":
         if "--ring-dir" not in pyxenstored_help():
             pytest.skip("pyxenstored has no --ring-dir yet (issue 6, simulated hypervisor)")
         with open(os.path.join(rundir, "domains"), "w") as f:
-            f.write("".join(f"{d}\n" for d in EXISTING_DOMAINS))
+            f.write("".join(f"{d}\n" for d in domains))
         args += ["--ring-dir", rundir]
     log = os.path.join(rundir, "pyxenstored.log")
     with open(log, "wb") as logf:
@@ -186,21 +196,24 @@ def start_pyxenstored(
     return Daemon(kind, rundir, sock, rundir if ring else None, stop, log, proc.pid)
 
 
-def run_daemon(kind: str, ring: bool, args: Sequence[str] = ()) -> Iterator[Daemon]:
+def run_daemon(
+    kind: str, ring: bool, args: Sequence[str] = (), domains: Sequence[int] = EXISTING_DOMAINS
+) -> Iterator[Daemon]:
     """Start ``kind`` in a fresh short temp dir, yield it, stop it and clean up.
 
     Kinds: ``reference`` (C, shim), ``pyxenstored`` (simulated hypervisor),
     ``pyxenstored-xen`` (Xen backend, shim).  ``args``: extra daemon arguments
-    (the reference runner passes them on).
+    (the reference runner passes them on); ``domains``: those that exist at
+    start (for the shim, all there will ever be).
     """
     rundir = tempfile.mkdtemp(prefix="xsc-", dir="/tmp")
     try:
         if kind == "reference":
-            daemon = start_reference(rundir, ring, args)
+            daemon = start_reference(rundir, ring, args, domains)
         elif kind == "pyxenstored-xen":
-            daemon = start_pyxenstored(rundir, ring, backend="xen", extra=args)
+            daemon = start_pyxenstored(rundir, ring, "xen", args, domains)
         else:
-            daemon = start_pyxenstored(rundir, ring, extra=args)
+            daemon = start_pyxenstored(rundir, ring, "sim", args, domains)
         try:
             yield daemon
         finally:

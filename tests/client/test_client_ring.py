@@ -1,6 +1,6 @@
 """The client as guest domain 5 on a shared ring, against the C reference and pyxenstored.
 
-The daemon runs on the simulated hypervisor of ../shared/peers: the page is
+The daemon runs on the simulated hypervisor of the reference's shim: the page is
 ``DIR/ring-dom5``, kicks go to ``DIR/evtchn``.  Dom0 (the socket) introduces
 the guest as a toolstack would.  Expected answers follow the digest (2.5
 relative paths, 2.8 EACCES vs ENOENT, 6.3 INTRODUCE, 4.3 special watches);

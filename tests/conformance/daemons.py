@@ -1,7 +1,10 @@
 """Start and stop the two daemons under comparison, each in its own run dir.
 
-* the C reference (Xen 4.17) through ``../shared/peers/reference-xenstored``;
-* pyxenstored through ``python -m pyxenstored --rundir DIR``.
+* the C reference (Xen 4.17) through ``reference-xenstored`` in the directory
+  ``PYXENSTORED_PEERS`` names (``tests/util.py``);
+* pyxenstored through ``python -m pyxenstored --rundir DIR``;
+* ``pyxenstored-xen``: the same on its Xen backend under the C reference's
+  shim (guests on rings only: the comparison with the simulated backend).
 
 Both listen on ``DIR/socket``.  :class:`Daemon` is a plain context manager so
 that the test fixtures and ``bench/compare.py`` share it; ``cpus`` pins the
@@ -23,13 +26,14 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.conformance.rawclient import create_ring_page
+from tests.util import REFERENCE_RUNNER, peer_missing, shim_library
 
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE_RUNNER = REPO.parent / "shared" / "peers" / "reference-xenstored"
 REFERENCE_BINARY = Path("/usr/lib/xen-4.17/bin/xenstored")
 
 REFERENCE = "reference"
 PYXENSTORED = "pyxenstored"
+PYXENSTORED_XEN = "pyxenstored-xen"
 KINDS = (REFERENCE, PYXENSTORED)
 
 START_TIMEOUT = 15.0
@@ -41,7 +45,7 @@ class DaemonError(Exception):
 
 def reference_available() -> tuple[bool, str]:
     if not REFERENCE_RUNNER.exists():
-        return False, f"{REFERENCE_RUNNER} missing"
+        return False, peer_missing(REFERENCE_RUNNER)
     if not REFERENCE_BINARY.exists():
         return False, f"{REFERENCE_BINARY} missing (reference-xenstored install)"
     return True, ""
@@ -57,8 +61,16 @@ def pyxenstored_available() -> tuple[bool, str]:
     return True, ""
 
 
+def shim_available() -> tuple[bool, str]:
+    if not shim_library().exists():
+        return False, f"the xsshim library {shim_library()} (built by {REFERENCE_RUNNER} install)"
+    return pyxenstored_available()
+
+
 def available(kind: str) -> tuple[bool, str]:
-    return reference_available() if kind == REFERENCE else pyxenstored_available()
+    if kind == REFERENCE:
+        return reference_available()
+    return shim_available() if kind == PYXENSTORED_XEN else pyxenstored_available()
 
 
 def _taskset(cpus: str | None) -> list[str]:
@@ -93,7 +105,7 @@ class Daemon:
             create_ring_page(str(self.rundir), domid)
         if self.kind == REFERENCE:
             self._start_reference()
-        elif self.kind == PYXENSTORED:
+        elif self.kind in (PYXENSTORED, PYXENSTORED_XEN):
             self._start_pyxenstored()
         else:
             raise ValueError(f"unknown daemon kind {self.kind!r}")
@@ -128,7 +140,13 @@ class Daemon:
             str(self.rundir),
             *self.extra_args,
         ]
-        if self.guests:
+        if self.kind == PYXENSTORED_XEN:
+            # Xen's libraries, answered by the shim as for the C reference
+            env["LD_PRELOAD"] = str(shim_library())
+            env["XS_SHIM_RINGDIR"] = str(self.rundir)
+            env["XS_SHIM_DOMAINS"] = ",".join(str(d) for d in (0, *self.guests))
+            cmd += ["--hypervisor", "xen"]
+        elif self.guests:
             # the simulated hypervisor (server/hypervisor.py) uses the shim's files
             with open(self.rundir / "domains", "w") as f:
                 f.write("".join(f"{d}\n" for d in (0, *self.guests)))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from tests.daemon.conftest import start_daemon
 from tests.daemon.wireclient import READ, WRITE, call, connect
-from tests.util import REFERENCE_RUNNER, REPO, require, require_tool
+from tests.util import REFERENCE_RUNNER, REPO, require, require_peer, require_tool
 
 import pyxenstored
 from pyxenstored.cli.daemon import DaemonOptions, UsageError, parse_args
@@ -193,7 +193,7 @@ def test_stale_socket_is_replaced(tmp_path: Path) -> None:
 
 @pytest.mark.reference
 def test_refuses_the_socket_of_a_live_c_daemon(tmp_path: Path) -> None:
-    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
+    require_peer()
     run_dir = tmp_path / "ref"
     env = clean_env()
     started = subprocess.run(

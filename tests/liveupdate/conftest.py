@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from tests.client.daemons import xen_environment
 from tests.util import XEN_BIN, require
 
 START_TIMEOUT = 20.0
@@ -153,6 +154,27 @@ def start_pyxenstored(
         proc.wait()
         pytest.fail(f"pyxenstored did not start:\n{log.read_text(errors='replace')}")
     return LuDaemon(proc, rundir, program, tmp / "dumps", log, env or {})
+
+
+def start_on_rings(tmp: Path, backend: str, domains: str) -> tuple[LuDaemon, Path]:
+    """pyxenstored serving guests on rings in ``tmp/ring``: (daemon, ring dir).
+
+    ``backend``: ``sim`` (the simulated hypervisor, ``domains`` its
+    ``DIR/domains`` file) or ``xen`` (Xen's libraries under the C reference's
+    shim, which takes the domids of ``domains`` as its fixed list and
+    ignores the unique ids).
+    """
+    require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
+    ring_dir = tmp / "ring"
+    ring_dir.mkdir(mode=0o700)
+    if backend == "sim":
+        (ring_dir / "domains").write_text(domains)
+        return start_pyxenstored(tmp, "--ring-dir", str(ring_dir)), ring_dir
+    domids = ",".join(line.split()[0] for line in domains.splitlines() if line.strip())
+    env = dict(os.environ, **xen_environment(str(ring_dir), domids))
+    env.pop("XENSTORED_PATH", None)
+    launcher = [sys.executable, "-m", "pyxenstored", "--hypervisor", "xen"]
+    return start_pyxenstored(tmp, env=env, launcher=launcher), ring_dir
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 from tests.client.daemons import introduce_guest
-from tests.liveupdate.conftest import LuDaemon, start_pyxenstored
-from tests.util import XEN_BIN, require
+from tests.liveupdate.conftest import LuDaemon, start_on_rings
 
 from pyxenstored.client import Client
 from pyxenstored.client.core import XsClientError
@@ -30,13 +29,10 @@ from pyxenstored.stream.txmarks import NODE_CHANGED, is_marks_name, parse_marks
 HOME = "/local/domain/5"
 
 
-@pytest.fixture
-def ring_lu(tmp_path: Path) -> tuple[LuDaemon, Path]:
-    require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
-    ring_dir = tmp_path / "ring"
-    ring_dir.mkdir(mode=0o700)
-    (ring_dir / "domains").write_text("0\n5 1234\n")
-    return start_pyxenstored(tmp_path, "--ring-dir", str(ring_dir)), ring_dir
+@pytest.fixture(params=["sim", "xen"])
+def ring_lu(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[LuDaemon, Path]:
+    """pyxenstored on either backend (``xen``: under the C reference's shim)."""
+    return start_on_rings(tmp_path, request.param, "0\n5 1234\n")
 
 
 def test_live_update_dump_with_everything_checks_clean(ring_lu: tuple[LuDaemon, Path]) -> None:

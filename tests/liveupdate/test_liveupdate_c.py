@@ -1,7 +1,7 @@
 """Live update across implementations: C 4.17 -> pyxenstored -> C -> pyxenstored.
 
 The C reference daemon (Debian's Xen 4.17 build under the LD_PRELOAD shim,
-``../shared/peers/reference-xenstored``) is started by its runner; every
+``reference-xenstored`` of ``PYXENSTORED_PEERS``) is started by its runner; every
 update is driven by Debian's ``xenstore-control``.  C execs pyxenstored with
 its own arguments plus ``-U`` (``-N -F <pidfile> -U``) and the environment
 the runner gave it (``XENSTORED_RUNDIR``, ``LD_PRELOAD``); pyxenstored execs
@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 from tests.liveupdate.conftest import LineReader, write_successor
-from tests.util import REFERENCE_RUNNER, XEN_BIN, require, require_module, require_tool
+from tests.util import (
+    REFERENCE_RUNNER,
+    XEN_BIN,
+    require,
+    require_module,
+    require_peer,
+    require_tool,
+    shim_library,
+)
 
 from pyxenstored.client import Client
 
@@ -40,7 +48,7 @@ def _which_daemon(pid: int) -> str:
 
 @pytest.mark.reference
 def test_c_to_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
-    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
+    require_peer()
     require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
     require_module("pyxs")
     import pyxs
@@ -128,23 +136,18 @@ def test_c_to_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
         subprocess.run([str(REFERENCE_RUNNER), "stop", str(run)], env=env, check=False)
 
 
-def _shim() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return Path(os.environ.get("XSSHIM_BUILD") or cache / "xsshim") / "libxsshim.so"
-
-
 @pytest.mark.reference
 def test_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
     """pyxenstored started like the runner starts C (C's options, its environment with
     the shim preloaded) hands over to C 4.17 and takes back over from it."""
-    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
+    require_peer()
     require((XEN_BIN / "xenstored").exists(), "xen-utils-4.17 xenstored")
     installed = subprocess.run([str(REFERENCE_RUNNER), "install"], capture_output=True, text=True)
-    require(installed.returncode == 0 and _shim().exists(), "the xsshim LD_PRELOAD library")
+    require(installed.returncode == 0 and shim_library().exists(), "the xsshim LD_PRELOAD library")
     from tests.liveupdate.conftest import start_pyxenstored
 
     run = tmp_path / "run"
-    daemon_env = dict(os.environ, XENSTORED_RUNDIR=str(run), LD_PRELOAD=str(_shim()))
+    daemon_env = dict(os.environ, XENSTORED_RUNDIR=str(run), LD_PRELOAD=str(shim_library()))
     daemon_env.setdefault("XS_SHIM_DOMAINS", "0")
     daemon_env.pop("XENSTORED_PATH", None)
     d = start_pyxenstored(

@@ -4,7 +4,8 @@ The guest (domain 5 on daemon A) has nodes, a relative watch, an absolute
 watch with a depth, an open transaction, its own quota and features.  It
 moves to daemon B as domain 9; the guest then talks to B over B's ring
 (in a real migration its page moves with its memory; here the guest simply
-attaches to B's page for domain 9).
+attaches to B's page for domain 9).  Both daemons run on the simulated
+hypervisor, or both on the Xen backend under the C reference's shim.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from tests.client.daemons import Daemon, run_daemon
+from tests.client.daemons import EXISTING_DOMAINS, Daemon, run_daemon
 
 from pyxenstored.client import (
     Client,
@@ -34,18 +35,23 @@ A_PORT, B_PORT = 7, 11
 _U32 = struct.Struct("=I")
 
 
-@pytest.fixture
-def daemons() -> Iterator[tuple[Daemon, Daemon]]:
-    gen_a = run_daemon("pyxenstored", ring=True)
-    gen_b = run_daemon("pyxenstored", ring=True)
+@pytest.fixture(params=["pyxenstored", "pyxenstored-xen"])
+def daemons(request: pytest.FixtureRequest) -> Iterator[tuple[Daemon, Daemon]]:
+    """A and B, both on the simulated hypervisor or both on the Xen backend (shim)."""
+    kind = request.param
+    gen_a = run_daemon(kind, ring=True)
+    # The domain the guest becomes on B: the shim's list is fixed at start.
+    on_b = (*EXISTING_DOMAINS, 9) if kind == "pyxenstored-xen" else EXISTING_DOMAINS
+    gen_b = run_daemon(kind, ring=True, domains=on_b)
     a = next(gen_a)
     try:
         b = next(gen_b)
         try:
             assert b.ring_dir is not None
-            with open(os.path.join(b.ring_dir, "domains"), "a") as f:
-                f.write("9\n")  # the domain the guest becomes on B
-            kick(b.ring_dir, VIRQ_DOM_EXC_PORT)  # B learns that domain 9 exists
+            if kind == "pyxenstored":
+                with open(os.path.join(b.ring_dir, "domains"), "a") as f:
+                    f.write("9\n")  # domain 9 is created on B's host
+                kick(b.ring_dir, VIRQ_DOM_EXC_PORT)  # B learns that domain 9 exists
             with b.connect() as b0:
                 assert wait_for(lambda: _exists(b0, 9)), "B never saw domain 9"
             yield a, b

@@ -79,11 +79,13 @@ def test_sdist_carries_licence_changelog_docs_and_tests(sdist: Path) -> None:
         assert name in names
     expected = [
         path.relative_to(REPO).as_posix()
-        for top in ("docs", "tests", "bench")
+        for top in ("docs", "tests", "bench", "man", "contrib")
         for path in (REPO / top).rglob("*")
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
     ]
     assert "docs/client.md" in expected and "tests/util.py" in expected
+    assert "man/pyxenstored.8" in expected
+    assert "contrib/completion/xenstore-stream" in expected
     assert [name for name in expected if name not in names] == []
     assert "src/pyxenstored/py.typed" in names
 

@@ -127,8 +127,8 @@ def sandbox(tmp_path: Path) -> Sandbox:
     return Sandbox(tmp_path, fake)
 
 
-def with_runner(sandbox: Sandbox) -> None:
-    peers = sandbox.root / "shared" / "peers"
+def with_runner(sandbox: Sandbox, peers: Path | None = None) -> None:
+    peers = peers or sandbox.root / "shared" / "peers"
     peers.mkdir(parents=True)
     (peers / "reference-xenstored").write_text(RUNNER)
     (peers / "reference-xenstored").chmod(0o755)
@@ -161,6 +161,15 @@ def test_ci_installs_without_asking_then_makes_the_venv_and_builds_the_shim(
     order = [line.split()[0] for line in log if not line.startswith("apt-get update")]
     assert order == ["apt-get", "python3", "venv-python", "runner"]
     assert "virtual environment in .venv" in out and ". .venv/bin/activate" in out
+
+
+def test_the_reference_is_found_through_pyxenstored_peers(sandbox: Sandbox) -> None:
+    elsewhere = sandbox.root / "elsewhere"
+    with_runner(sandbox, elsewhere)
+    code, out = sandbox.run(CI="true", PYXENSTORED_PEERS=str(elsewhere))
+    assert code == 0, out
+    assert "runner install" in sandbox.log()
+    assert sorted(SHIM_NEEDS) == sorted(set(SHIM_NEEDS) & set(installed_by_apt(sandbox.log())))
 
 
 def test_without_a_terminal_nothing_is_installed_and_it_says_so(sandbox: Sandbox) -> None:

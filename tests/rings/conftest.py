@@ -1,9 +1,14 @@
 """Fixtures for guests on rings: both daemons, the project's client and ring_guest.py.
 
 The daemons come from ``tests/client/daemons.py`` (run dir = ring dir; domains
-0, 5 and 6 exist).  A guest is driven either by the project's client
+0, 5 and 6 exist): the C reference under its shim, pyxenstored on its
+simulated hypervisor, and pyxenstored on its Xen backend under the same shim
+(``pyxenstored-xen``).  The same guests must see the same replies from both
+pyxenstored backends.  What the shim cannot do is played on the simulated
+backend only: a test marked ``sim_only(reason=...)`` is skipped for the
+other daemons with that reason, before any daemon starts.  A guest is driven either by the project's client
 (:class:`pyxenstored.client.Client` over a ring) or by
-``../shared/peers/ring_guest.py`` (the harness the peers provide for the C
+``ring_guest.py`` of ``PYXENSTORED_PEERS`` (the harness the peers provide for the C
 reference), wrapped here in the same small interface so that one scenario
 runs with both drivers against both daemons.
 """
@@ -20,12 +25,13 @@ from typing import Protocol
 
 import pytest
 from tests.client.daemons import REQUEST_TIMEOUT, Daemon, introduce_guest, run_daemon
-from tests.util import PEERS, require
+from tests.util import RING_GUEST, require_peer
 
 from pyxenstored.client import Client, XsClientError
 from pyxenstored.wire import HEADER, MsgType
 
-DAEMONS = ["reference", "pyxenstored"]
+DAEMONS = ["reference", "pyxenstored", "pyxenstored-xen"]
+PY_DAEMONS = ["pyxenstored", "pyxenstored-xen"]
 DRIVERS = ["client", "ring_guest"]
 EVENT_WAIT = 10.0
 _U32 = struct.Struct("=I")
@@ -71,8 +77,7 @@ class ClientGuest:
 
 
 def ring_guest_module() -> ModuleType:
-    path = PEERS / "ring_guest.py"
-    require(path.exists(), f"{path} (the peers' ring guest) is missing")
+    path = require_peer(RING_GUEST)
     spec = importlib.util.spec_from_file_location("peers_ring_guest", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -81,7 +86,7 @@ def ring_guest_module() -> ModuleType:
 
 
 class RawGuest:
-    """``../shared/peers/ring_guest.py``'s RingClient (it polls; it never waits on a FIFO)."""
+    """``ring_guest.py`` of ``PYXENSTORED_PEERS``'s RingClient (it polls; it never waits on a FIFO)."""
 
     def __init__(self, ring_dir: str, domid: int, port: int) -> None:
         self.domid = domid
@@ -155,16 +160,39 @@ def client_error(fn: object, *args: object) -> str:
     return info.value.name
 
 
+# What the shim (../shared/peers/xsshim.c) cannot play, for ``sim_only`` reasons.
+SHIM_FIXED_DOMAINS = (
+    "the shim's domain list is fixed at start (XS_SHIM_DOMAINS): no domain appears,"
+    " dies, shuts down or is replaced later"
+)
+SHIM_NO_NOTIFY = (
+    "the shim drops the daemon's notifications to guests (xenevtchn_notify): they poll their pages"
+)
+
+
+def sim_only(reason: str) -> pytest.MarkDecorator:
+    """Mark a test that only the simulated backend can play; ``reason``: what the shim lacks."""
+    return pytest.mark.sim_only(reason=reason)
+
+
+def skip_unless_simulated(request: pytest.FixtureRequest, kind: str) -> None:
+    marker = request.node.get_closest_marker("sim_only")
+    if marker is not None and kind != "pyxenstored":
+        pytest.skip(f"{kind}: {marker.kwargs['reason']}")
+
+
 @pytest.fixture(params=DAEMONS)
 def ring_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
     """A daemon serving rings in its run dir (domains 0, 5, 6 exist)."""
+    skip_unless_simulated(request, request.param)
     yield from run_daemon(request.param, ring=True)
 
 
-@pytest.fixture
-def py_daemon() -> Iterator[Daemon]:
-    """pyxenstored alone, for what the C reference's shim cannot simulate (death...)."""
-    yield from run_daemon("pyxenstored", ring=True)
+@pytest.fixture(params=PY_DAEMONS)
+def py_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """pyxenstored on both backends, for what pyxenstored does beyond C 4.17."""
+    skip_unless_simulated(request, request.param)
+    yield from run_daemon(request.param, ring=True)
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ class FakeHypervisor:
     def inheritable_fds(self) -> dict[str, int]:
         return {}
 
-    def adopt_evtchn(self, fd: int) -> None:
+    def adopt_evtchn(self, fd: int, virq_port: int | None = None) -> None:
         pass
 
     def restored_port(self, domid: int, local_port: int) -> int:

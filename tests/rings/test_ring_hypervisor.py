@@ -1,4 +1,4 @@
-"""The simulated hypervisor: files of a ring dir as ../shared/peers lays them out."""
+"""The simulated hypervisor: files of a ring dir as the reference's shim lays them out."""
 
 from __future__ import annotations
 

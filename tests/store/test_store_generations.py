@@ -75,14 +75,14 @@ def test_domain_younger_than_all_but_the_last_write(store: Store, dom0: Client) 
         dom0.write(f"/s/{name}", b"")
     dom0.write("/s/c", b"1")  # the last write touches /s/c alone (a creation ends with the parent)
     assert 40 not in store.domains
-    dom = store._domain(40)
+    dom = store.ensure_domain(40)
     for older in ("/s", "/s/a", "/s/b"):
-        assert store._stale(40, store.nodes[older].gen)
-    assert not store._stale(40, store.nodes["/s/c"].gen)
+        assert store.is_stale(40, store.nodes[older].gen)
+    assert not store.is_stale(40, store.nodes["/s/c"].gen)
     dom0.write("/s/a", b"1")
     dom0.write("/s/d", b"")
-    assert not store._stale(40, store.nodes["/s/a"].gen)
-    assert not store._stale(40, store.nodes["/s/d"].gen)
+    assert not store.is_stale(40, store.nodes["/s/a"].gen)
+    assert not store.is_stale(40, store.nodes["/s/d"].gen)
     assert dom.generation <= store.generation
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.util import REFERENCE_OXENSTORED, XEN_BIN, require, require_tool
+from tests.util import REFERENCE_OXENSTORED, XEN_BIN, require_peer, require_tool
 
 from pyxenstored.stream import read_records
 from pyxenstored.stream.oxenstored import (
@@ -33,7 +33,7 @@ OXENSTORED = XEN_BIN / "oxenstored"
 
 
 def _require_reference() -> None:
-    require(REFERENCE_OXENSTORED.exists(), f"the oxenstored runner {REFERENCE_OXENSTORED}")
+    require_peer(REFERENCE_OXENSTORED)
     require_tool(str(OXENSTORED))
     require_tool("xenstore-ls")
     require_tool("unshare")

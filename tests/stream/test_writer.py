@@ -350,9 +350,9 @@ def test_c417_daemon_restores_a_stream_we_wrote(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.util import REFERENCE_RUNNER, REPO, XEN_BIN, require, require_tool
+    from tests.util import REFERENCE_RUNNER, REPO, XEN_BIN, require, require_peer, require_tool
 
-    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
+    require_peer()
     require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
     read_tool = require_tool("xenstore-read")
     write_tool = require_tool("xenstore-write")

@@ -1,6 +1,6 @@
 """pyxenstored on its Xen backend, as a daemon, with the C reference's shim in LD_PRELOAD.
 
-The shim (``../shared/peers/xsshim.c``) answers the Xen libraries' calls
+The shim (``xsshim.c`` in the directory ``PYXENSTORED_PEERS`` names, see tests/util.py) answers the Xen libraries' calls
 the way it answers them for the C daemon: ``xengnttab_map_grant_ref`` maps
 ``DIR/ring-dom<N>``, the event channel is the FIFO ``DIR/evtchn`` it opens,
 ``/proc/xen/xsd_port`` and ``xsd_kva`` are its own files, the domains are
@@ -8,9 +8,10 @@ the way it answers them for the C daemon: ``xengnttab_map_grant_ref`` maps
 show that the daemon's traffic with a guest goes through those calls (the
 shim's lines in the log, the FIFO the shim opened as the daemon's event
 channel, the page file it mapped), that without the shim and without
-``/dev/xen`` the daemon does not start and says why in one line, and that
-live update carries guests over (pyxenstored -> pyxenstored, C ->
-pyxenstored -> C).
+``/dev/xen`` the daemon does not start and says why in one line.  Live
+update with guests on rings (pyxenstored -> pyxenstored, C -> pyxenstored
+-> C) is tested in tests/rings/test_rings_liveupdate.py, on both backends,
+as is the rest of the guest-on-ring suite (tests/rings).
 
 What the shim cannot show: notifications to guests (it drops them; guests
 poll), domain death and shutdown (its domain list is fixed at start), unique
@@ -30,14 +31,11 @@ from tests.client.daemons import (
     Daemon,
     introduce_guest,
     run_daemon,
-    xen_environment,
 )
-from tests.liveupdate.conftest import start_pyxenstored
 from tests.rings.conftest import err, kick, make_guest, ok
-from tests.util import REFERENCE_RUNNER, XEN_BIN, require
+from tests.util import require
 
-from pyxenstored.client import Client, WatchEvent
-from pyxenstored.wire import HEADER, MsgType
+from pyxenstored.wire import MsgType
 
 M = MsgType
 HOME = "/local/domain/5"
@@ -156,114 +154,3 @@ def test_without_the_libraries_answers_start_fails_in_one_line(tmp_path: Path) -
         " is not loaded)"
     ]
     assert not (run / "socket").exists()
-
-
-# --- live update -----------------------------------------------------------------------------
-
-
-def test_guests_carry_on_across_xen_backend_live_updates(tmp_path: Path) -> None:
-    require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
-    ring_dir = tmp_path / "ring"
-    ring_dir.mkdir(mode=0o700)
-    env = dict(os.environ, **xen_environment(str(ring_dir), "0,5,6"))
-    env.pop("XENSTORED_PATH", None)
-    d = start_pyxenstored(tmp_path, env=env, launcher=LAUNCHER)
-    try:
-        with Client.connect_socket(d.socket, timeout=20) as dom0:
-            introduce_guest(dom0, str(ring_dir), 5, 7)
-            guest = Client.connect_ring(str(ring_dir), 5, 7, timeout=20)
-            guest.write("data/a", b"before")
-            guest.watch("data", "w")
-            assert guest.next_event(10) == WatchEvent("data", "w")
-            dom0.write(f"{HOME}/data/b", b"unread")  # its event waits for the guest
-            payload = b"data/a\0"
-            request = HEADER.pack(M.READ, 4242, 0, len(payload)) + payload
-            guest.send_raw(request[:11])  # half a header in the ring
-            for round_ in range(2):
-                done = d.live_update("-t", "10")
-                assert done.returncode == 0, (done.stdout, done.stderr, d.output())
-                assert d.alive()
-                if round_ == 0:
-                    guest.send_raw(request[11:])  # the rest, to the new daemon
-                    assert guest.collect(4242, 20) == b"before"
-                    assert guest.next_event(10) == WatchEvent("data/b", "w")
-                dom0.write(f"{HOME}/data/c{round_}", b"x")
-                assert guest.next_event(10) == WatchEvent(f"data/c{round_}", "w")
-                guest.write(f"after{round_}", b"ok")
-                assert dom0.read(f"{HOME}/after{round_}") == b"ok"
-                assert dom0.is_domain_introduced(5)
-            guest.close()
-        log = d.output()
-        # Each successor took the handed-over descriptor and bound the virq on it.
-        assert log.count("[xsshim] xenevtchn_fdopen fd ") == 2
-        assert log.count("[xsshim] bind_virq 3 -> 100") == 2
-        fd = int(log.rsplit("[xsshim] xenevtchn_fdopen fd ", 1)[1].split()[0])
-        assert fd_target(d.proc.pid, fd) == str(ring_dir / "evtchn")
-    finally:
-        d.stop()
-
-
-@pytest.mark.reference
-def test_a_guest_goes_from_c_to_the_xen_backend_and_back(tmp_path: Path) -> None:
-    """C 4.17 execs pyxenstored on its Xen backend (same shim, same descriptor), then back."""
-    require(REFERENCE_RUNNER.exists(), "the C reference daemon runner (../shared/peers)")
-    require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
-    run = tmp_path / "ref"
-    env = dict(os.environ, XS_SHIM_RINGDIR=str(run), XS_SHIM_DOMAINS="0,5", XS_SHIM_DEBUG="1")
-    env.pop("XENSTORED_RUNDIR", None)
-    env.pop("XENSTORED_PATH", None)
-    run.mkdir(mode=0o700)
-    from tests.liveupdate.conftest import write_successor
-
-    started = subprocess.run(
-        [str(REFERENCE_RUNNER), "start", str(run)], env=env, capture_output=True, text=True
-    )
-    require(started.returncode == 0, f"reference xenstored did not start: {started.stderr}")
-    pid = int(started.stdout.split()[-1])
-    # The backend through the environment: C gets pyxenstored's arguments back.
-    successor = write_successor(
-        tmp_path / "pyxenstored-successor",
-        run,
-        tmp_path / "dumps",
-        ["env", "PYXENSTORED_HYPERVISOR=xen", sys.executable, "-m", "pyxenstored"],
-    )
-    control_env = dict(env, XENSTORED_PATH=str(run / "socket"))
-    control_env.pop("LD_PRELOAD", None)
-    try:
-        with Client.connect_socket(str(run / "socket"), timeout=30) as dom0:
-            introduce_guest(dom0, str(run), 5, 7)
-            guest = Client.connect_ring(str(run), 5, 7, timeout=30)
-            guest.write("data/a", b"from-c")
-            guest.watch("data", "w")
-            assert guest.next_event(10) == WatchEvent("data", "w")
-            dom0.write(f"{HOME}/data/b", b"unread")
-            payload = b"data/a\0"
-            request = HEADER.pack(M.READ, 77, 0, len(payload)) + payload
-            guest.send_raw(request[:5])
-            stages = [("py", str(successor)), ("c", str(XEN_BIN / "xenstored"))]
-            for n, (expect, program) in enumerate(stages):
-                done = subprocess.run(
-                    [str(XEN_BIN / "xenstore-control"), "live-update", "-t", "10", program],
-                    env=control_env,
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                )
-                log = (run / "xenstored.out").read_text(errors="replace")
-                assert done.returncode == 0, (done.stdout, done.stderr, log)
-                exe = os.readlink(f"/proc/{pid}/exe")
-                assert exe.endswith("xenstored") == (expect == "c"), log
-                if n == 0:
-                    guest.send_raw(request[5:])
-                    assert guest.collect(77, 20) == b"from-c"
-                    assert guest.next_event(10) == WatchEvent("data/b", "w")
-                dom0.write(f"{HOME}/data/s{n}", b"x")
-                assert guest.next_event(10) == WatchEvent(f"data/s{n}", "w")
-                guest.write(f"stage{n}", expect)
-                assert dom0.read(f"{HOME}/stage{n}") == expect.encode()
-            guest.close()
-        log = (run / "xenstored.out").read_text(errors="replace")
-        # pyxenstored and then C took the descriptor over through the library.
-        assert log.count("[xsshim] xenevtchn_fdopen fd ") == 2
-    finally:
-        subprocess.run([str(REFERENCE_RUNNER), "stop", str(run)], env=env, check=False)

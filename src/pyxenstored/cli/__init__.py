@@ -1,1 +1,1 @@
-"""cli layer of pyxenstored (see DESIGN.md)."""
+"""cli layer of pyxenstored (see docs/architecture.md)."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyxenstored import __version__
+from pyxenstored.cli.helptext import Section, epilog
 from pyxenstored.migrate import RestoreError
 from pyxenstored.migrate.check import check_state_main
 from pyxenstored.server.backends import KINDS, BackendChoice, choose_backend
@@ -66,27 +67,124 @@ _WITHOUT_MEANING: dict[str, str] = {
     "no_recovery": "-R: the store lives in memory and is never repaired on start",
     "internal_db": "-I: the store always lives in memory",
     "event": "--event: only C's stub-domain build uses it",
+    "config_file": "--config-file: oxenstored's configuration; only its quota keys are read,"
+    " when taking over oxenstored's state",
+    "reraise_top_level": "--reraise-top-level: oxenstored's debugging aid",
+    "no_access_log": "--no-access-log: there is no access log (see -T)",
+    "disable_socket": "--disable-socket: oxenstored's; the socket is always served",
+    "restart": "--restart: oxenstored's; --live alone reads its dump",
 }
 
-_EPILOG = """\
-subcommand:
-  pyxenstored migrate ...   move one domain's state between two daemons
-                            (pyxenstored migrate --help)
-
-exit status:
-  0  the daemon stopped on SIGTERM or SIGINT; --help or --version; another
-     daemon holds the --pid-file lock (as the C daemon: silent, said under -v);
-     --check-state: the state restores
-  1  the daemon did not start: a live daemon already listens on the socket,
-     the run directory, socket, pid file or hypervisor backend cannot be
-     used, a live-update restore failed; --check-state: it does not restore
-  2  bad command line (an argument, a bad option value); options this
-     program does not know are ignored with a warning, as the C daemon does
-
-Options of the C daemon's other versions are accepted; those that mean
-nothing here (-D, -R, -I, --event) are logged under -v.  See docs/xen-host.md
-to start it from a Xen host's init, and docs/compat.md for the differences.
-"""
+# What ``--help`` ends with; the man page (pyxenstored.tools.manpage) writes
+# the same sections as EXIT STATUS, ENVIRONMENT and FILES.
+SUBCOMMANDS = Section(
+    "subcommand",
+    (
+        (
+            "pyxenstored migrate ...",
+            "move one domain's state between two daemons (as the first word; "
+            "pyxenstored migrate --help)",
+        ),
+    ),
+)
+EXIT_STATUS = Section(
+    "exit status",
+    (
+        (
+            "0",
+            "the daemon serves (forked: the command returns once it listens); it "
+            "stopped on SIGTERM or SIGINT (-N); --help or --version; another daemon "
+            "holds the --pid-file lock (silent as the C daemon, said under -v); "
+            "--check-state: the state restores",
+        ),
+        (
+            "1",
+            "the daemon did not start: a live daemon already listens on the socket, "
+            "the run directory, socket, pid file or hypervisor backend cannot be "
+            "used, a live-update restore failed, the daemon died before it served; "
+            "--check-state: the state does not restore",
+        ),
+        (
+            "2",
+            "bad command line (an argument, a bad option value); options this "
+            "program does not know are ignored with a warning, as the C daemon does",
+        ),
+        ("130", "interrupted while waiting for the forked daemon to listen"),
+    ),
+    man="EXIT STATUS",
+)
+ENVIRONMENT = Section(
+    "environment",
+    (
+        (
+            "XENSTORED_PATH",
+            "the socket, when neither --socket nor --rundir is given (where "
+            "libxenstore's clients look first)",
+        ),
+        ("XENSTORED_RUNDIR", "the run directory, when --rundir is not given"),
+        (
+            "XDG_RUNTIME_DIR",
+            "for a user other than root, the run directory is "
+            "$XDG_RUNTIME_DIR/pyxenstored (without it /tmp/pyxenstored-$UID)",
+        ),
+        (
+            "PYXENSTORED_HYPERVISOR",
+            "the default of --hypervisor (kept across a live update, whose "
+            "successor may be a C daemon that refuses the option)",
+        ),
+        (
+            "XS_SHIM_RINGDIR",
+            "the simulated hypervisor's directory when --ring-dir is not given "
+            "(as the C reference's LD_PRELOAD shim)",
+        ),
+        (
+            "XS_SHIM_DOMAINS",
+            "simulated hypervisor without a DIR/domains file: the domains that "
+            "exist, as 0,5,6 (default 0)",
+        ),
+        ("XS_SHIM_DOM0_PORT", "simulated hypervisor: the store domain's event channel (default 1)"),
+        (
+            "NOTIFY_SOCKET",
+            "the service manager's socket: READY=1 and MAINPID are sent there once "
+            "the daemon listens (sd_notify(3))",
+        ),
+    ),
+    man="ENVIRONMENT",
+)
+FILES = Section(
+    "files",
+    (
+        (
+            "/var/run/xenstored/socket",
+            "the socket, for root (the run directory /var/run/xenstored)",
+        ),
+        (
+            "$XDG_RUNTIME_DIR/pyxenstored/socket",
+            "the socket, for other users (/tmp/pyxenstored-$UID/socket without "
+            "XDG_RUNTIME_DIR; a /tmp directory that is not private is refused)",
+        ),
+        ("RUNDIR/state_dump", "the state a live update hands to its successor (-U)"),
+        (
+            "/dev/xen/evtchn, /dev/xen/gntdev, /proc/xen/xsd_kva, /proc/xen/xsd_port",
+            "the Xen devices of --hypervisor xen (auto picks xen when /dev/xen/evtchn exists)",
+        ),
+        (
+            "DIR/ring-dom<N>, DIR/evtchn, DIR/domains",
+            "the simulated hypervisor's ring pages, event channel FIFO and domain list",
+        ),
+        ("/dev/log", "where a daemon in the background logs (syslog, facility daemon)"),
+    ),
+    man="FILES",
+)
+_EPILOG = epilog(
+    SUBCOMMANDS,
+    EXIT_STATUS,
+    ENVIRONMENT,
+    FILES,
+    note="Options of the C daemon's other versions are accepted; those that mean "
+    "nothing here (-D, -R, -I, --event) are logged under -v.  See docs/xen-host.md "
+    "to start it from a Xen host's init, and docs/compat.md for the differences.",
+)
 
 
 class _QuotaAction(argparse.Action):
@@ -142,7 +240,26 @@ def build_parser() -> argparse.ArgumentParser:
         )
     _add_process_options(parser.add_argument_group("process"))
     _add_compat_options(parser.add_argument_group("accepted for the C daemon's sake"))
+    _add_oxenstored_options(parser.add_argument_group("accepted for oxenstored's sake"))
     return parser
+
+
+def _add_oxenstored_options(ox: argparse._ArgumentGroup) -> None:
+    ox.add_argument(
+        "--live",
+        action="store_true",
+        help="take over the state oxenstored's live update left (its dump, "
+        "default /var/run/xenstored/db, and its descriptors); with --help: "
+        "check that it would be taken, exit 0 or 1 (docs/migration.md)",
+    )
+    ox.add_argument("--restart", action="store_true", help="oxenstored's; goes with --live")
+    ox.add_argument("--config-file", metavar="FILE", help="oxenstored's configuration (its quota)")
+    ox.add_argument(
+        "--oxenstored-dump", metavar="FILE", help="read oxenstored's dump from FILE (with --live)"
+    )
+    ox.add_argument("--config-test", action="store_true", help="as --live --help")
+    for flag in ("--reraise-top-level", "--no-access-log", "--disable-socket"):
+        ox.add_argument(flag, action="store_true", help="oxenstored's (no effect)")
 
 
 def _add_where_options(where: argparse._ArgumentGroup) -> None:
@@ -210,7 +327,7 @@ def _add_process_options(proc: argparse._ArgumentGroup) -> None:
         "--pid-file",
         metavar="FILE",
         help="write the daemon's pid to FILE and keep it locked; if another daemon "
-        "holds the lock, exit 0 at once (as C)",
+        "holds the lock, exit 0 at once (silent as C; said under -v)",
     )
     proc.add_argument(
         "-N",
@@ -357,6 +474,7 @@ class DaemonOptions:
     trace_path: str | None = None
     trace_switches: list[str] = field(default_factory=list)
     live_update: bool = False
+    oxenstored_dump: str | None = None
     fork: bool = True
     output_pid: bool = False
 
@@ -377,7 +495,15 @@ class DaemonOptions:
         for switch in args.trace_control:
             if not valid_trace_switch(switch):
                 raise ValueError(f"illegal trace switch {switch!r}")
-        rundir, sock_path = socket_path(args.rundir, args.socket)
+        for name, value in _oxenstored_quota(args):
+            apply_quota_option(config.quota, "-Q", f"{name}={value}")
+        if args.live and not args.rundir and not args.socket:
+            # oxenstored's own places (the listening socket is inherited).
+            from pyxenstored.migrate.oxenstored import OXENSTORED_RUNDIR, OXENSTORED_SOCKET
+
+            rundir, sock_path = OXENSTORED_RUNDIR, OXENSTORED_SOCKET
+        else:
+            rundir, sock_path = socket_path(args.rundir, args.socket)
         return cls(
             config=config,
             rundir=rundir,
@@ -385,14 +511,44 @@ class DaemonOptions:
             backend=choose_backend(args.hypervisor, args.ring_dir),
             argv=argv,
             watch_timeout=parse_timeouts(args.timeout),
-            pid_file=args.pid_file,
+            pid_file=args.pid_file or _config_pid_file(args),
             trace_path=os.path.abspath(args.trace_file) if args.trace_file else None,
             trace_switches=list(args.trace_control),
-            live_update=args.live_update,
+            live_update=args.live_update or args.live,
+            oxenstored_dump=_oxenstored_dump(args),
             # A live update's successor runs in the process it replaces (C too).
-            fork=not args.no_fork and not args.live_update,
+            fork=not args.no_fork and not args.live_update and not args.live,
             output_pid=args.output_pid,
         )
+
+
+def _oxenstored_dump(args: argparse.Namespace) -> str | None:
+    from pyxenstored.migrate.oxenstored import OXENSTORED_DB
+
+    return (args.oxenstored_dump or OXENSTORED_DB) if args.live else None
+
+
+def _config_pid_file(args: argparse.Namespace) -> str | None:
+    """oxenstored's ``pid-file`` key, when started with its ``--config-file`` (as it does)."""
+    if not args.config_file:
+        return None
+    from pyxenstored.server.oxenstored_lu import config_pid_file
+
+    return config_pid_file(args.config_file)
+
+
+def _oxenstored_quota(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """The quota of oxenstored's configuration, by C-family name (with --config-file)."""
+    if not args.config_file:
+        return []
+    from pyxenstored.server.oxenstored_lu import config_quota
+    from pyxenstored.stream.oxenstored import quota_to_c
+
+    values, _lost = quota_to_c(config_quota(["--config-file", args.config_file]))
+    from pyxenstored.store.quota import QUOTAS
+
+    known = {info.name for info in QUOTAS}
+    return [(v.name, v.value) for v in values if v.name in known]
 
 
 class StartError(Exception):
@@ -411,6 +567,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyxenstored.cli.migrate_cmd import main as migrate_main
 
         return migrate_main(given[1:])
+    if "--live" in given and "--help" in given:
+        # oxenstored's pre-exec check of its successor (docs/migration.md).
+        setup_logging(logging.WARNING)
+        return _oxenstored_check([w for w in given if w != "--help"])
     try:
         args = parse_args(given)
         setup_logging(level_from_options(args.verbose, args.log_level))
@@ -418,12 +578,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     if args.check_state:
         return _check_state(args.check_state, as_program=argv is None)
+    if args.config_test:
+        return _oxenstored_check(given)
     try:
         options = DaemonOptions.from_args(args, given)
     except ValueError as exc:
         return _fail(str(exc), 2)
     _log_accepted_options(args)
     return run(options)
+
+
+def _oxenstored_check(given: list[str]) -> int:
+    from pyxenstored.migrate.oxenstored import OXENSTORED_DB
+    from pyxenstored.server.oxenstored_lu import help_check
+
+    try:
+        args = parse_args(given)
+        options = DaemonOptions.from_args(args, given)
+    except (UsageError, ValueError) as exc:
+        return _fail(str(exc), 2)
+    return help_check(options.oxenstored_dump or OXENSTORED_DB, given, options.config)
 
 
 def _fail(message: str, status: int = 1) -> int:
@@ -532,12 +706,21 @@ def _build_and_run(options: DaemonOptions, readiness: Readiness | None) -> None:
     """Build the store, server and guest backend; restore or listen; serve."""
     # Imported here, not at the top: the check run (--check-state) needs none
     # of the server, and its start-up is part of the live-update blackout.
+    from pyxenstored.server import oxenstored_lu
     from pyxenstored.server.control_hooks import ServerControlHooks
     from pyxenstored.server.domain_state import DomainState
     from pyxenstored.server.liveupdate import LiveUpdate
     from pyxenstored.server.loop import Server, ServerConfig
     from pyxenstored.store import Store
 
+    ox_state = None
+    if options.oxenstored_dump is not None:
+        # Checked before anything is opened: a dump that cannot be taken
+        # falls back to the oxenstored that wrote it.
+        try:
+            ox_state = oxenstored_lu.prepare(options.oxenstored_dump, options.argv, options.config)
+        except RestoreError as exc:
+            raise StartError(1, f"oxenstored's state cannot be taken: {exc}") from None
     tracer = _open_tracer(options)
     hooks = ServerControlHooks(tracer)
     store = Store(options.config, hooks)
@@ -554,19 +737,34 @@ def _build_and_run(options: DaemonOptions, readiness: Readiness | None) -> None:
     rings = None
     try:
         # Before a restore: live update maps the dumped rings through it.
-        hypervisor = _open_backend(options.backend, options.config.store_domid)
+        hypervisor = _open_backend(
+            options.backend,
+            options.config.store_domid,
+            bind_virq=ox_state is None or not oxenstored_lu.hands_over_virq(ox_state),
+        )
         if hypervisor is not None:
             from pyxenstored.server.ring_domains import RingDomains
 
             rings = RingDomains(server, store, hypervisor)
             updater.ring_restorer = rings.restore_transport
-        if options.live_update:
+        from pyxenstored.server.oxenstored_lu import OxenstoredSuccessor
+
+        updater.foreign = OxenstoredSuccessor(updater, rings)
+        if ox_state is not None:
+            try:
+                oxenstored_lu.adopt(updater, rings, ox_state)
+            except RestoreError as exc:
+                raise StartError(1, f"taking over oxenstored's state failed: {exc}") from None
+        elif options.live_update:
             try:
                 updater.restore()
             except RestoreError as exc:
                 raise StartError(1, f"live update restore failed: {exc}") from None
         if rings is not None:
-            rings.adopt_inherited_evtchn(updater.evtchn_fd)
+            virq = ox_state.extras.domexc_port if ox_state is not None else None
+            if ox_state is not None and not oxenstored_lu.hands_over_virq(ox_state):
+                virq = None
+            rings.adopt_inherited_evtchn(updater.evtchn_fd, virq)
             updater.evtchn_fd = rings.evtchn_fd
             rings.start(auto_introduce=not options.live_update)
         if not options.live_update:
@@ -595,12 +793,14 @@ def _open_tracer(options: DaemonOptions) -> Tracer:
     return tracer
 
 
-def _open_backend(choice: BackendChoice, store_domid: int) -> Hypervisor | None:
+def _open_backend(
+    choice: BackendChoice, store_domid: int, *, bind_virq: bool = True
+) -> Hypervisor | None:
     from pyxenstored.server.backends import BackendUnavailable, open_backend
 
     log.info("hypervisor backend: %s (%s)", choice.kind, choice.reason)
     try:
-        return open_backend(choice, store_domid)
+        return open_backend(choice, store_domid, bind_virq=bind_virq)
     except BackendUnavailable as exc:
         raise StartError(1, str(exc)) from None
 

@@ -33,10 +33,26 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from pyxenstored.cli.helptext import Section, epilog
 from pyxenstored.client import Client, XsClientError
 
 PROG = "pyxenstored migrate"
 TIMEOUT = 30.0
+
+
+EXIT_STATUS = Section(
+    "exit status",
+    (
+        ("0", "the domain moved"),
+        (
+            "1",
+            "a step was refused or failed (the message says which, and where the "
+            "domain is), or a daemon could not be reached",
+        ),
+        ("2", "bad command line"),
+    ),
+    man="EXIT STATUS",
+)
 
 
 class MigrateError(Exception):
@@ -46,11 +62,19 @@ class MigrateError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Move one domain's xenstore state (nodes of its home, watches, "
+        description="Move one domain's xenstore state (nodes of its home, watches,\n"
         "transactions, quota, features) from one pyxenstored to another.",
+        epilog=epilog(
+            EXIT_STATUS, note="The steps and what each failure leaves: docs/migration.md."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--from", dest="source", required=True, metavar="SOCKET", help="source daemon")
-    p.add_argument("--to", dest="target", required=True, metavar="SOCKET", help="target daemon")
+    p.add_argument(
+        "--from", dest="source", required=True, metavar="SOCKET", help="the source daemon's socket"
+    )
+    p.add_argument(
+        "--to", dest="target", required=True, metavar="SOCKET", help="the target daemon's socket"
+    )
     p.add_argument("--domid", type=int, required=True, metavar="N", help="domain on the source")
     p.add_argument(
         "--new-domid", type=int, metavar="M", help="its domid on the target (default: N)"
@@ -65,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after RELEASE, leave /local/domain/N on the source (default: remove it)",
     )
-    p.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per request")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=TIMEOUT,
+        metavar="SEC",
+        help=f"seconds to wait for each answer (default {TIMEOUT:g})",
+    )
     return p
 
 

@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator
 from typing import IO, TextIO
 
+from pyxenstored import __version__
+from pyxenstored.cli.helptext import Section, epilog
 from pyxenstored.stream import check as checker
 from pyxenstored.stream.convert_bounded import BoundedConverter
 from pyxenstored.stream.diff import StreamState, state_of
@@ -55,6 +57,7 @@ PROG = "xenstore-stream"
 EXIT_OK = 0
 EXIT_FOUND = 1
 EXIT_FAIL = 2
+EXIT_INTERRUPTED = 130
 
 
 class CliError(Exception):
@@ -355,8 +358,20 @@ def cmd_synth(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Xenstore migration stream toolkit")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Xenstore migration stream toolkit: read, check, compare, convert and\n"
+        "write the state dumps of live update and domain migration.",
+        epilog=epilog(exit_status(None), note=f"Each command's options: {PROG} COMMAND --help."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__}",
+        help="print the program's version (a stream's version: convert/synth --stream-version)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     d = sub.add_parser("dump", help="print the records, the node tree or NDJSON")
     d.add_argument("file", help="stream file ('-' for stdin)")
@@ -366,55 +381,139 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dump)
 
     c = sub.add_parser("check", help="check against the spec and the C daemon's rules")
-    c.add_argument("file")
+    c.add_argument("file", help="stream file ('-' for stdin)")
     c.add_argument("--json", action="store_true", help="one JSON diagnostic per line")
     c.set_defaults(func=cmd_check)
 
     v = sub.add_parser("convert", help="change version, byte order or target layout")
-    v.add_argument("input")
-    v.add_argument("output")
+    v.add_argument("input", help="stream file ('-' for stdin)")
+    v.add_argument("output", help="the converted stream ('-' for stdout)")
     v.add_argument(
-        "--version", type=int, choices=(1, 2), help="default: the input's (1 for c-4.17)"
+        "--stream-version",
+        "--version",
+        dest="version",
+        type=int,
+        choices=(1, 2),
+        help="the output's stream version (default: the input's; 1 for c-4.17); "
+        "--version is the old spelling",
     )
-    v.add_argument("--endian", choices=("little", "big", "same"), default="same")
-    v.add_argument("--target", choices=TARGETS, default="spec")
+    v.add_argument(
+        "--endian",
+        choices=("little", "big", "same"),
+        default="same",
+        help="the output's byte order (default: same as the input)",
+    )
+    v.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="spec",
+        help="whose layout to write: the spec's, C master's or C 4.17's (default: spec)",
+    )
     v.add_argument(
         "--lossy", action="store_true", help="drop what the output cannot carry, and say what"
     )
     v.set_defaults(func=cmd_convert)
 
     f = sub.add_parser("diff", help="semantic difference of two streams")
-    f.add_argument("a")
-    f.add_argument("b")
+    f.add_argument("a", help="the first stream file ('-' for stdin)")
+    f.add_argument("b", help="the second stream file")
     f.set_defaults(func=cmd_diff)
 
     s = sub.add_parser("stats", help="counts, per-domain usage, largest nodes, quota")
-    s.add_argument("file")
-    s.add_argument("--top", type=int, default=10, help="how many largest nodes to list")
+    s.add_argument("file", help="stream file ('-' for stdin)")
+    s.add_argument(
+        "--top",
+        type=int,
+        default=10,
+        metavar="N",
+        help="how many largest nodes to list (default 10)",
+    )
     s.set_defaults(func=cmd_stats)
 
     b = sub.add_parser("build", help="write a stream from 'dump --json' output")
     b.add_argument("ndjson", help="NDJSON file ('-' for stdin)")
-    b.add_argument("output")
+    b.add_argument("output", help="the stream to write")
     b.set_defaults(func=cmd_build)
 
     e = sub.add_parser("extract", help="cut one domain's migration stream out of a dump")
     e.add_argument("file", help="stream file ('-' for stdin)")
     e.add_argument("--domain", type=int, required=True, metavar="N", help="the domain's domid")
-    e.add_argument("output")
+    e.add_argument("output", help="the domain's migration stream to write")
     e.set_defaults(func=cmd_extract)
 
     y = sub.add_parser("synth", help="write a realistic synthetic stream")
-    y.add_argument("output")
-    y.add_argument("--domains", type=int, required=True)
-    y.add_argument("--seed", type=int, default=0)
-    y.add_argument("--version", type=int, choices=(1, 2), default=2)
-    y.add_argument("--endian", choices=("little", "big"), default="little")
-    y.add_argument("--vifs", type=int, default=1, help="network devices per guest")
-    y.add_argument("--vbds", type=int, default=1, help="disks per guest")
+    y.add_argument("output", help="the stream to write")
+    y.add_argument(
+        "--domains",
+        type=int,
+        required=True,
+        metavar="N",
+        help="how many guest domains (1..N) besides dom0 (required)",
+    )
+    y.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="random seed: the same seed writes the same stream (default 0)",
+    )
+    y.add_argument(
+        "--stream-version",
+        "--version",
+        dest="version",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="the stream version (default 2); --version is the old spelling",
+    )
+    y.add_argument(
+        "--endian",
+        choices=("little", "big"),
+        default="little",
+        help="byte order (default little)",
+    )
+    y.add_argument(
+        "--vifs", type=int, default=1, metavar="K", help="network devices per guest (default 1)"
+    )
+    y.add_argument("--vbds", type=int, default=1, metavar="K", help="disks per guest (default 1)")
     y.add_argument("--no-transactions", action="store_true", help="no pending transaction")
     y.set_defaults(func=cmd_synth)
+    # argparse keeps a command's one-line help only on the sub-parsers
+    # action; it becomes the description of the command's own --help.
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    for name, parser in sub.choices.items():
+        parser.description = parser.description or helps.get(name)
+        parser.epilog = epilog(exit_status(name))
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
+
+
+# What each command's exit statuses 0 and 1 mean, where they say more than
+# "done" (1 is only for the commands listed in _FOUND).
+_DONE = {"check": "no errors (warnings alone are not errors)", "diff": "the streams are the same"}
+_FOUND = {"check": "errors found", "diff": "the streams differ"}
+
+
+def exit_status(command: str | None) -> Section:
+    """The ``exit status`` section of ``--help``: the whole program's, or one command's."""
+    if command is None:
+        done = "done; " + "; ".join(f"{name}: {text}" for name, text in _DONE.items())
+        found = "; ".join(f"{name}: {text}" for name, text in _FOUND.items())
+    else:
+        done = _DONE.get(command, "done")
+        found = _FOUND.get(command, "")
+    items = [(str(EXIT_OK), done)]
+    if found:
+        items.append((str(EXIT_FOUND), found))
+    items.append(
+        (
+            str(EXIT_FAIL),
+            "the input could not be read, or the request could not be done (one line "
+            "on stderr says why), or a bad command line",
+        )
+    )
+    items.append((str(EXIT_INTERRUPTED), "interrupted (SIGINT)"))
+    return Section("exit status", tuple(items), man="EXIT STATUS")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except (CliError, StreamError, StreamWriteError) as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAIL

@@ -1,7 +1,8 @@
 """Domain migration: one domain's xenstore state as a stream, and back into another store.
 
-The migration stream's second job (``reference/xenstore-migration.md``,
-``reference/non-cooperative-migration.md``; digest 10.8): a version-2 stream
+The migration stream's second job (xen.git ``docs/designs/xenstore-migration.md``
+and ``docs/designs/non-cooperative-migration.md``; the C daemon has no code for
+it, see docs/migration.md): a version-2 stream
 holding exactly one domain's state, in this order:
 
 * its ring connection (CONNECTION_DATA; pending data only as whole
@@ -33,7 +34,14 @@ from ..store import quota as q
 from ..store.domain import Domain
 from ..store.features import SUPPORTED_FEATURES
 from ..store.node import Node
-from ..store.state import PendingNode, StateError, import_transaction, import_watch
+from ..store.state import (
+    PendingNode,
+    StateError,
+    import_transaction,
+    import_watch,
+    transaction_copies,
+)
+from ..store.transaction import record_cost
 from ..stream.records import (
     DEPTH_UNLIMITED,
     ConnectionData,
@@ -429,6 +437,9 @@ def import_domain(
     out_data = remap_events(state.connection.out_data, old, new)
     if not store.conns[conn_id].privileged:
         usage = _usage_delta(store, new, planned, old_home_node, watches, out_data)
+        # The transactions' copies are charged to the domain too (as they
+        # arrive in C; all at once here, after the nodes).
+        usage[1] += _transactions_memory(store, planned, old_home_node, txs)
         _check_quota(dom, quota, new, usage, len(watches), len(txs))
 
     # --- nothing has changed so far; from here on nothing fails -----------------
@@ -595,6 +606,39 @@ def _usage_delta(
     return delta.get(new, [0, 0])
 
 
+def _transactions_memory(
+    store: Store,
+    planned: list[_NewNode],
+    old_home_node: Node | None,
+    txs: list[tuple[int, list[PendingNode], bool, bool]],
+) -> int:
+    """What the imported transactions' copies will be charged, priced before anything changes.
+
+    Their copies are made over the tree as it is once the planned nodes are
+    in (:func:`_install_nodes`): the moved home and its subtree, and the
+    home's parent with the home among its children.
+    """
+    if not txs:
+        return 0
+    after = {item.path: item.node for item in planned}
+    if planned and old_home_node is None:
+        home = planned[0].path
+        parent_path = parent_of(home)
+        parent = store.nodes[parent_path].copy()
+        parent.add_child(home[len(parent_path) + 1 :])
+        after[parent_path] = parent
+
+    def committed(path: str) -> Node | None:
+        node = after.get(path)
+        return node if node is not None else store.nodes.get(path)
+
+    total = 0
+    for _tx_id, pending, _known, _failed in txs:
+        copies = transaction_copies(committed, pending, 0)
+        total += sum(record_cost(path, node) for path, node in copies.items())
+    return total
+
+
 def _check_quota(
     dom: Domain, quota: q.QuotaTable, new: int, usage: list[int], watches: int, txs: int
 ) -> None:
@@ -620,16 +664,16 @@ def _install_nodes(store: Store, planned: list[_NewNode], old_home: Node | None)
     home = planned[0]
     if old_home is not None:
         before = (old_home.owner, old_home.memory(home.path))
-        store._account_write(home.path, home.node, before)
+        store.account_write(home.path, home.node, before)
     else:
         parent_path = parent_of(home.path)
         parent = store.nodes[parent_path]
         before = (parent.owner, parent.memory(parent_path))
         parent.add_child(home.path[len(parent_path) + 1 :])
-        store._account_write(parent_path, parent, before)
-        store._account_write(home.path, home.node, None)
+        store.account_write(parent_path, parent, before)
+        store.account_write(home.path, home.node, None)
     for item in planned[1:]:
-        store._account_write(item.path, item.node, None)
+        store.account_write(item.path, item.node, None)
 
 
 __all__ = [

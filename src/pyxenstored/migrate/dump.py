@@ -1,4 +1,4 @@
-"""Store state -> migration-stream records (live update, digest 10.5 order).
+"""Store state -> migration-stream records (live update, C's ``lu.c:lu_dump_state`` order).
 
 The store knows nothing of connections' bytes and file descriptors: the
 server hands in one :class:`ConnectionData` per connection (socket fd or ring

@@ -10,8 +10,9 @@ the counters are rebuilt and the store checks itself.
 Any problem is a :class:`RestoreError` naming the record (number, type) and
 its byte offset when known; the store is then unusable.
 
-Accepted: what pyxenstored writes, and what the C daemon writes (4.17 and
-HEAD, digest 10.5/10.9): ``@`` nodes before or after the tree, DOMAIN_DATA
+Accepted: what pyxenstored writes, and what the C daemon writes (4.17's
+``xenstored_control.c:lu_dump_state``, HEAD's ``lu.c:lu_dump_state``; see
+docs/stream.md): ``@`` nodes before or after the tree, DOMAIN_DATA
 for domains nothing else names, WATCH_DATA_EXTENDED in any layout the
 reader recognises.  Unknown quota names and unknown record types are kept in
 :class:`~.dump.Preserved` for the next dump; pyxenstored's own transaction

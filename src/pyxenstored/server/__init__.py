@@ -1,1 +1,1 @@
-"""server layer of pyxenstored (see DESIGN.md)."""
+"""server layer of pyxenstored (see docs/architecture.md)."""

@@ -78,11 +78,14 @@ def choose_backend(
     return BackendChoice("none", None, f"no {evtchn_device} and no ring directory")
 
 
-def open_backend(choice: BackendChoice, store_domid: int = 0) -> Hypervisor | None:
+def open_backend(
+    choice: BackendChoice, store_domid: int = 0, *, bind_virq: bool = True
+) -> Hypervisor | None:
     """Open the chosen backend; None for ``none``.  Raises :class:`BackendUnavailable`.
 
     ``store_domid`` is the domain the store runs in (``--master-domid``): on
-    Xen its ring is the one ``/proc/xen/xsd_kva`` maps.
+    Xen its ring is the one ``/proc/xen/xsd_kva`` maps.  ``bind_virq`` False:
+    Xen's ``VIRQ_DOM_EXC`` comes bound on an inherited descriptor (oxenstored's).
     """
     if choice.kind == "none":
         return None
@@ -92,7 +95,7 @@ def open_backend(choice: BackendChoice, store_domid: int = 0) -> Hypervisor | No
             return SimulatedHypervisor(choice.ring_dir)
         except OSError as exc:
             raise BackendUnavailable(f"cannot serve rings in {choice.ring_dir}: {exc}") from None
-    return _open_xen(store_domid)
+    return _open_xen(store_domid, bind_virq)
 
 
 def open_hypervisor(
@@ -102,7 +105,7 @@ def open_hypervisor(
     return open_backend(choose_backend(kind, ring_dir, environ))
 
 
-def _open_xen(store_domid: int) -> Hypervisor:
+def _open_xen(store_domid: int, bind_virq: bool = True) -> Hypervisor:
     # Imported by name and only here: the module loads Xen's libraries, and a
     # pyxenstored without it must still serve the other backends.
     try:
@@ -114,6 +117,11 @@ def _open_xen(store_domid: int) -> Hypervisor:
             ) from None
         raise BackendUnavailable(f"the Xen backend cannot be loaded: {exc}") from None
     try:
-        return cast(Hypervisor, xen.XenHypervisor.open(store_domid=store_domid))
+        return cast(
+            Hypervisor,
+            xen.XenHypervisor.open(
+                store_domid=store_domid, **({} if bind_virq else {"bind_virq": False})
+            ),
+        )
     except xen.HypervisorUnavailable as exc:
         raise BackendUnavailable(f"cannot use Xen: {exc}") from None

@@ -92,7 +92,8 @@ class DomainState:
         target = dom.target if dom is not None and dom.target is not None else DOMID_INVALID
         if conn is None:
             return ConnectionData(conn_id, CONN_TYPE_RING, 0, RingSpec(domid, target, 0))
-        if conn._out_offset:  # a message half written to the ring
+        queued = conn.output_head()
+        if queued is not None and queued[1]:  # a message half written to the ring
             raise DomainMigrationError(
                 f"domain {domid}: a reply is half written to its ring; retry when the guest "
                 "has read it"
@@ -141,7 +142,8 @@ class DomainState:
         ring = self.rings.ring(domid) if self.rings is not None else None
         if ring is not None:
             # The page's feature word is the domain's (its page moved with it),
-            # and the error field is written only with feature ERROR (digest 7.2).
+            # and the error field is written only with feature ERROR
+            # (domain.c:ignore_connection).
             ring.page.set_word(RING_SERVER_FEATURES, done.features | RING_FEATURES)
             transport = ring.transport
             if transport is not None:
@@ -163,7 +165,7 @@ class DomainState:
         """Queue the carried output and input on the domain's connection here."""
         if out_data:
             conn.restore_output(out_data)
-            self.server._dirty.add(conn)  # written out on this loop turn
+            self.server.flush_soon(conn)
         if in_data:
             conn.reader.feed(in_data)
             self.server.release(conn)

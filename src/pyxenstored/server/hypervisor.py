@@ -14,7 +14,8 @@ the quota and feature requests with a domid, INTRODUCE), never per plain
 read or write.  :class:`Hypervisor` is that interface;
 :class:`SimulatedHypervisor` implements it with plain files so that the daemon
 serves guests on a machine without Xen, following the conventions of the C
-reference under its test shim (``../shared/peers/xsshim.c``), so that one guest
+reference under its test shim (``xsshim.c``, beside the reference daemons the
+tests find through ``PYXENSTORED_PEERS``), so that one guest
 harness drives both daemons:
 
 * ``DIR/ring-dom<domid>``: the domain's ring page, a 4096-byte file both sides
@@ -37,7 +38,7 @@ harness drives both daemons:
 At start the daemon serves the store domain's own ring (``ring-dom0``, port
 ``$XS_SHIM_DOM0_PORT``, default 1, as the shim's ``/proc/xen/xsd_port``) and
 every existing domain whose page file already holds a port at offset 2076
-(dom0less guests), as C HEAD introduces them (digest 6.2).
+(dom0less guests), as C HEAD introduces them (``domain.c:init_domains``).
 
 Ports: in the simulation an interdomain channel's local port is the port the
 guest was introduced with (the guest kicks with the number it knows), and the
@@ -155,8 +156,12 @@ class Hypervisor(Protocol):
         """Descriptors to keep open across a live-update exec, by role."""
         ...
 
-    def adopt_evtchn(self, fd: int) -> None:
-        """Take over the event channel descriptor a live update handed over."""
+    def adopt_evtchn(self, fd: int, virq_port: int | None = None) -> None:
+        """Take over the event channel descriptor a live update handed over.
+
+        ``virq_port``: ``VIRQ_DOM_EXC`` is still bound on it at that port
+        (oxenstored hands it over bound); None: bind it here.
+        """
         ...
 
     def restored_port(self, domid: int, local_port: int) -> int:
@@ -380,7 +385,7 @@ class SimulatedHypervisor:
         os.set_inheritable(self._evtchn, True)
         return {"evtchn": self._evtchn}
 
-    def adopt_evtchn(self, fd: int) -> None:
+    def adopt_evtchn(self, fd: int, virq_port: int | None = None) -> None:
         # The FIFO is one pipe: our own descriptor of it reads the same
         # kicks, so the inherited one is closed.
         if fd >= 0 and fd != self._evtchn:

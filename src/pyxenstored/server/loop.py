@@ -31,6 +31,7 @@ from pyxenstored.server.poller import EVENT_READ, EVENT_WRITE, Poller
 from pyxenstored.server.socket_transport import READ_SIZE, SocketTransport, listen_unix
 from pyxenstored.server.storeapi import EventLike, ResultLike, StoreLike
 from pyxenstored.server.transport import Transport
+from pyxenstored.store.messages import LIMIT_CHANGING_TYPES, QUICK_READ_TYPES
 from pyxenstored.wire import HEADER, HEADER_SIZE, PAYLOAD_MAX, MsgType
 
 log = logging.getLogger("pyxenstored.server")
@@ -65,22 +66,12 @@ class _ErrorResult:
 
 _INTERNAL_ERROR = _ErrorResult(int(MsgType.ERROR), b"EIO\0")
 
-# Requests the quick path first offers to the store's ``quick_read``.
-_PLAIN_READS = frozenset(int(t) for t in (MsgType.READ, MsgType.DIRECTORY, MsgType.GET_PERMS))
-
-# Requests after which per-connection limits are looked up again: they may
-# change quota values or a connection's domain/privilege.
-_LIMIT_CHANGERS = frozenset(
-    int(t)
-    for t in (
-        MsgType.CONTROL,
-        MsgType.SET_QUOTA,
-        MsgType.INTRODUCE,
-        MsgType.RELEASE,
-        MsgType.RESUME,
-        MsgType.SET_TARGET,
-    )
-)
+# From the message-type table (store/messages.py): the plain reads the quick
+# path first offers to the store's ``quick_read``, and the requests after
+# which per-connection limits are looked up again (they may change quota
+# values or a connection's domain or privilege; never on the quick path).
+_PLAIN_READS = QUICK_READ_TYPES
+_LIMIT_CHANGERS = LIMIT_CHANGING_TYPES
 
 
 @dataclass(slots=True)
@@ -188,6 +179,11 @@ class Server:
 
     def connection(self, conn_id: int) -> Connection | None:
         return self._conns.get(conn_id)
+
+    @property
+    def listeners(self) -> list[socket.socket]:
+        """The listening sockets, in the order they were added (a live update passes them on)."""
+        return [entry[0] for entry in self._listeners]
 
     def add_connection(
         self, transport: Transport, domid: int, conn_id: int | None = None
@@ -629,6 +625,10 @@ class Server:
         self.stalled.discard(conn)
         if not conn.closed:
             self._wake(conn)
+
+    def flush_soon(self, conn: Connection) -> None:
+        """Write ``conn``'s queued output on this loop turn (it was queued from outside a request)."""
+        self._dirty.add(conn)
 
     def _deliver(self, events: Sequence[EventLike], token: PendingRequest | None) -> None:
         conns = self._conns

@@ -5,7 +5,7 @@ and the owner of every ring connection of a :class:`~.loop.Server`.  It
 
 * maps a domain's page and binds its event channel at INTRODUCE, zeroes the
   four queue offsets and resets the connection (every INTRODUCE, as C
-  does), writes the feature word at the first one (digest 6.3);
+  does), writes the feature word at the first one (``domain.c:introduce_domain``);
 * reads the hypervisor's event channel and serves the rings that were kicked:
   each kicked ring gets one turn (at most one queue's worth of requests)
   before the loop goes back to the selector, so a flooding guest cannot
@@ -46,7 +46,7 @@ import os
 
 from pyxenstored.ringpage import RingPage
 from pyxenstored.server.connection import Connection
-from pyxenstored.server.hypervisor import Hypervisor, RingMemory
+from pyxenstored.server.hypervisor import DomainInfo, Hypervisor, RingMemory
 from pyxenstored.server.loop import Server
 from pyxenstored.server.poller import EVENT_READ, EVENT_WRITE
 from pyxenstored.server.ring_transport import RingTransport
@@ -79,6 +79,7 @@ class Ring:
 
     __slots__ = (
         "domid",
+        "gfn",
         "remote_port",
         "local_port",
         "unique_id",
@@ -92,6 +93,9 @@ class Ring:
         self, domid: int, remote_port: int, local_port: int, unique_id: int, mem: RingMemory
     ) -> None:
         self.domid = domid
+        # The frame INTRODUCE named (0: not known, e.g. restored from a
+        # stream); an oxenstored successor needs it (dom lines).
+        self.gfn = 0
         self.remote_port = remote_port
         self.local_port = local_port
         self.unique_id = unique_id
@@ -134,7 +138,7 @@ class RingDomains:
 
         ``auto_introduce`` (a fresh start, not a live update): serve the
         store domain's ring and those of domains whose page already names
-        their port, as C HEAD does at start (digest 6.2).
+        their port, as C HEAD does at start (``domain.c:init_domains``).
         """
         self.store.domain_hooks = self
         self.server.watch_fd(self.hv.fileno(), self._kicked)
@@ -179,14 +183,14 @@ class RingDomains:
             if domid in self.store.domains:
                 self.store.mark_introduced(domid)  # nobody watches yet: no event to fire
 
-    def adopt_inherited_evtchn(self, fd: int) -> None:
+    def adopt_inherited_evtchn(self, fd: int, virq_port: int | None = None) -> None:
         """The event channel descriptor a live update handed over (GLOBAL_DATA).
 
         Called after the restore, before :meth:`start`: the channels the
         restored rings use are bound on it (see :meth:`restore_transport`).
         """
         if fd >= 0:
-            self.hv.adopt_evtchn(fd)
+            self.hv.adopt_evtchn(fd, virq_port)
 
     @property
     def evtchn_fd(self) -> int:
@@ -237,9 +241,10 @@ class RingDomains:
                     "EINVAL", f"cannot bind domain {domid}'s port {evtchn}: {exc}"
                 ) from exc
             ring = Ring(domid, evtchn, local, info.unique_id if info else 0, mem)
+            ring.gfn = gfn
             self._rings[domid] = ring
         else:
-            # Repeated INTRODUCE only binds the event channel again (digest 6.3).
+            # Repeated INTRODUCE only binds the event channel again (domain.c:introduce_domain).
             self._unbind(ring)
             ring.remote_port = evtchn
             try:
@@ -459,7 +464,10 @@ class RingDomains:
             self._cut_off(ring, transport)
 
     def _memory_full(self, ring: Ring, conn: Connection) -> bool:
-        """Whether an unprivileged domain uses its whole ``memory`` quota (digest 6.6)."""
+        """Whether an unprivileged domain uses its whole ``memory`` quota.
+
+        C stops reading such a ring (``domain.c:domain_can_read``).
+        """
         limit = self.store.quota_for_conn(conn.conn_id, "memory")
         if limit is None:
             return False
@@ -511,9 +519,13 @@ class RingDomains:
 
         C's ``check_domains``: a domain with a record or a ring is dead when
         the hypervisor no longer has it, says it is dying, or has another
-        domain (unique id) under its domid.
+        domain (unique id) under its domid.  A record whose unique id is
+        still unknown (0: made while the hypervisor gave none) takes the one
+        the hypervisor reports now, as ``domain.c:do_check_domain`` does, so
+        that the next reuse of the domid is noticed.
         """
         now = self.hv.domains()
+        self._learn_unique_ids(now)
         config = self.store.config
         known = {domid: dom.unique_id for domid, dom in self.store.domains.items()}
         for domid, serving in self._rings.items():
@@ -538,6 +550,20 @@ class RingDomains:
             if ring is not None:
                 self._drop(ring, "domain died")
         self.server.deliver_events(events)
+
+    def _learn_unique_ids(self, now: dict[int, DomainInfo]) -> None:
+        """Records and rings with no unique id yet take the hypervisor's (see check_domains)."""
+        for domid, info in now.items():
+            if not info.unique_id or info.dying:
+                continue
+            record = self.store.domains.get(domid)
+            ring = self._rings.get(domid)
+            if (record is not None and record.unique_id) or (ring is not None and ring.unique_id):
+                continue  # known: compared, not replaced
+            if record is not None:
+                record.unique_id = info.unique_id
+            if ring is not None:
+                ring.unique_id = info.unique_id
 
     # --- live update ----------------------------------------------------------------------
 

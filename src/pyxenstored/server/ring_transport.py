@@ -1,4 +1,4 @@
-"""The server end of a xenstore shared ring (``reference/xenstore-ring.txt``).
+"""The server end of a xenstore shared ring (``xenstore-ring.txt``).
 
 The page holds two 1024-byte circular queues -- requests (guest to server) at
 offset 0, responses and events (server to guest) at 1024 -- with free-running
@@ -92,7 +92,7 @@ class RingTransport:
         self.domid = domid
         self._notify = notify
         # Whether the domain has the RING_ERROR feature: only then is the error
-        # indicator written when the ring is cut off (digest 7.2).
+        # indicator written when the ring is cut off (``domain.c:ignore_connection``).
         self.report_errors = report_errors
         # Called with the selector mask the connection waits for (see
         # Server._update_mask): the owner schedules the ring when it can act.

@@ -2,7 +2,7 @@
 
 A transport moves raw bytes and says when it may have more; it knows nothing
 of messages.  The unix socket (:mod:`.socket_transport`) is one; a shared
-ring page with a notification channel is another (a later issue).  Every
+ring page with a notification channel is another (:mod:`.ring_transport`).  Every
 message-level concern -- framing, output queue, back pressure, accounting --
 lives in :class:`~pyxenstored.server.connection.Connection` so that it is the
 same for every transport.

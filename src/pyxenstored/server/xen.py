@@ -109,8 +109,13 @@ class XenHypervisor:
         xm: int | None = None,
         fmem: int | None = None,
         store_domid: int = 0,
+        bind_virq: bool = True,
     ) -> None:
-        """Take over opened handles; binds ``VIRQ_DOM_EXC``.  Use :meth:`open`."""
+        """Take over opened handles; binds ``VIRQ_DOM_EXC``.  Use :meth:`open`.
+
+        ``bind_virq`` False: an inherited descriptor with the virq bound is
+        taken over right after (:meth:`adopt_evtchn` with its port).
+        """
         self._lib = lib
         self._ev = lib.evtchn
         self._xce = xce
@@ -123,12 +128,14 @@ class XenHypervisor:
         self._virq = 0
         # xenmanage: domains as last reported (None: not read yet).
         self._known: dict[int, DomainState] | None = None
-        self._use_evtchn(xce)
+        self._use_evtchn(xce, None if bind_virq else 0)
 
     # --- opening ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, *, store_domid: int = 0, lib: XenLib | None = None) -> XenHypervisor:
+    def open(
+        cls, *, store_domid: int = 0, lib: XenLib | None = None, bind_virq: bool = True
+    ) -> XenHypervisor:
         """Load the libraries and open their handles, as C's ``domain_init`` does.
 
         Raises :class:`HypervisorUnavailable` with one line naming the
@@ -183,13 +190,22 @@ class XenHypervisor:
                         lib, opened, lib.foreignmemory, "xenforeignmemory", (logger, 0), "", ""
                     )
             try:
-                hv = cls(lib, xce, gnttab, xc=xc, xm=xm, fmem=fmem, store_domid=store_domid)
+                hv = cls(
+                    lib,
+                    xce,
+                    gnttab,
+                    xc=xc,
+                    xm=xm,
+                    fmem=fmem,
+                    store_domid=store_domid,
+                    bind_virq=bind_virq,
+                )
             except OSError as exc:
                 raise HypervisorUnavailable(exc.strerror or str(exc)) from None
             opened.pop_all()  # the handles are the hypervisor's now
             return hv
 
-    def _use_evtchn(self, xce: int) -> None:
+    def _use_evtchn(self, xce: int, virq_port: int | None = None) -> None:
         """Make ``xce`` the event channel handle: its descriptor, ``VIRQ_DOM_EXC`` on it."""
         ev = self._ev
         fd = ev["xenevtchn_fd"](xce)
@@ -199,7 +215,12 @@ class XenHypervisor:
         self._fd = fd
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
-        self._bind_virq()
+        if virq_port is not None:
+            # oxenstored hands the descriptor over with the virq still bound
+            # (its evtchn-dev line): binding it again would fail on Xen.
+            self._virq = virq_port
+        else:
+            self._bind_virq()
 
     def _bind_virq(self) -> None:
         port = self._ev["xenevtchn_bind_virq"](self._xce, VIRQ_DOM_EXC)
@@ -439,7 +460,7 @@ class XenHypervisor:
         os.set_inheritable(self._fd, True)
         return {"evtchn": self._fd}
 
-    def adopt_evtchn(self, fd: int) -> None:
+    def adopt_evtchn(self, fd: int, virq_port: int | None = None) -> None:
         """The predecessor's event channel descriptor, with its channels bound (``xenevtchn_fdopen``).
 
         Ours, opened at start, has only ``VIRQ_DOM_EXC`` on it: it is
@@ -454,7 +475,7 @@ class XenHypervisor:
             raise OSError(err, f"the inherited event channel descriptor {fd}: {os.strerror(err)}")
         self.unbind(self._virq)
         ev["xenevtchn_close"](self._xce)
-        self._use_evtchn(xce)
+        self._use_evtchn(xce, virq_port)
 
     def restored_port(self, domid: int, local_port: int) -> int:
         return local_port  # bound on the descriptor adopt_evtchn takes over

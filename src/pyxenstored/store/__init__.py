@@ -1,4 +1,4 @@
-"""store layer of pyxenstored (see DESIGN.md): the database, pure logic, no I/O.
+"""store layer of pyxenstored (see docs/architecture.md): the database, pure logic, no I/O.
 
 ``Store.handle(conn_id, msg_type, tx_id, payload) -> Result`` is the one
 entry point; see :mod:`.core`.

@@ -86,7 +86,6 @@ class Result(NamedTuple):
     payload: bytes
     events: Sequence[Event] = ()
     events_before_reply: bool = False
-    deferred: bool = False
 
 
 _new_tuple = tuple.__new__
@@ -99,7 +98,7 @@ def plain_result(reply_type: int, payload: bytes) -> Result:
     here); building the tuple directly is 0.14 us, and replies made per
     request (TRANSACTION_START, errors) are on the hot path.
     """
-    return _new_tuple(Result, (reply_type, payload, (), False, False))
+    return _new_tuple(Result, (reply_type, payload, (), False))
 
 
 @dataclass(slots=True)
@@ -175,7 +174,7 @@ class StoreBase:
     # --- set-up and domain records -------------------------------------------
 
     def _setup_tree(self) -> None:
-        """The initial tree of C HEAD's ``setup_structure`` (digest 3.2)."""
+        """The initial tree of C HEAD's ``core.c:setup_structure``."""
         priv = self.config.priv_domid
         # C HEAD introduces the privileged domain (and the store domain) at start.
         self.mark_introduced(priv)
@@ -192,11 +191,11 @@ class StoreBase:
             node = Node(b"", perms, 0)
             for name in children:
                 node.add_child(name)
-            self._account_write(path, node, None)
+            self.account_write(path, node, None)
 
     def mark_introduced(self, domid: int) -> Domain:
         """``domid`` is introduced (its record made if need be); it gets write-rate credits."""
-        dom = self._domain(domid)
+        dom = self.ensure_domain(domid)
         dom.introduced = True
         self.wrl.add_domain(domid, self._now_ms())
         return dom
@@ -223,7 +222,12 @@ class StoreBase:
         """Whether the hypervisor knows ``domid`` now (see :meth:`domain_info`)."""
         return self.domain_info(domid) is not None
 
-    def _domain(self, domid: int) -> Domain:
+    def next_watch_seq(self) -> int:
+        """The creation number of a new watch (a dump lists each connection's in this order)."""
+        self._watch_seq += 1
+        return self._watch_seq
+
+    def ensure_domain(self, domid: int) -> Domain:
         """The record of ``domid``, created (with the global quota) if missing."""
         dom = self.domains.get(domid)
         if dom is None:
@@ -234,7 +238,7 @@ class StoreBase:
 
     def _known_domain(self, domid: int, facts: DomainFacts) -> Domain:
         """The record of a domain the hypervisor reports, made if missing, with its unique id."""
-        dom = self._domain(domid)
+        dom = self.ensure_domain(domid)
         if facts.unique_id:
             dom.unique_id = facts.unique_id
         return dom
@@ -259,7 +263,7 @@ class StoreBase:
     # --- node access ---------------------------------------------------------
 
     def _canon(self, conn: Connection, raw: bytes, allow_special: bool = False) -> str:
-        """Validate and absolutise a request path (digest 2.5)."""
+        """Validate and absolutise a request path (C's ``core.c:canonicalize``)."""
         path = self._path_cache.get(raw)
         if path is None:
             first = raw[:1]
@@ -279,7 +283,7 @@ class StoreBase:
                     _remember(self._rel_path_cache, key, path)
         dom = conn.limited
         if dom is not None:
-            # Only unprivileged domains are length checked (digest 2.5).
+            # Only unprivileged domains are length checked (core.c:canonicalize).
             length = relative_length(path)
             if q.exceeds(dom.quota.hard(q.PATH_MAX), length):
                 raise XsError("EINVAL", "path too long")
@@ -342,7 +346,7 @@ class StoreBase:
         if dom is not None:
             self._check_memory(conn, conn.domid, mem, tx)
         node = tx.first_access(path, committed)
-        tx.memory += mem  # _tx_charge, inlined: every first access in a transaction
+        tx.memory += mem  # tx_charge, inlined: every first access in a transaction
         if conn.domain is not None:
             conn.domain.add(q.MEMORY, mem)
         return node
@@ -367,7 +371,7 @@ class StoreBase:
         """``node`` was written last, with the counter's current value (a bulk restore)."""
         self._gen_last = node
 
-    def _stale(self, domid: int, gen: int) -> bool:
+    def is_stale(self, domid: int, gen: int) -> bool:
         """An entry for a domain unknown, or younger than the node (C's ``chk_domain_generation``).
 
         ``gen`` is the node's generation; see ``NodeOps.op_set_perms`` for
@@ -391,7 +395,7 @@ class StoreBase:
             if bits & PERM_IGNORE:
                 continue
             if entry in (domid, DOMID_ANY) or (target is not None and entry == target):
-                if entry != DOMID_ANY and self._stale(entry, gen):
+                if entry != DOMID_ANY and self.is_stale(entry, gen):
                     continue
                 return bits & PERM_RW
         return perms[0][1] & PERM_RW
@@ -408,7 +412,10 @@ class StoreBase:
         return PERM_NONE
 
     def _lookup(self, conn: Connection, tx: Transaction | None, path: str, perm: int) -> Node:
-        """An existing node the caller has ``perm`` on, else ENOENT/EACCES (digest 2.8)."""
+        """An existing node the caller has ``perm`` on, else ENOENT/EACCES.
+
+        Which of the two: C's ``core.c:errno_from_parents``.
+        """
         node = self._lookup_or_none(conn, tx, path, perm)
         if node is None:
             raise XsError("ENOENT", path)
@@ -430,7 +437,7 @@ class StoreBase:
             if tx is not None:
                 # C asks the parents before it answers EACCES too (the answer
                 # stays EACCES): inside a transaction that is an access the
-                # commit checks (digest 5.1), so a later change there is EAGAIN.
+                # commit checks (transaction.c), so a later change there is EAGAIN.
                 self._parent_perm(conn, tx, path)
             raise XsError("EACCES", path)
         if self._parent_perm(conn, tx, path) & perm:
@@ -447,7 +454,7 @@ class StoreBase:
         changed = False
         out = [perms[0]]
         for entry, bits in perms[1:]:
-            if not bits & PERM_IGNORE and entry != DOMID_ANY and self._stale(entry, node.gen):
+            if not bits & PERM_IGNORE and entry != DOMID_ANY and self.is_stale(entry, node.gen):
                 bits |= PERM_IGNORE
                 changed = True
             out.append((entry, bits))
@@ -462,7 +469,7 @@ class StoreBase:
         node.gen = self.generation
         self._gen_last = node
 
-    def _account_write(self, path: str, node: Node, before: tuple[int, int] | None) -> None:
+    def account_write(self, path: str, node: Node, before: tuple[int, int] | None) -> None:
         """Install ``node`` at ``path`` in the committed tree with a fresh generation.
 
         ``before`` is (owner, memory) of the node this replaces, None for a
@@ -473,19 +480,19 @@ class StoreBase:
         owner = node.perms[0][0]
         mem = node.memory(path)
         if before is None:
-            dom = self._domain(owner)
+            dom = self.ensure_domain(owner)
             dom.add(q.NODES, 1)
             dom.add(q.MEMORY, mem)
             return
         old_owner, old_mem = before
         if old_owner == owner:
             if mem != old_mem:
-                self._domain(owner).add(q.MEMORY, mem - old_mem)
+                self.ensure_domain(owner).add(q.MEMORY, mem - old_mem)
             return
-        old = self._domain(old_owner)
+        old = self.ensure_domain(old_owner)
         old.add(q.NODES, -1)
         old.add(q.MEMORY, -old_mem)
-        dom = self._domain(owner)
+        dom = self.ensure_domain(owner)
         dom.add(q.NODES, 1)
         dom.add(q.MEMORY, mem)
 
@@ -499,16 +506,16 @@ class StoreBase:
         """
         self._stamp(node)
         if delta:
-            self._domain(node.perms[0][0]).add(q.MEMORY, delta)
+            self.ensure_domain(node.perms[0][0]).add(q.MEMORY, delta)
 
     def _account_delete(self, path: str, node: Node) -> None:
         self._node_writes += 1
         del self.nodes[path]
-        dom = self._domain(node.perms[0][0])
+        dom = self.ensure_domain(node.perms[0][0])
         dom.add(q.NODES, -1)
         dom.add(q.MEMORY, -node.memory(path))
 
-    def _tx_charge(self, conn: Connection, tx: Transaction, delta: int) -> None:
+    def tx_charge(self, conn: Connection, tx: Transaction, delta: int) -> None:
         """The copies ``tx`` holds grew by ``delta`` bytes (may be negative).
 
         Charged to the domain of the transaction's connection whoever owns
@@ -594,7 +601,7 @@ class StoreBase:
             raise XsError("ENOSPC", "node-size quota")
         dom.note_max(q.NODE_SIZE, size)
 
-    # --- write-rate limiting (digest 5.3, store/wrl.py) ------------------------------
+    # --- write-rate limiting (domain.c wrl_*, store/wrl.py) ---------------------------
 
     def _now_ms(self) -> int:
         return int(self.config.clock() * 1000)

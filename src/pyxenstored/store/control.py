@@ -193,7 +193,7 @@ def run_control(store: ControlOps, command: str, args: list[bytes]) -> bytes:
 
 
 def control_quota(store: ControlOps, args: list[bytes], kind: int) -> bytes:
-    """``quota`` / ``quota-soft`` (digest 8.5)."""
+    """``quota`` / ``quota-soft`` (``control.c:do_control_quota``, ``do_control_quota_s``)."""
     table = store.config.quota
     if not args:
         return q.format_settings(table, kind).encode("ascii") + b"\0"
@@ -214,7 +214,7 @@ def control_quota(store: ControlOps, args: list[bytes], kind: int) -> bytes:
         if len(args) > 2 or (len(args) == 2 and args[1] != b"-r"):
             raise XsError("EINVAL", "quota max [-r]")
         if len(args) == 2:
-            store._reset_maxima()
+            store.reset_maxima()
         return q.format_max(store.global_maxima()).encode("ascii") + b"\0"
     if len(args) != 1:
         raise XsError("EINVAL", "quota <domid>")

@@ -35,7 +35,7 @@ class ControlOps(StoreBase):
                     out[i] = value
         return out
 
-    def _reset_maxima(self) -> None:
+    def reset_maxima(self) -> None:
         self._retired_max = [0] * q.QUOTA_COUNT
         for dom in self.domains.values():
             dom.maxima = list(dom.usage)

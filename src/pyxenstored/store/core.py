@@ -1,7 +1,7 @@
 """The Store: one entry point from (connection, type, tx id, payload) to a reply.
 
 Pure logic, no I/O.  :meth:`Store.handle` dispatches like C's
-``process_message`` (digest 2.6) to one method per operation; every
+``core.c:process_message`` to one method per operation; every
 operation raises ``wire.XsError`` for a protocol error, and ``handle``
 turns it into an ERROR reply.  Watch events come back in the
 :class:`Result`, addressed to connection ids.
@@ -18,7 +18,8 @@ The operations come from one mixin per group over
 * :mod:`.feature_quota_ops` — GET/SET_FEATURE, GET/SET_QUOTA;
 * :mod:`.control_ops` — CONTROL and the consistency check.
 
-Here: the dispatch table, the connections' life cycle and RESET_WATCHES.
+Here: the dispatch (each type's handler and flags come from the table in
+:mod:`.messages`), the connections' life cycle and RESET_WATCHES.
 Node operations work either on the committed tree (``tx is None``) or on a
 :class:`~.transaction.Transaction` overlay; the same code path serves both
 through :meth:`~.base.StoreBase._read` and :mod:`.node_write`.
@@ -37,6 +38,7 @@ from .control_ops import ControlOps
 from .domain import DomainHooks
 from .domain_ops import DomainOps
 from .feature_quota_ops import FeatureQuotaOps
+from .messages import HANDLERS, PRIVILEGED_TYPES, TX_IGNORED_TYPES, WRL_WRITE_TYPES
 from .node_ops import NodeOps
 from .transaction import Transaction
 from .transaction_ops import TransactionOps
@@ -46,27 +48,6 @@ __all__ = ["Connection", "Event", "Result", "Store", "StoreConfig"]
 
 ERROR = MsgType.ERROR
 
-# Types only a privileged connection may send (digest 2.2).
-PRIVILEGED_TYPES = frozenset(
-    {
-        MsgType.CONTROL,
-        MsgType.INTRODUCE,
-        MsgType.RELEASE,
-        MsgType.IS_DOMAIN_INTRODUCED,
-        MsgType.RESUME,
-        MsgType.SET_TARGET,
-        MsgType.SET_FEATURE,
-        MsgType.GET_QUOTA,
-        MsgType.SET_QUOTA,
-    }
-)
-# Plain ints, not enum members: these are looked up with every request's type.
-_PRIVILEGED = frozenset(int(t) for t in PRIVILEGED_TYPES)
-_TX_IGNORED = frozenset(int(t) for t in (MsgType.WATCH, MsgType.UNWATCH))
-# Requests whose node writes cost write-rate credits (digest 5.3).
-_WRL_WRITES = frozenset(
-    int(t) for t in (MsgType.WRITE, MsgType.MKDIR, MsgType.RM, MsgType.SET_PERMS)
-)
 _NO_CONNECTION = Result(ERROR, b"EINVAL\0")
 
 Handler = Callable[[Connection, "Transaction | None", bytes], Result]
@@ -82,39 +63,15 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
         domain_hooks: DomainHooks | None = None,
     ) -> None:
         super().__init__(config, hooks, domain_hooks)
-        self._handlers: dict[int, Handler] = {}
-        for msg_type, handler in (
-            (MsgType.CONTROL, self.op_control),
-            (MsgType.DIRECTORY, self.op_directory),
-            (MsgType.READ, self.op_read),
-            (MsgType.GET_PERMS, self.op_get_perms),
-            (MsgType.WATCH, self.op_watch),
-            (MsgType.UNWATCH, self.op_unwatch),
-            (MsgType.TRANSACTION_START, self.op_transaction_start),
-            (MsgType.TRANSACTION_END, self.op_transaction_end),
-            (MsgType.INTRODUCE, self.op_introduce),
-            (MsgType.RELEASE, self.op_release),
-            (MsgType.GET_DOMAIN_PATH, self.op_get_domain_path),
-            (MsgType.WRITE, self.op_write),
-            (MsgType.MKDIR, self.op_mkdir),
-            (MsgType.RM, self.op_rm),
-            (MsgType.SET_PERMS, self.op_set_perms),
-            (MsgType.IS_DOMAIN_INTRODUCED, self.op_is_domain_introduced),
-            (MsgType.RESUME, self.op_resume),
-            (MsgType.SET_TARGET, self.op_set_target),
-            (MsgType.RESET_WATCHES, self.op_reset_watches),
-            (MsgType.DIRECTORY_PART, self.op_directory_part),
-            (MsgType.GET_FEATURE, self.op_get_feature),
-            (MsgType.SET_FEATURE, self.op_set_feature),
-            (MsgType.GET_QUOTA, self.op_get_quota),
-            (MsgType.SET_QUOTA, self.op_set_quota),
-        ):
-            self._handlers[int(msg_type)] = handler
+        # Bound once: the table names each type's method (store/messages.py).
+        self._handlers: dict[int, Handler] = {
+            msg_type: getattr(self, name) for msg_type, name in HANDLERS.items()
+        }
 
     # --- connections ---------------------------------------------------------
 
     def connect(self, conn_id: int, domid: int, *, is_socket: bool) -> None:
-        """Register a connection; socket ones act as ``store_domid`` (digest 6.1)."""
+        """Register a connection; socket ones act as ``store_domid`` (posix.c:accept_connection)."""
         if conn_id in self.conns:
             raise ValueError(f"connection {conn_id} already registered")
         if is_socket:
@@ -124,7 +81,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
             conn_id, domid, is_socket, domid == self.config.priv_domid, self._conn_seq
         )
         if not is_socket:
-            conn.attach(self._domain(domid))
+            conn.attach(self.ensure_domain(domid))
         self.conns[conn_id] = conn
 
     def disconnect(self, conn_id: int) -> None:
@@ -187,10 +144,10 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
             if handler is None:
                 raise XsError("ENOSYS", f"type {msg_type}")
             privileged = conn.privileged
-            if not privileged and msg_type in _PRIVILEGED:
+            if not privileged and msg_type in PRIVILEGED_TYPES:
                 raise XsError("EACCES", "privileged operation")
             tx = None
-            if tx_id and msg_type not in _TX_IGNORED:
+            if tx_id and msg_type not in TX_IGNORED_TYPES:
                 tx = conn.transactions.get(tx_id)
                 if tx is None:
                     raise XsError("ENOENT", f"no transaction {tx_id}")
@@ -199,7 +156,7 @@ class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, Contr
             else:
                 written = self._node_writes
                 result = handler(conn, tx, payload)
-                if tx is None and msg_type in _WRL_WRITES and conn.domain:
+                if tx is None and msg_type in WRL_WRITE_TYPES and conn.domain:
                     self._debit_writes(conn, self._node_writes - written)
         except XsError as err:
             return plain_result(ERROR, err.payload)

@@ -2,7 +2,8 @@
 
 A record exists for every domain the store has reason to know (introduced
 domains, node owners, domains named in permissions, targets of the quota and
-feature requests; digest 6.5).  It carries the domain's features, its quota
+feature requests; ``domain.c:find_or_alloc_existing_domain``).  It carries
+the domain's features, its quota
 (copied from the global defaults when the record is created) and its usage
 counters with the maxima seen.
 

@@ -4,7 +4,7 @@ INTRODUCE, RELEASE, RESUME, SET_TARGET, GET_DOMAIN_PATH, IS_DOMAIN_INTRODUCED.
 Also what happens when a domain goes away (RELEASE, death reported by the
 hypervisor through :meth:`DomainOps.domains_changed`, or a new domain with
 its domid found at INTRODUCE by its unique id): its connections
-lose their watches and transactions, its nodes leave the tree (digest 3.4)
+lose their watches and transactions, its nodes leave the tree (``domain.c:domain_tree_remove``)
 and ``@releaseDomain`` fires.  The records are :class:`~.domain.Domain`.
 """
 
@@ -81,7 +81,7 @@ class DomainOps(NodeWrites, TransactionOps):
                 self.domain_hooks.release(domid)
         if self.domain_hooks is not None:
             self.domain_hooks.introduce(domid, c_atoi(parts[1]), evtchn)
-        dom = self._domain(domid) if facts is None else self._known_domain(domid, facts)
+        dom = self.ensure_domain(domid) if facts is None else self._known_domain(domid, facts)
         if not dom.introduced:
             self.mark_introduced(domid)
             if domid != self.config.priv_domid:
@@ -141,10 +141,10 @@ class DomainOps(NodeWrites, TransactionOps):
         # Connections that remain (the server closes them) get a fresh record.
         for conn in self.conns.values():
             if conn.domid == domid and not conn.is_socket:
-                conn.attach(self._domain(domid))
+                conn.attach(self.ensure_domain(domid))
 
     def _remove_domain_from_tree(self, domid: int, events: list[Event]) -> None:
-        """Digest 3.4: owned nodes go (or go to priv_domid with -K), entries go.
+        """Owned nodes go (or to priv_domid with -K), entries go (domain.c:domain_tree_remove).
 
         Walks the tree depth first from ``/`` like C, then the special nodes.
         """
@@ -175,11 +175,11 @@ class DomainOps(NodeWrites, TransactionOps):
         if stripped != node.perms:
             before = (node.perms[0][0], node.memory(path))
             node.perms = intern_perms(stripped)
-            self._account_write(path, node, before)
+            self.account_write(path, node, before)
         return True
 
     def domains_changed(self, shutdown: set[int], dead: set[int]) -> list[Event]:
-        """What the hypervisor reported (C's ``do_check_domains``, digest 6.4).
+        """What the hypervisor reported (C's ``domain.c:do_check_domains``).
 
         A newly shut-down introduced domain fires ``@releaseDomain/<domid>`` at
         once (once per shutdown until RESUME); a dead one is destroyed (its

@@ -1,4 +1,4 @@
-"""Server features (digest 7): the bitmap and the per-domain mask rules."""
+"""Server features (``xs_wire.h``, ``domain.c:feature_available``): bitmap and per-domain mask."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from .perms import Perms
 
 NO_GENERATION = -1  # C's ~0: "the node did not exist" in a transaction record
 
-# The special nodes: in the tree's dict, nobody's children (digest 3.2).
+# The special nodes: in the tree's dict, nobody's children (core.c:setup_structure).
 RELEASE_DOMAIN = "@releaseDomain"
 INTRODUCE_DOMAIN = "@introduceDomain"
 SPECIAL_NODES = (RELEASE_DOMAIN, INTRODUCE_DOMAIN)
@@ -117,7 +117,7 @@ class Node:
         return listing
 
     def size(self) -> int:
-        """What the ``node-size`` quota measures (digest 8.3)."""
+        """What the ``node-size`` quota measures (C's ``core.c:write_node_raw``)."""
         children = self.children
         return 16 + 8 * len(self.perms) + len(self.value) + (children.clen if children else 0)
 

@@ -252,11 +252,11 @@ class NodeOps(NodeWrites):
                 tx.node_delta[new_owner] = tx.node_delta.get(new_owner, 0) + 1
             node.perms = perms
             self._tx_written(tx, path, node)
-            self._tx_charge(conn, tx, grow)
+            self.tx_charge(conn, tx, grow)
             tx.queue_event(path, MATCH_SUBTREE)
         else:
             before = (old_perms[0][0], node.memory(path))
             node.perms = perms
-            self._account_write(path, node, before)
+            self.account_write(path, node, before)
             self._fire(path, MATCH_SUBTREE, node, old_perms, events)
         return Result(MsgType.SET_PERMS, OK, events, bool(events))

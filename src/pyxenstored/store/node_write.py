@@ -3,9 +3,9 @@
 :class:`NodeWrites` changes the tree for the node operations and for the
 removal of a dead domain's nodes: missing ancestors are created with their
 quota checks (C's ``create_node``), a subtree is removed with its watch
-events (digest 4.2).  Outside a transaction a change is accounted at once;
+events (``core.c:delnode_sub``).  Outside a transaction a change is accounted at once;
 inside one it goes to the transaction's copies, which are charged to the
-writer's domain as they change (:meth:`~.base.StoreBase._tx_charge`), and
+writer's domain as they change (:meth:`~.base.StoreBase.tx_charge`), and
 is accounted to the nodes' owners at commit.
 """
 
@@ -41,7 +41,7 @@ class NodeWrites(WatchOps):
         if tx is not None:
             node.value = value
             self._tx_written(tx, path, node)
-            self._tx_charge(conn, tx, grow)
+            self.tx_charge(conn, tx, grow)
             return
         node.value = value
         if len(node.perms) > 1:  # an owner alone is never stale
@@ -104,12 +104,12 @@ class NodeWrites(WatchOps):
             clen = parent.clen
             parent.add_child(child_name)
             self._tx_written(tx, parent_path, parent)
-            self._tx_charge(conn, tx, held + parent.clen - clen)
+            self.tx_charge(conn, tx, held + parent.clen - clen)
             owner = perms[0][0]
             tx.node_delta[owner] = tx.node_delta.get(owner, 0) + count
             return
         for p, node in created:
-            self._account_write(p, node, None)
+            self.account_write(p, node, None)
         clen = parent.clen
         parent.add_child(child_name)
         self._persist_stale(parent)  # flags entries; owner and count stay
@@ -142,7 +142,7 @@ class NodeWrites(WatchOps):
         node: Node,
         events: list[Event],
     ) -> None:
-        """Delete ``path`` with its subtree; events as in digest 4.2."""
+        """Delete ``path`` with its subtree; events as C's ``core.c:delnode_sub``."""
         parent_path = parent_of(path)
         if conn is None:
             parent = self.nodes[parent_path]
@@ -169,7 +169,7 @@ class NodeWrites(WatchOps):
         name = basename(path)
         if tx is not None:
             assert conn is not None  # a domain's removal is never inside a transaction
-            self._tx_charge(conn, tx, -released)
+            self.tx_charge(conn, tx, -released)
             if name not in parent.children:
                 # The transaction's copy of the parent predates the child (created
                 # outside since): C's delete_child fails so.  The commit is doomed.
@@ -177,7 +177,7 @@ class NodeWrites(WatchOps):
             clen = parent.clen
             parent.remove_child(name)
             self._tx_written(tx, parent_path, parent)
-            self._tx_charge(conn, tx, parent.clen - clen)
+            self.tx_charge(conn, tx, parent.clen - clen)
             return
         clen = parent.clen
         parent.remove_child(name)

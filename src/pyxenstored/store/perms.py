@@ -2,7 +2,8 @@
 
 A permission list is a tuple of ``(domid, bits)`` pairs; entry 0 names the
 owner and its bits are the default for everybody without an own entry
-(digest 3.1).  The bits are C's internal ones (``xenstore_lib.h``), so the
+(``xenstore.txt``; C's ``core.c:perm_for_conn``).  The bits are C's internal
+ones (``xenstore_lib.h``), so the
 "stale" flag (``PERM_IGNORE``) lives beside the rights.
 """
 
@@ -54,10 +55,6 @@ def perms_payload(perms: Perms) -> bytes:
 
 # GET_PERMS replies of the lists asked for lately (few lists are common).
 _PAYLOADS: dict[Perms, bytes] = {}
-
-
-def perms_text(perms: Perms) -> str:
-    return ",".join(perm_to_string(d, b) for d, b in perms)
 
 
 # Most nodes carry one of a handful of permission lists; equal lists built

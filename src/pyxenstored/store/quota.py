@@ -1,6 +1,7 @@
 """Quota: the names, C defaults, hard and soft values, and their text forms.
 
-Every quota is per domain (digest 8.2): :class:`QuotaTable` holds hard and
+Every quota is per domain (``domain.c:alloc_domain`` copies the defaults):
+:class:`QuotaTable` holds hard and
 soft values; the store keeps one global table (the defaults) and gives each
 new domain record a copy.  A value of 0 means unlimited; soft values exist
 only for ``memory``.  Limits are checked with C's ``>=`` rule: the resulting
@@ -133,7 +134,7 @@ def _c_int_printf(value: int) -> int:
 
 
 def format_settings(table: QuotaTable, kind: int) -> str:
-    """CONTROL ``quota`` / ``quota-soft`` text (digest 8.5)."""
+    """CONTROL ``quota`` / ``quota-soft`` text (``control.c:do_control_quota``)."""
     lines = ["Quota settings:\n"]
     for i, q in enumerate(QUOTAS):
         value = table.get(i, kind)
@@ -180,7 +181,7 @@ def _parse_option_value(text: str) -> int:
 
 
 def apply_quota_option(table: QuotaTable, option: str, argument: str) -> None:
-    """Apply one C command-line quota option (digest 8.6) to the global table.
+    """Apply one C command-line quota option (``core.c:main``, ``set_quota``) to the global table.
 
     ``option`` is ``-E -S -W -t -A -M -Q -q`` or a long form; ``-Q`` and
     ``-q`` take ``name=value``.  Raises ``ValueError`` with a clear message

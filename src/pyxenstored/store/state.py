@@ -16,7 +16,7 @@ whether the committed node has changed since the transaction first saw it
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..wire import DOMID_ANY, XsError, canonicalize, implicit_path, parent_of
@@ -74,7 +74,7 @@ class WatchState:
 
 
 def effective_perms(store: Store, perms: Perms, gen: int) -> Perms:
-    """``perms`` with the stale flag set on entries that are stale now (digest 3.3).
+    """``perms`` with the stale flag set on entries stale now (domain.c:domain_adjust_node_perms).
 
     An entry naming a domain the store does not know, or one younger than
     the node, is ignored by permission checks; a dump writes that as the
@@ -85,7 +85,7 @@ def effective_perms(store: Store, perms: Perms, gen: int) -> Perms:
         return perms
     out = None
     for i, (domid, bits) in enumerate(perms):
-        if i and not bits & PERM_IGNORE and domid != DOMID_ANY and store._stale(domid, gen):
+        if i and not bits & PERM_IGNORE and domid != DOMID_ANY and store.is_stale(domid, gen):
             if out is None:
                 out = list(perms)
             out[i] = (domid, bits | PERM_IGNORE)
@@ -93,7 +93,7 @@ def effective_perms(store: Store, perms: Perms, gen: int) -> Perms:
 
 
 def committed_nodes(store: Store) -> Iterator[tuple[str, Node]]:
-    """The committed tree in C HEAD's dump order (digest 10.5).
+    """The committed tree in C HEAD's dump order (``lu.c:lu_dump_state``).
 
     Depth first, pre-order from ``/``, children in their list order (which is
     creation order, and stream order after a restore); then ``@releaseDomain``
@@ -221,11 +221,11 @@ def domain_record(store: Store, domid: int) -> Domain:
 
     A record made while restoring is older than every restored node (the
     domain existed when they were dumped): generation 0, so that permission
-    entries naming it are not taken for stale (digest 3.3).
+    entries naming it are not taken for stale (``domain.c:chk_domain_generation``).
     """
     dom = store.domains.get(domid)
     if dom is None:
-        dom = store._domain(domid)
+        dom = store.ensure_domain(domid)
         dom.generation = 0
     return dom
 
@@ -249,8 +249,7 @@ def import_watch(store: Store, conn_id: int, wpath: str, token: bytes, depth: in
     watches = conn.watches
     if key in watches:
         raise StateError(f"watch {wpath!r} token {token!r} of connection {conn_id} twice")
-    seq = store._watch_seq = store._watch_seq + 1
-    watch = Watch(conn_id, conn.seq, seq, path, token, depth, prefix)
+    watch = Watch(conn_id, conn.seq, store.next_watch_seq(), path, token, depth, prefix)
     watches[key] = watch
     store.watches.add(watch)
 
@@ -298,35 +297,14 @@ def import_transaction(
         if now is not None and not p.changed:
             # Unchanged since first access: the committed node is what it saw.
             tx.first_perms[p.path] = now.perms
-        if not p.written:
-            tx.nodes[p.path] = now.copy() if now is not None and not p.changed else _copy(p.node)
-            continue
-        tx.modified.add(p.path)
-        if p.node is None:
-            tx.nodes[p.path] = None
-            continue
-        # The transaction's generation: no domain record is younger (all are
-        # made by now), so the stale flags the dump wrote stay the only ones,
-        # as before the dump.  Generation 0 would make stale every entry of a
-        # domain whose record came back with a connection.
-        node = Node(p.node.value, p.node.perms, tx.gen)
-        if now is not None:
-            for name in now.children:
-                node.add_child(name)
-        tx.nodes[p.path] = node
-    # Children created or deleted in the transaction, and the queued events.
+        if p.written:
+            tx.modified.add(p.path)
+    tx.nodes.update(transaction_copies(committed.get, pending, tx.gen))
+    # The queued events.
     deleted = {p.path for p in pending if p.written and p.node is None}
     for p in pending:
         if not p.written:
             continue
-        if p.path != "/" and not p.path.startswith("@"):
-            parent = tx.nodes.get(parent_of(p.path))
-            name = p.path[p.path.rfind("/") + 1 :]
-            if parent is not None:
-                if p.node is None:
-                    parent.remove_child(name)
-                else:
-                    parent.add_child(name)
         now = committed.get(p.path)
         if events_known:
             pass
@@ -351,12 +329,55 @@ def import_transaction(
     conn.next_tx_id = max(conn.next_tx_id, (tx_id + 1) & 0xFFFFFFFF)
     # Its copies are charged to the connection's domain as they were before
     # the dump (rebuild_counters counts them again after a whole restore).
-    store._tx_charge(conn, tx, tx.held_memory())
+    store.tx_charge(conn, tx, tx.held_memory())
     store.transactions_restored()
 
 
 def _copy(node: Node | None) -> Node | None:
     return node.copy() if node is not None else None
+
+
+def transaction_copies(
+    committed: Callable[[str], Node | None], pending: Sequence[PendingNode], gen: int
+) -> dict[str, Node | None]:
+    """The node copies a re-opened transaction holds (see :func:`import_transaction`).
+
+    ``committed``: the committed node at a path (None: absent); ``gen``: the
+    transaction's generation.  Read nodes are the committed node when it has
+    not changed since, else what the stream says; a written node's children
+    are the committed ones adjusted by the transaction's own creations and
+    deletions.  Pure: an importer may price the copies before it changes
+    anything (their :func:`~.transaction.record_cost` is what they are
+    charged).
+    """
+    nodes: dict[str, Node | None] = {}
+    for p in pending:
+        now = committed(p.path)
+        if not p.written:
+            nodes[p.path] = now.copy() if now is not None and not p.changed else _copy(p.node)
+        elif p.node is None:
+            nodes[p.path] = None
+        else:
+            # The transaction's generation: no domain record is younger (all
+            # are made by now), so the stale flags the dump wrote stay the
+            # only ones, as before the dump.  Generation 0 would make stale
+            # every entry of a domain whose record came back with a connection.
+            node = Node(p.node.value, p.node.perms, gen)
+            if now is not None:
+                for name in now.children:
+                    node.add_child(name)
+            nodes[p.path] = node
+    # Children created or deleted in the transaction.
+    for p in pending:
+        if p.written and p.path != "/" and not p.path.startswith("@"):
+            parent = nodes.get(parent_of(p.path))
+            name = p.path[p.path.rfind("/") + 1 :]
+            if parent is not None:
+                if p.node is None:
+                    parent.remove_child(name)
+                else:
+                    parent.add_child(name)
+    return nodes
 
 
 def rebuild_counters(store: Store, tree_usage: dict[int, list[int]] | None = None) -> None:
@@ -412,6 +433,7 @@ __all__ = [
     "import_watch",
     "pending_nodes",
     "rebuild_counters",
+    "transaction_copies",
     "transactions_of",
     "watches_of",
 ]

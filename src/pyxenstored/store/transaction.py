@@ -1,4 +1,4 @@
-"""Transactions: lazy overlays on the committed tree (digest 5).
+"""Transactions: lazy overlays on the committed tree (as C's ``transaction.c``).
 
 A transaction copies a node the first time it touches it (read, write or
 delete) and remembers the generation it saw (``NO_GENERATION`` when the

@@ -3,7 +3,7 @@
 The overlay itself is :class:`~.transaction.Transaction`; here a
 connection opens one (with its quota), ends it, and a commit checks the
 quota and the conflicts, installs the modified nodes in the committed tree
-and fires the queued watch events (digest 5.2).
+and fires the queued watch events (``transaction.c:finalize_transaction``).
 """
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ class TransactionOps(WatchOps):
         return Result(_END, OK, events, True) if events else _END_OK
 
     def _commit(self, conn: Connection, tx: Transaction) -> list[Event]:
-        """Finalize a transaction (digest 5.2)."""
+        """Finalize a transaction (C's ``transaction.c:finalize_transaction``)."""
         if tx.failed:
             raise XsError("ENOMEM", "transaction failed earlier")
         if conn.limited is not None:
             for domid, delta in tx.node_delta.items():
                 if delta > 0:
-                    dom = self._domain(domid)
+                    dom = self.ensure_domain(domid)
                     if q.exceeds(dom.quota.hard(q.NODES), dom.usage[q.NODES] + delta):
                         raise XsError("ENOSPC", "nodes quota at commit")
         if tx.conflicts(self.nodes):
@@ -100,7 +100,7 @@ class TransactionOps(WatchOps):
                 continue
             before = None if old is None else (old.perms[0][0], old.memory(path))
             self._persist_stale(node)
-            self._account_write(path, node, before)
+            self.account_write(path, node, before)
         events: list[Event] = []
         if self.watches.count:
             for path in tx.nodes:
@@ -114,7 +114,7 @@ class TransactionOps(WatchOps):
     def _drop_transactions(self, conn: Connection) -> None:
         """Forget a connection's open transactions, with what they were charged."""
         for tx in conn.transactions.values():
-            self._tx_charge(conn, tx, -tx.memory)
+            self.tx_charge(conn, tx, -tx.memory)
         if conn.domain is not None and conn.transactions:
             conn.domain.add(q.TRANSACTIONS, -len(conn.transactions))
         if self._open_tx is not None:

@@ -3,7 +3,7 @@
 :class:`WatchOps` registers a connection's watches in the store's
 :class:`~.watch.WatchIndex` (with their quota) and turns a change of a path
 into the :class:`~.base.Event` s of the watches it reaches, permission
-checked as in C's ``watch.c`` (digest 4).
+checked as in C's ``watch.c``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class WatchOps(StoreBase):
     def _watch_permitted(
         self, conn: Connection, path: str, node: Node | None, old_perms: Perms | None
     ) -> bool:
-        """C's ``watch_permitted`` (digest 4.4).
+        """C's ``watch.c:watch_permitted``.
 
         Privileged watchers pass whenever the node can be found; a node gone
         by the time of firing (removed in a committed transaction) reaches
@@ -96,7 +96,7 @@ class WatchOps(StoreBase):
         nodomid: bool = True,
         withdomid: bool = True,
     ) -> None:
-        """Events of special node ``name`` about ``domid`` (digest 4.3)."""
+        """Events of special node ``name`` about ``domid`` (``domain.c:fire_special_watches``)."""
         node = self.nodes.get(name)
         if node is None:
             return
@@ -128,9 +128,8 @@ class WatchOps(StoreBase):
             ):
                 raise XsError("ENOSPC", "watches quota")
             self._check_memory(conn, conn.domid, len(path) + len(token))
-        self._watch_seq += 1
         prefix = len(f"/local/domain/{conn.domid}/") if relative else 0
-        watch = Watch(conn.conn_id, conn.seq, self._watch_seq, path, token, depth, prefix)
+        watch = Watch(conn.conn_id, conn.seq, self.next_watch_seq(), path, token, depth, prefix)
         conn.watches[(path, token)] = watch
         self.watches.add(watch)
         if dom is not None:

@@ -1,4 +1,4 @@
-"""Write-rate limiting of unprivileged domains, as the C daemon does it (digest 5.3).
+"""Write-rate limiting of unprivileged domains, as the C daemon does it (``domain.c``, ``wrl_*``).
 
 Only while some transaction is open anywhere do writes cost anything: then
 each node a guest writes or deletes outside a transaction costs one credit,

@@ -1,4 +1,4 @@
-"""The Xenstore migration stream: records, reader, writer (see DESIGN.md).
+"""The Xenstore migration stream: records, reader, writer (see docs/architecture.md).
 
 A library of its own, usable on any dump file; it knows nothing of the daemon.
 """

@@ -72,7 +72,7 @@ class RecordRules:
         self.conns: dict[int, int] = {}  # conn-id -> conn-type
         self.transactions: set[tuple[int, int]] = set()
         self.pending_paths: dict[tuple[int, int], set[int]] = {}
-        self.domains_c_knows: set[int] = {0}  # the privileged domain (digest 6.1)
+        self.domains_c_knows: set[int] = {0}  # the privileged domain (domain.c:init_domains)
         self.domain_data_seen: set[int] = set()
         self.paths = PathTracker(exact_limit)
         self.specials: set[bytes] = set()
@@ -304,7 +304,7 @@ class RecordRules:
     def pending_messages(
         self, buf: bytes, start: int, in_len: int, out_len: int, resp: int
     ) -> None:
-        """Pending data holds wire messages (16-byte header, payload; digest 10.3.2).
+        """Pending data holds wire messages (header, payload; core.c:dump_state_buffered_data).
 
         They are in the byte order of the host that wrote the stream, which
         is the stream's own.

@@ -91,9 +91,7 @@ class _Side:
         self.global_quota: dict[str, int] | None = None
         self.global_only_quota: dict[str, int] | None = None
 
-    def read(
-        self, records: Iterable[Record], big_endian: bool, other: _Side | None = None
-    ) -> None:
+    def read(self, records: Iterable[Record], big_endian: bool, other: _Side | None = None) -> None:
         """Take a stream in; ``other``: the side read before, whose batch must go first."""
         for r in records:
             if big_endian:

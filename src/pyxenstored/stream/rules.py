@@ -28,7 +28,10 @@ RULES: dict[str, tuple[Severity, str]] = {
     "bad-version": (E, "version is neither 1 nor 2"),
     "reserved-flags": (E, "flags bits 1-31 are reserved and must be zero"),
     "truncated": (E, "the file ends inside the preamble, a record header, a body or its padding"),
-    "unpadded-len": (W, "len is not a multiple of 8; C readers would lose sync (digest 10.1)"),
+    "unpadded-len": (
+        W,
+        "len is not a multiple of 8; C readers would lose sync (lu.c:lu_read_state)",
+    ),
     "nonzero-padding": (W, "padding bytes are not zero (C leaves them unset in quota records)"),
     "unknown-record-type": (W, "record type is reserved (9 and up); C skips it"),
     "type-not-in-version": (E, "record type not valid in the stream's version"),
@@ -78,7 +81,8 @@ RULES: dict[str, tuple[Severity, str]] = {
     ),
     "c-head-watch-ext-defect": (
         E,
-        "WATCH_DATA_EXTENDED as the C HEAD writer emits it: no depth, wrong len (digest 10.3.4)",
+        "WATCH_DATA_EXTENDED as the C HEAD writer emits it: no depth, wrong len "
+        "(watch.c:dump_state_watches)",
     ),
     "watch-ext-ambiguous": (W, "WATCH_DATA_EXTENDED body fits more than one layout"),
     "transaction-unknown-conn": (
@@ -121,7 +125,7 @@ RULES: dict[str, tuple[Severity, str]] = {
     ),
     "node-owner-unknown-to-c": (
         W,
-        "node owner has no domain record yet; the C reader aborts the restore (digest 10.3.6)",
+        "node owner has no domain record yet; the C reader aborts the restore (core.c:read_state_node)",
     ),
     # quota and domains
     "quota-count-mismatch": (E, "number of quota names differs from the number of values"),
@@ -135,7 +139,8 @@ RULES: dict[str, tuple[Severity, str]] = {
     "domain-duplicate": (E, "DOMAIN_DATA twice for one domain"),
     "domain-unknown-to-c": (
         W,
-        "DOMAIN_DATA for a domain C cannot find at that point; the C reader aborts (digest 10.6)",
+        "DOMAIN_DATA for a domain C cannot find at that point; the C reader aborts "
+        "(domain.c:read_state_domain)",
     ),
 }
 

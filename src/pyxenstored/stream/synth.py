@@ -47,7 +47,7 @@ from .records import (
 
 MAX_DOMAINS = DOMID_FIRST_RESERVED - 1
 
-#: The C HEAD default quota table, in its order (digest §8.1, §10.3.7).
+#: The C HEAD default quota table, in its order (domain.c quotas[], dump_state_glb_quota).
 DEFAULT_QUOTA = (
     ("nodes", 1000),
     ("watches", 128),
@@ -329,14 +329,14 @@ def _msg(mtype: MsgType, req_id: int, payload: bytes, big: bool) -> bytes:
 
 
 def synth_records(cfg: SynthConfig) -> Iterator[Record]:
-    """All records of the synthetic stream, END included, in C HEAD order (digest §10.5)."""
+    """All records of the synthetic stream, END included, in C HEAD order (lu.c:lu_dump_state)."""
     yield GlobalData(socket_fd=5, evtchn_fd=6)
     yield GlobalQuotaData(tuple(QuotaValue(n, v) for n, v in DEFAULT_QUOTA), ())
     yield from _service_connections(cfg)
     # The first guest's connection holds an open transaction.
     txn_conn = 4 if cfg.transactions and cfg.domains else 0
     yield from _guest_connections(cfg, txn_conn)
-    # The live-update requester: its pending reply comes last (digest §10.3.2).
+    # The live-update requester: its pending reply comes last (lu.c:lu_write_response).
     lu_conn = 4 + cfg.domains
     yield ConnectionData(
         lu_conn, 1, 0, SocketSpec(22), out_data=_msg(MsgType.CONTROL, 1, b"OK\0", cfg.big_endian)

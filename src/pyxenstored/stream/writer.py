@@ -2,7 +2,8 @@
 
 Writes version 1 or 2, either byte order, with zero padding and every ``len``
 rounded up to a multiple of 8 (the padding counted in ``len``, as the C daemon
-expects, digest §10.1).  A canonical stream read by :mod:`.reader` and written
+expects, ``utils.c:dump_state_align``, ``lu.c:lu_read_state``).  A canonical
+stream read by :mod:`.reader` and written
 again comes out byte-identical.
 
 ``target`` chooses the reader the stream is meant for:
@@ -420,7 +421,7 @@ def encode_record(
 
 
 class DomainTracker:
-    """Which domains the C HEAD reader knows at each point of the stream (digest §10.6)."""
+    """Which domains the C HEAD reader knows at each point of the stream (lu.c:lu_read_state)."""
 
     def __init__(self) -> None:
         self.known: set[int] = set()
@@ -547,7 +548,7 @@ def _describe_watch(w: WatchData | WatchDataExtended) -> str:
 
 
 def _order_like_c(records: list[Record]) -> list[Record]:
-    """Stable reorder into the C writer's order (digest §10.5).
+    """Stable reorder into the C writer's order (``lu.c:lu_dump_state``).
 
     GLOBAL_DATA, GLOBAL_QUOTA_DATA, each connection followed by its watches,
     the nodes and other records in their given order, DOMAIN_DATA, END.
@@ -660,8 +661,8 @@ def adapt_for_target(
     raises :class:`StreamWriteError` naming it instead.  Lossless changes are
     made silently: an unlimited-depth WATCH_DATA_EXTENDED becomes WATCH_DATA
     in version 1, and for the C targets records are put in the C writer's
-    order (digest §10.5).  (:mod:`.convert_bounded` does the same in bounded
-    memory.)
+    order (``lu.c:lu_dump_state``).  (:mod:`.convert_bounded` does the same
+    in bounded memory.)
     """
     _check_target(version, target)
     dropped: list[str] = []

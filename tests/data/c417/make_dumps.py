@@ -1,12 +1,13 @@
 """Regenerate the C 4.17 state dumps of this directory (see README.md).
 
-Starts the C reference xenstored (``../shared/peers/reference-xenstored``)
+Starts the C reference xenstored (``reference-xenstored`` of ``PYXENSTORED_PEERS``,
+``tests/util.py``)
 with two ring guests, fills it with nodes, permissions, watches and pending
 bytes, saves ``xenstore-ls -p /`` and drives a live update; the state file the
 old daemon wrote is copied here.  Needs the reference daemon and
 xenstore-utils; run from the repository root:
 
-    python tests/data/c417/make_dumps.py [../shared/peers]
+    python tests/data/c417/make_dumps.py [PEERS-DIRECTORY]
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from tests.util import PEERS, peer_missing  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 HDR = struct.Struct("<IIII")
@@ -66,9 +70,9 @@ class RawClient:
 
 
 def main() -> None:
-    peers = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/peers").resolve()
+    peers = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else PEERS
     if not (peers / "reference-xenstored").exists():
-        peers = Path("/work/shared/peers")
+        raise SystemExit(peer_missing(peers / "reference-xenstored"))
     sys.path.insert(0, str(peers))
     from ring_guest import RingClient  # type: ignore[import-not-found]
 

@@ -1,0 +1,1 @@
+"""Tools for the project's own files: man pages and shell completion from the argparse definitions."""
