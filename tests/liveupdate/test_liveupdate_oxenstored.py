@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 from tests.client.daemons import introduce_guest
 from tests.liveupdate.conftest import LineReader
-from tests.util import REFERENCE_OXENSTORED, XEN_BIN, require, require_shim, require_tool
+from tests.util import (
+    REFERENCE_OXENSTORED,
+    XEN_BIN,
+    require,
+    require_module,
+    require_shim,
+    require_tool,
+)
 
 from pyxenstored.client import Client, WatchEvent
 from pyxenstored.client.ring import RingTransport
@@ -232,10 +239,17 @@ class Ox:
 @pytest.mark.reference
 def test_oxenstored_to_pyxenstored_and_back_twice(tmp_path: Path) -> None:
     watch_tool = require_tool("xenstore-watch")
+    require_module("pyxs")
+    import pyxs
+
     ox = Ox(tmp_path)
     watcher = None
     try:
         own = Client.connect_socket(ox.socket, timeout=30)
+        # pyxs, a client on its own connection, kept open across every switch.
+        pyxs_client = pyxs.Client(unix_socket_path=str(ox.socket))
+        pyxs_client.connect()
+        pyxs_client.write(b"/pyxs/start", b"pyxs")
         own.write("/ox/start", "ox")
         own.set_perms("/ox/start", ["b0", "r5"])
         own.watch("/ox", "own")
@@ -278,6 +292,10 @@ def test_oxenstored_to_pyxenstored_and_back_twice(tmp_path: Path) -> None:
             assert guest.next_event(10) == WatchEvent(f"data/s{n}", "g")
             guest.write(f"g{n}", expect)
             assert own.read(f"{HOME}/g{n}") == expect.encode()
+            assert pyxs_client.read(b"/pyxs/start") == b"pyxs"
+            pyxs_client.write(f"/pyxs/s{n}".encode(), expect.encode())
+            assert own.read(f"/pyxs/s{n}") == expect.encode()
+            pyxs_client.delete(f"/pyxs/s{n}".encode())
             own.rm(f"/ox/s{n}")
             assert own.next_event(10) == WatchEvent(f"/ox/s{n}", "own")
             own.rm(f"{HOME}/data/s{n}")
@@ -294,6 +312,7 @@ def test_oxenstored_to_pyxenstored_and_back_twice(tmp_path: Path) -> None:
         assert log.count("[xsshim] xenevtchn_fdopen fd ") == 3
         assert log.count("[xsshim] bind_virq ") == 1
         guest.close()
+        pyxs_client.close()
         own.close()
     finally:
         if watcher is not None:
