@@ -3,6 +3,12 @@
 The commands themselves are in :mod:`.control`; :class:`ControlOps` gives
 them the store, and holds the quota maxima over all domains that
 ``quota max`` reports.
+
+State (:class:`~.base.StoreBase`): reads ``domains`` and
+``config.priv_domid``, writes ``_retired_max`` (``quota max`` reset);
+:mod:`.control` reads ``nodes``, ``conns``, ``watches``, ``wrl`` and
+``hooks`` through this group.  Calls nothing of the other groups
+(:mod:`.groups`).
 """
 
 from __future__ import annotations

@@ -6,11 +6,14 @@ operation raises ``wire.XsError`` for a protocol error, and ``handle``
 turns it into an ERROR reply.  Watch events come back in the
 :class:`Result`, addressed to connection ids.
 
-The operations come from one mixin per group over
-:class:`~.base.StoreBase` (the shared state, node access and accounting):
+The operations come from one class per group, side by side, each over
+:class:`~.base.StoreBase` (the shared state, node access and accounting)
+alone; a group calls another only through the protocols in :mod:`.groups`:
 
-* :mod:`.node_ops` (with :mod:`.node_write`) — READ, WRITE, MKDIR, RM,
-  DIRECTORY, DIRECTORY_PART, GET_PERMS, SET_PERMS;
+* :mod:`.node_ops` — READ, WRITE, MKDIR, RM, DIRECTORY, DIRECTORY_PART,
+  GET_PERMS, SET_PERMS;
+* :mod:`.node_write` — creating, changing and removing nodes, for the
+  node and domain operations;
 * :mod:`.watch_ops` — WATCH, UNWATCH, firing watch events;
 * :mod:`.transaction_ops` — TRANSACTION_START, TRANSACTION_END, commit;
 * :mod:`.domain_ops` — INTRODUCE, RELEASE, RESUME, SET_TARGET,
@@ -28,6 +31,7 @@ through :meth:`~.base.StoreBase._read` and :mod:`.node_write`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..wire import OK, PAYLOAD_MAX, MsgType, XsError
 from . import control as ctl
@@ -40,6 +44,7 @@ from .domain_ops import DomainOps
 from .feature_quota_ops import FeatureQuotaOps
 from .messages import HANDLERS, PRIVILEGED_TYPES, TX_IGNORED_TYPES, WRL_WRITE_TYPES
 from .node_ops import NodeOps
+from .node_write import NodeWrites
 from .transaction import Transaction
 from .transaction_ops import TransactionOps
 from .watch_ops import WatchOps
@@ -50,11 +55,33 @@ ERROR = MsgType.ERROR
 
 _NO_CONNECTION = Result(ERROR, b"EINVAL\0")
 
+if TYPE_CHECKING:
+    # Each group provides what its protocol promises the others (groups.py).
+    from .groups import (
+        ControlGroup,
+        DomainGroup,
+        FeatureQuotaGroup,
+        NodeGroup,
+        NodeWriteGroup,
+        TransactionGroup,
+        WatchGroup,
+    )
+
+    _PROVIDES: tuple[
+        type[NodeGroup],
+        type[NodeWriteGroup],
+        type[WatchGroup],
+        type[TransactionGroup],
+        type[DomainGroup],
+        type[FeatureQuotaGroup],
+        type[ControlGroup],
+    ] = (NodeOps, NodeWrites, WatchOps, TransactionOps, DomainOps, FeatureQuotaOps, ControlOps)
+
 Handler = Callable[[Connection, "Transaction | None", bytes], Result]
 
 
-class Store(NodeOps, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, ControlOps):
-    """The Xenstore database and its protocol operations."""
+class Store(NodeOps, NodeWrites, DomainOps, TransactionOps, WatchOps, FeatureQuotaOps, ControlOps):
+    """The Xenstore database and its protocol operations: the groups side by side."""
 
     def __init__(
         self,

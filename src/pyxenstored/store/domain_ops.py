@@ -6,24 +6,41 @@ hypervisor through :meth:`DomainOps.domains_changed`, or a new domain with
 its domid found at INTRODUCE by its unique id): its connections
 lose their watches and transactions, its nodes leave the tree (``domain.c:domain_tree_remove``)
 and ``@releaseDomain`` fires.  The records are :class:`~.domain.Domain`.
+
+State (:class:`~.base.StoreBase`): writes ``domains`` (records made and
+deleted), ``_retired_max`` and ``wrl`` (a domain's credit), and node
+permissions through ``account_write``; reads ``nodes``, ``conns``,
+``config`` and ``domain_hooks``.  Calls of the other groups
+(:mod:`.groups`): ``NodeWriteGroup._remove``, ``WatchGroup`` (``_fire``,
+``_fire_special``, ``_drop_watches``) and
+``TransactionGroup._drop_transactions``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..wire import DOMID_SELF, OK, MsgType, XsError, c_atoi, onearg, parse_domid, split_strings
 from . import quota as q
-from .base import Event, Result
+from .base import Event, Result, StoreBase
 from .connection import Connection
 from .domain import Domain
 from .node import INTRODUCE_DOMAIN, RELEASE_DOMAIN, Node, child_path
-from .node_write import NodeWrites
 from .perms import intern_perms
 from .transaction import Transaction
-from .transaction_ops import TransactionOps
 from .watch import MATCH_NODEPTH
 
+if TYPE_CHECKING:
+    from .groups import NodeWriteGroup, TransactionGroup, WatchGroup
 
-class DomainOps(NodeWrites, TransactionOps):
+    class _Calls(StoreBase, NodeWriteGroup, TransactionGroup, WatchGroup):
+        """StoreBase and the other groups' protocols this group calls (groups.py)."""
+
+else:
+    _Calls = StoreBase
+
+
+class DomainOps(_Calls):
     """Introducing, releasing and destroying domains."""
 
     # --- domain requests -----------------------------------------------------

@@ -3,6 +3,11 @@
 The feature bitmap rules are in :mod:`.features`, the quota tables in
 :mod:`.quota`; here the requests read and set them, globally or for one
 domain.
+
+State (:class:`~.base.StoreBase`): reads and writes ``config.quota`` (the
+global table) and the features and quota of the domain records it finds
+through ``_existing_domain``.  Calls nothing of the other groups
+(:mod:`.groups`).
 """
 
 from __future__ import annotations

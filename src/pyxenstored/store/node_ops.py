@@ -5,10 +5,18 @@ the changes themselves are :mod:`.node_write`'s.  READ, DIRECTORY and
 GET_PERMS are the hottest requests: a privileged caller outside a
 transaction finds the node through :meth:`~.base.StoreBase._quick_node`,
 and the reply types are plain ints.
+
+State (:class:`~.base.StoreBase`): reads ``conns`` (the quick path),
+``domains`` (SET_PERMS naming a domain) and ``watches.count``; the tree
+changes only through the node writes and, for SET_PERMS, through
+``StoreBase.account_write``.  Calls of the other groups (:mod:`.groups`):
+``NodeWriteGroup`` (``_create``, ``_modify``, ``_remove``,
+``_tx_written``) and ``WatchGroup._fire``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from zlib import crc32
 
 from ..wire import (
@@ -24,9 +32,8 @@ from ..wire import (
     split_strings,
 )
 from . import quota as q
-from .base import Event, Result
+from .base import Event, Result, StoreBase
 from .connection import Connection
-from .node_write import NodeWrites
 from .perms import (
     PERM_IGNORE,
     PERM_OWNER,
@@ -49,7 +56,17 @@ _WRITE = int(MsgType.WRITE)
 _WRITE_OK = Result(_WRITE, OK)  # a write that raised no event (the usual one)
 
 
-class NodeOps(NodeWrites):
+if TYPE_CHECKING:
+    from .groups import NodeWriteGroup, WatchGroup
+
+    class _Calls(StoreBase, NodeWriteGroup, WatchGroup):
+        """StoreBase and the other groups' protocols this group calls (groups.py)."""
+
+else:
+    _Calls = StoreBase
+
+
+class NodeOps(_Calls):
     """The operations on nodes, values and permissions."""
 
     # --- READ / DIRECTORY / GET_PERMS ----------------------------------------

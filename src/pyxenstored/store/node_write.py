@@ -7,22 +7,39 @@ events (``core.c:delnode_sub``).  Outside a transaction a change is accounted at
 inside one it goes to the transaction's copies, which are charged to the
 writer's domain as they change (:meth:`~.base.StoreBase.tx_charge`), and
 is accounted to the nodes' owners at commit.
+
+State (:class:`~.base.StoreBase`): reads ``nodes`` and
+``config.priv_domid``; writes the committed tree only through the base's
+accounting (``account_write``, ``_account_resize``, ``_account_delete``,
+``_persist_stale``) and a transaction's copies with ``tx_charge``.  Calls
+of the other groups (:mod:`.groups`): ``WatchGroup._fire``.  Offers them
+``NodeWriteGroup``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..wire import XsError, basename, parent_of
 from . import quota as q
-from .base import Event
+from .base import Event, StoreBase
 from .connection import Connection
 from .node import Node, child_path
 from .perms import intern_perms
 from .transaction import Transaction
 from .watch import MATCH_EXACT, MATCH_SUBTREE
-from .watch_ops import WatchOps
+
+if TYPE_CHECKING:
+    from .groups import WatchGroup
+
+    class _Calls(StoreBase, WatchGroup):
+        """StoreBase and the other groups' protocols this group calls (groups.py)."""
+
+else:
+    _Calls = StoreBase
 
 
-class NodeWrites(WatchOps):
+class NodeWrites(_Calls):
     """Changes to the tree shared by the node and domain operations."""
 
     def _tx_written(self, tx: Transaction, path: str, node: Node) -> None:

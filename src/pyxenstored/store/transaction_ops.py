@@ -4,23 +4,41 @@ The overlay itself is :class:`~.transaction.Transaction`; here a
 connection opens one (with its quota), ends it, and a commit checks the
 quota and the conflicts, installs the modified nodes in the committed tree
 and fires the queued watch events (``transaction.c:finalize_transaction``).
+
+State (:class:`~.base.StoreBase`): writes ``generation`` (a new
+transaction's), ``_open_tx``, ``wrl`` (a commit's debit) and, at commit,
+the committed tree through ``account_write`` and ``_account_delete``;
+reads ``nodes``, ``watches.count`` and ``config.clock``; also each
+connection's own transaction table.  Calls of the other groups
+(:mod:`.groups`): ``WatchGroup._fire``.  Offers them ``TransactionGroup``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..wire import OK, MsgType, XsError
 from . import quota as q
-from .base import Event, Result, plain_result
+from .base import Event, Result, StoreBase, plain_result
 from .connection import Connection
 from .transaction import Transaction
-from .watch_ops import WatchOps
 
 _START = int(MsgType.TRANSACTION_START)
 _END = int(MsgType.TRANSACTION_END)
 _END_OK = Result(_END, OK)  # an abort, or a commit without events
 
 
-class TransactionOps(WatchOps):
+if TYPE_CHECKING:
+    from .groups import WatchGroup
+
+    class _Calls(StoreBase, WatchGroup):
+        """StoreBase and the other groups' protocols this group calls (groups.py)."""
+
+else:
+    _Calls = StoreBase
+
+
+class TransactionOps(_Calls):
     """Opening, ending and committing transactions."""
 
     def op_transaction_start(

@@ -4,6 +4,11 @@
 :class:`~.watch.WatchIndex` (with their quota) and turns a change of a path
 into the :class:`~.base.Event` s of the watches it reaches, permission
 checked as in C's ``watch.c``.
+
+State (:class:`~.base.StoreBase`): owns ``watches`` (adds and removes);
+reads ``nodes`` and ``conns``; also writes each connection's own watch
+table and its domain's ``watches`` and ``memory`` usage.  Calls nothing of
+the other groups; offers them ``WatchGroup`` (:mod:`.groups`).
 """
 
 from __future__ import annotations
