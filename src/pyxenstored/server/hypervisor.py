@@ -96,6 +96,17 @@ class DomainInfo:
 RingMemory = mmap.mmap | memoryview
 
 
+def release_ring_memory(page: RingMemory) -> None:
+    """Let go of a mapped ring page (both backends' ``unmap_ring``)."""
+    with contextlib.suppress(BufferError):
+        # A view still exported elsewhere keeps it; the GC frees it later
+        # (library memory is unmapped once its last view is gone).
+        if isinstance(page, memoryview):
+            page.release()
+        else:
+            page.close()
+
+
 class Hypervisor(Protocol):
     """What the daemon needs from Xen (event channels, ring pages, domain list)."""
 
@@ -340,12 +351,7 @@ class SimulatedHypervisor:
             os.close(fd)
 
     def unmap_ring(self, domid: int, page: RingMemory) -> None:
-        with contextlib.suppress(BufferError):
-            # A view still exported elsewhere keeps it; the GC frees it later.
-            if isinstance(page, memoryview):
-                page.release()
-            else:
-                page.close()
+        release_ring_memory(page)
 
     def domains(self) -> dict[int, DomainInfo]:
         path = os.path.join(self.ring_dir, "domains")

@@ -51,7 +51,7 @@ import select
 import weakref
 from collections.abc import Callable
 
-from pyxenstored.server.hypervisor import DomainInfo, RingMemory
+from pyxenstored.server.hypervisor import DomainInfo, RingMemory, release_ring_memory
 from pyxenstored.server.xenlib import (
     DOMID_FIRST_RESERVED,
     DOMINFO_BUFFER,
@@ -341,12 +341,7 @@ class XenHypervisor:
             os.close(fd)
 
     def unmap_ring(self, domid: int, page: RingMemory) -> None:
-        # Library memory is unmapped once its last view is gone (_wrap).
-        with contextlib.suppress(BufferError):
-            if isinstance(page, memoryview):
-                page.release()
-            else:
-                page.close()
+        release_ring_memory(page)  # library memory goes with its last view (_wrap)
 
     # --- domains ---------------------------------------------------------------------------
 
