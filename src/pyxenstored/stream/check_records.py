@@ -24,6 +24,7 @@ from pyxenstored.wire import (
 )
 
 from . import layout as L
+from .oxenstored_quota import PRIVATE_QUOTA_NAMES
 from .pathtrack import PathTracker
 from .records import (
     ACCESS_READ,
@@ -208,7 +209,8 @@ class RecordRules:
         except UnicodeDecodeError as exc:
             self.report("bad-string-encoding", "quota name is not UTF-8", self.at(at + exc.start))
             text = name.decode("ascii", "replace")
-        if text not in KNOWN_QUOTA_NAMES and not is_marks_name_valid(text):
+        known = text in KNOWN_QUOTA_NAMES or text in PRIVATE_QUOTA_NAMES
+        if not known and not is_marks_name_valid(text):
             self.report(
                 "unknown-quota-name",
                 f"quota name {name.decode('ascii', 'replace')!r} is not known to the C daemon",
