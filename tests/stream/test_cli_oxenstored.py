@@ -67,9 +67,8 @@ def write(tmp_path: Path, data: bytes, name: str = "d.db") -> str:
 def test_check_real_dumps_clean(capsys: pytest.CaptureFixture[str], dump: Path) -> None:
     code, out, err = run(capsys, "check", str(dump))
     assert code == 0 and err == ""
-    assert out.endswith(
-        ": oxenstored dump, %d lines, 0 errors, 0 warnings\n" % len(dump.read_bytes().splitlines())
-    )
+    lines = len(dump.read_bytes().splitlines())
+    assert out.endswith(f": oxenstored dump, {lines} lines, 0 errors, 0 warnings\n")
 
 
 def test_check_small_dump_clean(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
