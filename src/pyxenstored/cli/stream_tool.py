@@ -235,7 +235,12 @@ def _dump_records(
 
 @contextlib.contextmanager
 def _output(path: str, binary_stream: bool = True) -> Iterator[IO[bytes]]:
-    """A binary file for ``path`` ('-': stdout), put in place only when all went well."""
+    """A binary file for ``path`` ('-': stdout), put in place only when all went well.
+
+    A regular file is written beside (``PATH.tmp``) and renamed over ``path``
+    at the end, so a failure leaves no half-written output; anything else
+    that exists (``/dev/null``, a named pipe) is opened and written as it is.
+    """
     if path == "-":
         if binary_stream and sys.stdout.isatty():
             raise CliError(
@@ -244,6 +249,11 @@ def _output(path: str, binary_stream: bool = True) -> Iterator[IO[bytes]]:
         sys.stdout.flush()
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
+        return
+    if os.path.exists(path) and not os.path.isfile(path):
+        # a device or a pipe (/dev/null, a FIFO): written in place, never replaced
+        with open(path, "wb") as f:
+            yield f
         return
     tmp = path + ".tmp"
     try:
