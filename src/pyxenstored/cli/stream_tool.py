@@ -1,9 +1,12 @@
 """``xenstore-stream``: open, check, compare and convert migration streams.
 
-Sub-commands: ``dump`` (text, ``--tree`` like ``xenstore-ls -p``, ``--json``
-NDJSON), ``check``, ``convert``, ``diff``, ``stats``, ``build`` (NDJSON back
-to a stream), ``extract`` (one domain's migration stream) and ``synth`` (a
-realistic synthetic stream).  Errors are one
+Sub-commands: ``dump`` (text, ``--tree`` like ``xenstore-ls [-f] [-p] PATH``,
+``--json`` NDJSON), ``check``, ``convert``, ``diff``, ``stats``, ``build``
+(NDJSON back to a stream), ``extract`` (one domain's migration stream) and
+``synth`` (a realistic synthetic stream).  Every input may also be
+oxenstored's state dump, recognised by its first line, where the command
+has a meaning for it; ``-`` is stdin or stdout for every file argument.
+Errors are one
 line on stderr, never a traceback.  Exit codes: 0 success (``check``: clean,
 ``diff``: same), 1 problems found (``check``: errors, ``diff``: different),
 2 the input could not be read or the request could not be done.
