@@ -280,3 +280,12 @@ def test_extras_ride_in_domain_data(capsys: pytest.CaptureFixture[str], tmp_path
         "oxenstored:ring-mfn-high": 0,
         "oxenstored:remote-port": 11,
     }
+
+
+def test_stream_only_commands_say_how_to_get_a_stream(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for argv in (["stats", str(BASIC)], ["extract", str(BASIC), "--domain", "1", "-"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and len(err.splitlines()) == 1
+        assert "an oxenstored dump" in err and "xenstore-stream convert" in err

@@ -181,7 +181,10 @@ def _reader(path: str, opened: tuple[str, IO[bytes]] | None = None) -> StreamRea
     if kind == OXENSTORED:
         if path != "-":
             f.close()
-        raise CliError(f"{path}: an oxenstored dump; this command reads migration streams")
+        raise CliError(
+            f"{path}: an oxenstored dump; this command reads migration streams "
+            f"(xenstore-stream convert {path} OUT makes one)"
+        )
     return _OwningReader(f, path != "-")
 
 

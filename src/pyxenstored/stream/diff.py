@@ -238,8 +238,12 @@ def _key_text(c: Change) -> str:
             return f"connection conn-id={key['conn-id']}"
         case "transaction" | "transaction-marks":
             return f"transaction conn-id={key['conn-id']} tx-id={key['tx-id']}"
-        case "global-data" | "global-quota" | "global-only-quota":
-            return c.kind.replace("-", " ")
+        case "global-data":
+            return "global data"
+        case "global-quota":
+            return "global quota"
+        case "global-only-quota":
+            return "global-only quota"
         case "domain" | "domain-features" | "domain-quota":
             what = c.kind.partition("-")[2]
             return f"domain {key['domid']}" + (f" {what}" if what else "")
