@@ -406,3 +406,41 @@ def test_tree_errors(capsys: pytest.CaptureFixture[str], tree_file: Path) -> Non
     assert code == 2 and "not a node path" in err
     code, _, err = run(capsys, "dump", "-p", str(tree_file))
     assert code == 2 and "go with --tree" in err
+
+
+@pytest.mark.parametrize("opts", [[], ["-p"], ["-f"], ["-f", "-p"], ["-s"]], ids=str)
+def test_tree_equals_the_real_xenstore_ls(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, opts: list[str]
+) -> None:
+    """The same nodes in a running daemon, listed by libxenstore's xenstore-ls."""
+    import contextlib
+
+    from tests.client.daemons import run_daemon
+    from tests.util import require_tool
+
+    ls = require_tool("xenstore-ls")
+    long = "x" * 100
+    save(
+        tmp_path / "t.xs",
+        [
+            NodeData(0, 0, 0, (NodePerm("n", 0, 0),), "/", b""),
+            NodeData(0, 0, 0, (NodePerm("n", 0, 0),), "/t", b""),
+            NodeData(0, 0, 0, (NodePerm("n", 0, 0), NodePerm("r", 0, 5)), "/t/a", b"v"),
+            NodeData(0, 0, 0, (NodePerm("n", 0, 0),), "/t/a/b", long.encode()),
+            NodeData(0, 0, 0, (NodePerm("n", 0, 0),), "/t/c", b"\x01\\"),
+            End(),
+        ],
+    )
+    with contextlib.contextmanager(run_daemon)("pyxenstored", False) as daemon:
+        client = daemon.connect()
+        client.write("/t/a", b"v")
+        client.write("/t/a/b", long.encode())
+        client.write("/t/c", b"\x01\\")
+        client.set_perms("/t/a", ["n0", "r5"])
+        client.close()
+        env = dict(os.environ, XENSTORED_PATH=daemon.socket)
+        real = subprocess.run(
+            [ls, *opts, "/t"], env=env, capture_output=True, check=True, timeout=60
+        ).stdout.decode()
+    code, out, _ = run(capsys, "dump", "--tree", *opts, str(tmp_path / "t.xs"), "/t")
+    assert code == 0 and out == real
