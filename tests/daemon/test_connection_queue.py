@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 from collections.abc import Sequence
 
 import pytest
@@ -64,6 +65,39 @@ def test_event_header_is_zero_but_type_and_len() -> None:
     assert conn.queue_event(b"/a\0tok\0", None, 0.0)
     conn.flush()
     assert bytes(tr.written) == HDR.pack(15, 0, 0, 7) + b"/a\0tok\0"
+
+
+def test_a_queued_event_is_held_once() -> None:
+    """What a queued event holds is about what it is charged: one copy of the message.
+
+    The regression: the de-duplication key was the payload itself, a second
+    copy of every queued event beside the message (charged once), so a
+    guest that read nothing made the daemon hold twice its memory quota.
+    """
+    tr = FakeTransport(room=0)
+    conn = Connection(1, 0, tr, out_limit=1 << 24)
+
+    def payload(i: int) -> bytes:
+        # A new object each time, as the store makes one per event fired.
+        return b"/shared/n%04d\0" % i + b"t" * 3000 + b"\0"
+
+    payloads = [payload(i) for i in range(200)]
+    charged = sum(HDR.size + len(p) for p in payloads)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            assert conn.queue_event(payload(i), None, 0.0)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert conn.out_bytes == charged
+    assert held < charged * 1.25, (held, charged)
+    assert not conn.queue_event(payloads[7], None, 0.0)  # still de-duplicated
+    tr.room = 1 << 24
+    conn.flush()
+    assert [m[3] for m in split_messages(bytes(tr.written))] == payloads
+    assert conn.queue_event(payloads[7], None, 0.0)  # sent: may be queued again
 
 
 def test_identical_events_dropped_while_queued_even_if_started() -> None:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pyxenstored.migrate import StoreOnlySink, dump_state, restore_state
 from pyxenstored.store import Store, StoreConfig
 from pyxenstored.store import quota as q
+from pyxenstored.store.state import pending_nodes, transactions_of
 from pyxenstored.stream import (
     ConnectionData,
     RingSpec,
@@ -114,6 +115,24 @@ def conn_records(store: Store) -> list[ConnectionData]:
     return out
 
 
+def doomed_copies(store: Store, domid: int) -> int:
+    """Memory charged for the copies of ``domid``'s transactions whose commit will fail."""
+    return sum(
+        tx.memory
+        for conn_id, conn in store.conns.items()
+        if conn.domid == domid
+        for tx in transactions_of(store, conn_id)
+        if any(p.changed for p in pending_nodes(store, tx))
+    )
+
+
+def settled_usage(store: Store, domid: int) -> list[int]:
+    """A domain's counters up to transactions, less the memory of :func:`doomed_copies`."""
+    usage = list(store.domains[domid].usage[: q.TRANSACTIONS + 1])
+    usage[q.MEMORY] -= doomed_copies(store, domid)
+    return usage
+
+
 def events(result: object) -> list[tuple[int, bytes, bytes]]:
     return sorted((e.conn_id, e.path, e.token) for e in getattr(result, "events", ()))
 
@@ -137,8 +156,16 @@ def test_any_state_survives_and_behaves_alike(
     restore_state(back, fresh, sink)
     assert list(dump_state(fresh, sink.records)) == records
     assert fresh.check() == []
-    for domid, dom in store.domains.items():
-        assert fresh.domains[domid].usage[: q.TRANSACTIONS + 1] == dom.usage[: q.TRANSACTIONS + 1]
+    for domid in store.domains:
+        # Memory too, but for the copies held by transactions whose commit
+        # fails anyway (EAGAIN): their child lists are rebuilt from today's
+        # tree, the stream does not carry them.
+        assert settled_usage(fresh, domid) == settled_usage(store, domid)
+        if not doomed_copies(store, domid):
+            assert (
+                fresh.domains[domid].usage[: q.TRANSACTIONS + 1]
+                == (store.domains[domid].usage[: q.TRANSACTIONS + 1])
+            )
     # Every open transaction ends the same way, with the same events.
     for conn_id in sorted(store.conns):
         for tx_id in sorted(store.conns[conn_id].transactions):

@@ -20,6 +20,7 @@ from pyxenstored.migrate.domain import (
     save_domain,
 )
 from pyxenstored.migrate.dump import dump_state
+from pyxenstored.store import quota as q
 from pyxenstored.store.perms import PERM_NONE, PERM_READ, PERM_RW
 from pyxenstored.stream.reader import StreamReader
 from pyxenstored.stream.records import (
@@ -335,3 +336,42 @@ def test_perms_bits_survive() -> None:
     b = build_target()
     import_domain(b.store, save_domain(a.store, 5, ring_record(a, 5)), 9)
     assert b.store.nodes["/local/domain/9/rw"].perms == ((9, PERM_READ), (0, PERM_RW))
+
+
+def test_transaction_copies_count_in_the_imported_memory_quota() -> None:
+    """The import's memory pre-check prices the transactions' copies exactly.
+
+    Domain 5 holds four 2000-byte values written in an open transaction:
+    with a memory quota one byte short of what the import makes it hold
+    (its nodes, watches and those copies) the import is refused and changes
+    nothing; one byte more and it goes through with that usage.  Before
+    the copies were priced, a domain whose transactions held most of its
+    memory was imported past its quota.
+    """
+    a, _ = build_source()
+    g = a.guest(5)
+    tx = int(a.ok(g, W.TRANSACTION_START, "").rstrip(b"\0"))
+    for i in range(4):
+        a.ok(g, W.WRITE, f"data/big{i}", "v" * 2000, tx=tx)
+    records = save_domain(a.store, 5, ring_record(a, 5))
+
+    roomy = build_target()
+    import_domain(roomy.store, records, 9)
+    held = roomy.store.domains[9].usage[q.MEMORY]
+    copies = sum(t.memory for t in roomy.store.conns[roomy.guest(9)].transactions.values())
+    assert copies > 4 * 2000
+    assert held - copies < copies  # without the copies it would fit in half the room
+
+    def with_memory(limit: int) -> list[Record]:
+        return [
+            dataclasses.replace(r, quota=(QuotaValue("memory", limit),))
+            if isinstance(r, DomainData)
+            else r
+            for r in records
+        ]
+
+    tight = build_target()
+    _refused(tight, with_memory(held), 9, "memory quota")
+    import_domain(tight.store, with_memory(held + 1), 9)
+    assert tight.store.domains[9].usage[q.MEMORY] == held
+    assert tight.store.check() == []

@@ -119,6 +119,35 @@ def test_a_reused_domid_inherits_nothing(py_daemon: Daemon, pdom0: Client) -> No
     six.close()
 
 
+def test_a_unique_id_learnt_after_introduce_detects_the_next_reuse(
+    py_daemon: Daemon, pdom0: Client
+) -> None:
+    """Domain 6 is introduced while the hypervisor gives no unique id; a scan learns 100.
+
+    As ``domain.c:do_check_domain``: a record with no unique id takes the one
+    reported, so when 101 replaces 100 the old domain is dead and its rights
+    and quota go with it (the regression: the record stayed at "unknown"
+    and the reuse went unnoticed).
+    """
+    pdom0.set_quota("watches", 3, 6)
+    six = guest_on(py_daemon, pdom0, 6, 8)
+    pdom0.write("/granted", b"")
+    pdom0.set_perms("/granted", [Perm("n", 0), Perm("r", 6)])
+    pdom0.watch("@releaseDomain", "r")
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain", "r")
+    set_domains(py_daemon, "0\n5\n6 100\n")  # the same domain, its unique id now known
+    kick(ring_dir_of(py_daemon), VIRQ_DOM_EXC_PORT)
+    assert six.read("/granted") == b""  # still alive, still served
+    assert pdom0.pending_events() == []
+    set_domains(py_daemon, "0\n5\n6 101\n")  # died; a new domain got domid 6
+    kick(ring_dir_of(py_daemon), VIRQ_DOM_EXC_PORT)
+    assert pdom0.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain", "r")
+    assert not pdom0.is_domain_introduced(6)
+    assert pdom0.get_quota("watches", 6) == 128
+    assert pdom0.get_perms("/granted") == [Perm("n", 0)]
+    six.close()
+
+
 def test_features_and_quota_set_before_introduce_are_kept(py_daemon: Daemon, pdom0: Client) -> None:
     pdom0.set_feature(6, 2)  # ERROR only: no watch depth, no DOMID_ANY
     pdom0.set_quota("watches", 3, 6)

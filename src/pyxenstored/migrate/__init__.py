@@ -3,7 +3,9 @@
 The only package that knows both :mod:`pyxenstored.store` and
 :mod:`pyxenstored.stream`.  :func:`dump_state` writes a store (plus the
 connections the server describes) as records; :func:`restore_state` reads
-them back into a fresh store.
+them back into a fresh store.  :mod:`.lu_records` fits those records to a
+live update's successor (pyxenstored, C 4.17, C HEAD) and writes the state
+file; :mod:`.domain` moves one domain between daemons.
 """
 
 from .dump import (

@@ -1,6 +1,6 @@
 """``pyxenstored --check-state``: restore a live-update dump into a scratch store.
 
-The successor's pre-exec check (see ``server/liveupdate.py``).  It needs the
+The successor's pre-exec check (see ``server/successor.py``).  It needs the
 store and the stream only, so the check run does not import the server: its
 start-up is part of every live update's blackout.
 """

@@ -33,7 +33,14 @@ from ..store import quota as q
 from ..store.domain import Domain
 from ..store.features import SUPPORTED_FEATURES
 from ..store.node import Node
-from ..store.state import PendingNode, StateError, import_transaction, import_watch
+from ..store.state import (
+    PendingNode,
+    StateError,
+    import_transaction,
+    import_watch,
+    transaction_copies,
+)
+from ..store.transaction import record_cost
 from ..stream.records import (
     DEPTH_UNLIMITED,
     ConnectionData,
@@ -429,6 +436,9 @@ def import_domain(
     out_data = remap_events(state.connection.out_data, old, new)
     if not store.conns[conn_id].privileged:
         usage = _usage_delta(store, new, planned, old_home_node, watches, out_data)
+        # The transactions' copies are charged to the domain too (as they
+        # arrive in C; all at once here, after the nodes).
+        usage[1] += _transactions_memory(store, planned, old_home_node, txs)
         _check_quota(dom, quota, new, usage, len(watches), len(txs))
 
     # --- nothing has changed so far; from here on nothing fails -----------------
@@ -593,6 +603,39 @@ def _usage_delta(
     watch_mem = sum(w[3] for w in watches)
     charge(new, 0, watch_mem + len(out_data))
     return delta.get(new, [0, 0])
+
+
+def _transactions_memory(
+    store: Store,
+    planned: list[_NewNode],
+    old_home_node: Node | None,
+    txs: list[tuple[int, list[PendingNode], bool, bool]],
+) -> int:
+    """What the imported transactions' copies will be charged, priced before anything changes.
+
+    Their copies are made over the tree as it is once the planned nodes are
+    in (:func:`_install_nodes`): the moved home and its subtree, and the
+    home's parent with the home among its children.
+    """
+    if not txs:
+        return 0
+    after = {item.path: item.node for item in planned}
+    if planned and old_home_node is None:
+        home = planned[0].path
+        parent_path = parent_of(home)
+        parent = store.nodes[parent_path].copy()
+        parent.add_child(home[len(parent_path) + 1 :])
+        after[parent_path] = parent
+
+    def committed(path: str) -> Node | None:
+        node = after.get(path)
+        return node if node is not None else store.nodes.get(path)
+
+    total = 0
+    for _tx_id, pending, _known, _failed in txs:
+        copies = transaction_copies(committed, pending, 0)
+        total += sum(record_cost(path, node) for path, node in copies.items())
+    return total
 
 
 def _check_quota(

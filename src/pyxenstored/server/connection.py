@@ -65,7 +65,9 @@ Charge = Callable[[str, int, bool], bool]
 
 # Output queue entry: (message bytes, event payload for de-duplication or
 # None for replies, request kept outstanding by it, deadline or 0.0).
-_Entry = tuple[bytes, bytes | None, PendingRequest | None, float]
+_Entry = tuple[bytes, bytes | memoryview | None, PendingRequest | None, float]
+# Event payloads up to this length are their own de-duplication key (see queue_event).
+_KEY_COPY_MAX = 256
 
 
 class Connection:
@@ -121,7 +123,7 @@ class Connection:
         self._out_offset = 0  # bytes of _out[0] already written
         # Bytes queued for output, including any already partly written.
         self.out_bytes = 0
-        self._event_keys: dict[bytes, int] = {}
+        self._event_keys: dict[bytes | memoryview, int] = {}
         self._timed_events = 0
         self._dropped_events = 0
 
@@ -231,10 +233,17 @@ class Connection:
             self._timed_events += 1
         if origin is not None:
             origin.refs += 1
-        self._out.append((data, payload if dedup else None, origin, deadline))
-        self.out_bytes += len(data)
+        # The de-duplication key of a long event is a view of the queued
+        # message: keeping the payload too would hold it twice, and only the
+        # message is charged (a view equals and hashes as the bytes).  A
+        # short payload is cheaper to keep than a view (about 180 bytes).
+        key: bytes | memoryview | None = None
         if dedup:
-            self._event_keys[payload] = 1
+            key = payload if length <= _KEY_COPY_MAX else memoryview(data)[HEADER_SIZE:]
+        self._out.append((data, key, origin, deadline))
+        self.out_bytes += len(data)
+        if key is not None:
+            self._event_keys[key] = 1
         return True
 
     def request_done(self) -> None:

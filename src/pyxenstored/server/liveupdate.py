@@ -1,32 +1,48 @@
-"""Live update: CONTROL ``live-update``, the state dump, the exec, the restore.
+"""Live update's session: CONTROL ``live-update``, the switch, the restore.
 
-The old daemon's side (digest 11.1-11.2):
+This module is the session state machine and the server's side of the
+state (its connections, sockets and the exec).  What the state becomes as
+records, and back, is :mod:`pyxenstored.migrate.lu_records`; the check the
+successor runs before the exec is :mod:`.successor`.
 
-* ``-f <file>`` opens a session bound to the requesting connection (one at a
-  time); ``-c <cmdline>`` replaces the new program's arguments; ``-a`` ends
-  the session; ``-s [-F] [-t <sec>] [-v <version>]`` starts the update.  The
-  C texts are kept for every refusal.
-* While a session is open, a TRANSACTION_START from a connection without an
-  open transaction is held back: the connection stalls and the request stays
-  in its pending input (the new daemon runs it).
-* ``-s`` is not answered at once: the loop's ticker evaluates it on every
-  iteration (never blocking) until no transaction is open, or, with ``-F``,
-  every open transaction is older than the timeout; after the timeout
-  without ``-F`` it answers C's reason.
-* Then the switch: the state goes to ``<rundir>/state_dump`` (0600) with the
-  ``OK`` for ``-s`` queued last on its connection; sockets become
-  inheritable (and blocking, as C creates them); the new program is exec'd
-  with the original arguments (or the ``-c`` line) plus ``-U``.
+The session's states and the requests that move it (C's texts for every
+refusal, ``lu.c`` / 4.17 ``xenstored_control.c:do_control_lu``):
 
-Safer than C: when the new program is pyxenstored (a script that names it,
-see :func:`is_pyxenstored`) it is started as ``<file> --check-state -`` when
-the session opens, reads the dump through a pipe while it is written, and
-only its clean restore leads to the exec; otherwise ``-s`` answers why and
-this daemon serves on (an exec that fails leaves it serving too).  Towards
-another program (the C daemon) the stream is written as that reader needs
-it (version 1 for 4.17 unless ``-v 2``, with a placeholder ring connection
-for the privileged domain), and anything it cannot carry is refused unless
-``-F`` (then logged).
+==============  =====================  =========================================
+state           request / event        next state, answer
+==============  =====================  =========================================
+none            ``-f <file>``          open (bound to the requesting
+                                       connection), ``OK``; refused when
+                                       ``<file>`` is not there or not
+                                       executable; pyxenstored's check run
+                                       starts (:mod:`.successor`)
+open            ``-c <cmdline>``       open, ``OK`` (the new arguments)
+open            ``-s [-F] [-t] [-v]``  starting, no answer yet
+open, starting  ``-a``                 none, ``OK`` (a pending ``-s`` gets
+                                       "Cancellation was requested")
+starting        every loop turn        switching when no transaction is open,
+                                       or with ``-F`` every open one is older
+                                       than ``-t``; after ``-t`` without that:
+                                       open, ``-s`` answered with C's reason
+switching       dump, check, exec      the exec: the new daemon answers ``-s``
+                                       ``OK``; any failure: open, ``-s``
+                                       answered with the reason
+any             owner closes           none
+none            ``-c``/``-s``/``-a``   none, C's "not in session" texts
+==============  =====================  =========================================
+
+Other connections, while a session exists: a TRANSACTION_START from a
+connection with no open transaction is held back (the connection stalls,
+the request stays in its pending input; the new daemon runs it); they go
+on when the session ends.  A second ``-f`` is refused while one is open.
+
+The switch: the state goes to ``<rundir>/state_dump`` (0600) with the ``OK``
+for ``-s`` queued last on its connection; sockets become inheritable (and
+blocking, as C creates them); the new program is exec'd with the original
+arguments (or the ``-c`` line) plus ``-U``.  Towards pyxenstored the dump is
+checked by the successor first; towards another program (the C daemon) the
+stream is written as that reader needs it and anything it cannot carry is
+refused unless ``-F`` (then logged) -- see :mod:`~pyxenstored.migrate.lu_records`.
 
 The new daemon's side: :meth:`LiveUpdate.restore` reads the dump, recreates
 every connection on its inherited socket (ring connections through
@@ -44,68 +60,72 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, BinaryIO
-
-if TYPE_CHECKING:
-    # Only the old daemon's side of a switch uses these (imported there): a
-    # new daemon's start-up, part of the blackout, does without them.
-    import queue
-
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from pyxenstored.migrate import (
     DumpError,
     Preserved,
     RestoreError,
-    dump_state,
-    quota_values,
     restore_stream,
 )
-from pyxenstored.migrate.check import CHECK_FAILED, CHECK_OK
+from pyxenstored.migrate.lu_records import (
+    C_DOM0_PORT,
+    Records,
+    c_target_losses,
+    connection_record,
+    live_update_records,
+    renumber_connections,
+    split_messages,
+    split_output,
+    write_state,
+)
 from pyxenstored.server.connection import Connection
 from pyxenstored.server.control_hooks import ServerControlHooks
 from pyxenstored.server.loop import Server
 from pyxenstored.server.socket_transport import SocketTransport
 from pyxenstored.server.storeapi import ResultLike
+from pyxenstored.server.successor import (
+    CHECK_PIPE_SIZE,
+    CHECK_TIMEOUT,
+    SuccessorCheck,
+    is_pyxenstored,
+    run_check,
+)
 from pyxenstored.server.transport import Transport
 from pyxenstored.store import Store
-from pyxenstored.store import quota as q
-from pyxenstored.store.features import SUPPORTED_FEATURES
 from pyxenstored.stream import (
-    CommittedNode,
     ConnectionData,
-    DomainData,
     GlobalData,
-    GlobalQuotaData,
-    NodeData,
-    Record,
     RingSpec,
     SocketSpec,
     StreamWriteError,
-    StreamWriter,
-    TransactionData,
-    UnknownRecord,
-    WatchData,
-    WatchDataExtended,
-    adapt_for_target,
 )
-from pyxenstored.stream.records import CONN_FIELD_UNIQUE_ID, CONN_TYPE_RING, CONN_TYPE_SOCKET
-from pyxenstored.stream.txmarks import is_marks_name
-from pyxenstored.wire import HEADER, HEADER_SIZE, MsgType, XsError, iter_frames
+from pyxenstored.wire import DOMID_INVALID, HEADER, MsgType, XsError
+
+# Importable from here as before the split (users outside this module).
+__all__ = [
+    "CHECK_PIPE_SIZE",
+    "CHECK_TIMEOUT",
+    "C_DOM0_PORT",
+    "DOMID_INVALID",
+    "STATE_FILE",
+    "LiveUpdate",
+    "RingRestorer",
+    "Session",
+    "SuccessorCheck",
+    "Switch",
+    "c_target_losses",
+    "is_pyxenstored",
+    "renumber_connections",
+    "run_check",
+    "split_messages",
+    "write_state",
+]
 
 log = logging.getLogger("pyxenstored.liveupdate")
 
 STATE_FILE = "state_dump"
-#: Seconds the check run of the new program may take.
-CHECK_TIMEOUT = 120.0
-#: Pipe size asked for the check run's standard input (Linux allows 1 MiB unprivileged).
-CHECK_PIPE_SIZE = 1 << 20
-
-#: Local event-channel port named in the placeholder ring connection of the
-#: privileged domain that a C successor needs (the shim's first bound port).
-C_DOM0_PORT = 2
-DOMID_INVALID = 0x7FF4
 
 _CONTROL = int(MsgType.CONTROL)
 _TX_START = int(MsgType.TRANSACTION_START)
@@ -159,6 +179,7 @@ class Switch:
     bytes: int = 0
     target: str = ""
     lost: list[str] = field(default_factory=list)
+    version: int = 0
 
 
 class LiveUpdate:
@@ -407,14 +428,32 @@ class LiveUpdate:
 
     def _switch(self, session: Session) -> None:
         """Dump, check, exec; on any failure answer ``-s`` with the reason and serve on."""
-        started = time.monotonic()
         path = self.state_path()
+        if not self._dump_and_check(session, path):
+            return
+        argv = self.new_argv(session)
+        log.info(
+            "live update: %d bytes of state (%s, v%d) dumped in %.3f s, checked in %.3f s;"
+            " exec at monotonic %.6f: %s",
+            self.last_switch.bytes,
+            self.last_switch.target,
+            self.last_switch.version,
+            self.last_switch.dump_seconds,
+            self.last_switch.check_seconds,
+            time.monotonic(),
+            _shlex_join(argv),
+        )
+        self._exec(session, path, argv)
+
+    def _dump_and_check(self, session: Session, path: str) -> bool:
+        """Write the state to ``path`` and have the successor check it; False: ``-s`` answered."""
+        started = time.monotonic()
         is_py = is_pyxenstored(session.file)
         try:
             records, target, version, lost = self.build_records(session, pyxenstored=is_py)
         except (DumpError, StreamWriteError) as exc:
             self._answer(session, f"Dump state error: {exc}")
-            return
+            return False
         if lost:
             if not session.force:
                 shown = "; ".join(lost[:5]) + (
@@ -425,7 +464,7 @@ class LiveUpdate:
                     f"Live update to {os.path.basename(session.file)} (stream version {version},"
                     f" {target}) would lose: {shown}. Use -F to go on anyway.",
                 )
-                return
+                return False
             for item in lost:
                 log.warning("live update (forced): %s is lost", item)
         checker = session.checker if is_py else None
@@ -437,15 +476,15 @@ class LiveUpdate:
             if checker is not None:
                 checker.cancel()
             self._answer(session, f"{TXT_DUMP_WRITE}: {exc}")
-            return
+            return False
         except OSError as exc:
             _remove(path)
             if checker is not None:
                 checker.cancel()
             self._answer(session, f"{TXT_DUMP_OPEN}: {exc.strerror}")
-            return
+            return False
         dumped = time.monotonic()
-        self.last_switch = Switch(dumped - started, 0.0, size, target, lost)
+        self.last_switch = Switch(dumped - started, 0.0, size, target, lost, version)
         if is_py:
             problem = checker.result() if checker is not None else run_check(session.file, path)
             self.last_switch.check_seconds = time.monotonic() - dumped
@@ -453,19 +492,11 @@ class LiveUpdate:
                 _remove(path)
                 log.error("live update refused by the new program: %s", problem)
                 self._answer(session, f"New program refused the state: {problem}")
-                return
-        argv = self.new_argv(session)
-        log.info(
-            "live update: %d bytes of state (%s, v%d) dumped in %.3f s, checked in %.3f s;"
-            " exec at monotonic %.6f: %s",
-            size,
-            target,
-            version,
-            self.last_switch.dump_seconds,
-            self.last_switch.check_seconds,
-            time.monotonic(),
-            _shlex_join(argv),
-        )
+                return False
+        return True
+
+    def _exec(self, session: Session, path: str, argv: list[str]) -> None:
+        """Hand the sockets over and exec ``argv``; if the exec fails, serve on."""
         self.server.inherit_fds()
         # Hand the sockets over in blocking mode, as the C daemon creates them:
         # O_NONBLOCK belongs to the open file and survives exec, and C 4.17
@@ -511,6 +542,7 @@ class LiveUpdate:
         return out
 
     def _connection_record(self, conn: Connection, session: Session | None) -> ConnectionData:
+        """One live connection as CONNECTION_DATA (the pending ``-s`` OK queued last)."""
         in_data = conn.pending_input()
         out_data = conn.pending_output()
         resp_len = 0
@@ -522,84 +554,36 @@ class LiveUpdate:
         if session is not None and session.conn is conn and session.start is not None:
             req_id, tx_id = session.start
             out_data += HEADER.pack(_CONTROL, req_id, tx_id, len(_OK)) + _OK
-        if len(in_data) > 0xFFFF:
-            raise DumpError(
-                f"connection {conn.conn_id} has {len(in_data)} bytes of pending input (max 65535)"
-            )
         transport = conn.transport
         if isinstance(transport, SocketTransport):
-            return ConnectionData(
-                conn.conn_id,
-                CONN_TYPE_SOCKET,
-                0,
-                SocketSpec(transport.fileno()),
-                in_data,
-                out_data,
-                resp_len,
-            )
-        describe = getattr(transport, "migration_spec", None)
-        if describe is None:
-            raise DumpError(f"connection {conn.conn_id}: its transport cannot be migrated")
-        spec, unique_id = describe()
-        if not isinstance(spec, RingSpec):
-            raise DumpError(f"connection {conn.conn_id}: unknown transport spec {spec!r}")
-        return ConnectionData(
-            conn.conn_id,
-            CONN_TYPE_RING,
-            CONN_FIELD_UNIQUE_ID if unique_id is not None else 0,
-            spec,
-            in_data,
-            out_data,
-            resp_len,
-            unique_id,
-        )
+            spec: SocketSpec | RingSpec = SocketSpec(transport.fileno())
+            unique_id = None
+        else:
+            describe = getattr(transport, "migration_spec", None)
+            if describe is None:
+                raise DumpError(f"connection {conn.conn_id}: its transport cannot be migrated")
+            described, unique_id = describe()
+            if not isinstance(described, RingSpec):
+                raise DumpError(f"connection {conn.conn_id}: unknown transport spec {described!r}")
+            spec = described
+        return connection_record(conn.conn_id, spec, in_data, out_data, resp_len, unique_id)
 
     def build_records(
         self, session: Session | None, *, pyxenstored: bool = True
-    ) -> tuple[Iterable[Record | list[CommittedNode]], str, int, list[str]]:
+    ) -> tuple[Records, str, int, list[str]]:
         """The records to write, their target and version, and what the target loses.
 
-        Towards pyxenstored (version 2) the records are produced while they
-        are written (the successor's check reads them meanwhile); a
-        :class:`DumpError` may then come from the writing.
+        See :func:`~pyxenstored.migrate.lu_records.live_update_records`.
         """
-        listener = _listener_fd(self.server)
-        global_data = GlobalData(listener, self.evtchn_fd)
-        conns = self.connection_records(session)
-        version = session.version if session is not None and session.version else None
-        if pyxenstored:
-            if version != 1:
-                # Committed nodes in runs: no record object per node.
-                runs = dump_state(
-                    self.store,
-                    conns,
-                    global_data=global_data,
-                    preserved=self.preserved,
-                    node_runs=True,
-                )
-                return runs, "spec", version or 2, []
-            lazy = dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
-            # Asked for explicitly: what version 1 cannot carry is a loss.
-            adapted, lost = adapt_for_target(lazy, 1, "spec", lossy=True)
-            return adapted, "spec", 1, lost
-        version = version or 1
-        target = "c-4.17" if version == 1 else "c-head"
-        priv = self.store.config.priv_domid
-        if not any(isinstance(c.spec, RingSpec) and c.spec.domid == priv for c in conns):
-            # The C daemon builds its database when it restores the privileged
-            # domain's ring connection, and 4.17 crashes without one: give it a
-            # placeholder (no hypervisor here: the port is a stand-in).
-            spare = max((c.conn_id for c in conns), default=0) + 1
-            placeholder = ConnectionData(
-                spare, CONN_TYPE_RING, 0, RingSpec(priv, DOMID_INVALID, C_DOM0_PORT)
-            )
-            conns = [placeholder, *conns]
-        records = list(
-            dump_state(self.store, conns, global_data=global_data, preserved=self.preserved)
+        return live_update_records(
+            self.store,
+            self.connection_records(session),
+            global_data=GlobalData(_listener_fd(self.server), self.evtchn_fd),
+            preserved=self.preserved,
+            version=session.version if session is not None and session.version else None,
+            pyxenstored=pyxenstored,
+            startup_quota=self.startup_quota,
         )
-        lost = c_target_losses(records, target, self.startup_quota)
-        out, _dropped = adapt_for_target(records, version, target, lossy=True)
-        return renumber_connections(out), target, version, lost
 
     # --- the new daemon: restore ----------------------------------------------------------
 
@@ -683,13 +667,11 @@ class LiveUpdate:
         conn = self.server.add_connection(transport, domid, conn_id=record.conn_id)
         if record.in_data:
             conn.reader.feed(record.in_data)
-        out = record.out_data
+        fragment, messages = split_output(record)
         if record.out_resp_len:
-            fragment = out[: record.out_resp_len]
             conn.restore_output(fragment)
             self._fragments[conn.conn_id] = fragment
-            out = out[record.out_resp_len :]
-        for message in split_messages(out):
+        for message in messages:
             conn.restore_output(message)
 
 
@@ -733,310 +715,3 @@ def _shlex_join(argv: list[str]) -> str:
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
-
-
-def split_messages(data: bytes) -> list[bytes]:
-    """Complete messages (header + payload) of ``data``; a torn tail stays one piece."""
-    out = []
-    pos = 0
-    end = len(data)
-    for start, _type, _req, _tx, length in iter_frames(data):
-        pos = min(start + HEADER_SIZE + length, end)
-        out.append(data[start:pos])
-    if pos < end:
-        out.append(data[pos:])
-    return out
-
-
-def is_pyxenstored(path: str) -> bool:
-    """Whether ``path`` looks like pyxenstored: a script that names it, or is named so.
-
-    Compiled programs (the C daemon) never are.  A wrong guess towards
-    pyxenstored is caught by its check run, which then refuses the update.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    if not head.startswith(b"#!"):
-        return False
-    return b"pyxenstored" in head or os.path.basename(path).startswith("pyxenstored")
-
-
-class _Tee:
-    """A binary file that also feeds everything written to a checker's pipe."""
-
-    def __init__(self, f: BinaryIO, checker: SuccessorCheck | None) -> None:
-        self.f = f
-        self.checker = checker
-        self.size = 0
-        self._chunks: list[bytes] = []
-        self._pending = 0
-
-    def write(self, data: bytes) -> int:
-        self._chunks.append(data)
-        self._pending += len(data)
-        if self._pending >= 1 << 16:
-            self._push()
-        return len(data)
-
-    def _push(self) -> None:
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._pending = 0
-        self.size += len(data)
-        self.f.write(data)
-        if self.checker is not None:
-            self.checker.feed(data)
-
-    def flush(self) -> None:
-        self._push()
-        self.f.flush()
-
-
-def write_state(
-    path: str,
-    records: Iterable[Record | list[CommittedNode]],
-    version: int,
-    target: str,
-    checker: SuccessorCheck | None = None,
-) -> int:
-    """Write the stream to ``path`` (created 0600, replaced); returns its size.
-
-    With ``checker`` the same bytes go to the successor's check run as they
-    are written, so that writing and checking overlap.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            fd = -1
-            tee = _Tee(f, checker)
-            writer = StreamWriter(tee, version=version, target=target)  # type: ignore[arg-type]
-            writer.write_all(records)
-            writer.close()
-            if checker is not None:
-                checker.done()
-            return tee.size
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-class SuccessorCheck:
-    """``<program> --check-state -``: the successor restores the dump read from a pipe.
-
-    Started when the session opens; :meth:`feed` gives it the stream as it is
-    written, :meth:`result` waits for its verdict.  A thread writes to the
-    pipe, so that the dump never waits for the check run to read: both work
-    at the same time (a pipe holds only 64 KiB, and writing into it directly
-    made the two processes take turns).
-    """
-
-    def __init__(self, program: str) -> None:
-        import fcntl
-        import queue
-        import subprocess
-        import tempfile
-        import threading
-
-        self.program = program
-        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by result()/cancel()
-        self.proc = subprocess.Popen(
-            [program, "--check-state", "-"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-        )
-        self.broken = False
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._closed = False
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError, AttributeError):
-                # Fewer wake-ups of both sides; a smaller pipe works too.
-                fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, CHECK_PIPE_SIZE)
-        self._feeder = threading.Thread(target=self._feed_pipe, name="check-feeder", daemon=True)
-        self._feeder.start()
-
-    def _feed_pipe(self) -> None:
-        """The feeder thread: queued chunks into the pipe, then close it."""
-        stdin = self.proc.stdin
-        while (data := self._queue.get()) is not None:
-            if self.broken or stdin is None:
-                continue
-            try:
-                stdin.write(data)
-            except (BrokenPipeError, ValueError, OSError):
-                self.broken = True  # it stopped reading: its verdict says why
-        if stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                stdin.close()
-
-    def feed(self, data: bytes) -> None:
-        if not self._closed:
-            self._queue.put(data)
-
-    def done(self) -> None:
-        """No more data: the pipe is closed once everything queued is written."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
-
-    def result(self, timeout: float = CHECK_TIMEOUT) -> str | None:
-        """None when the successor restored the state cleanly, else why not.
-
-        Its verdict is read as soon as it comes: the check run prints it and
-        exits, closing its output.  (``Popen.wait`` with a timeout polls,
-        sleeping up to 50 ms at a time: that much added to every blackout.)
-        """
-        import select
-        import subprocess
-
-        self.done()
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        # Its exit counts too (something it started may keep the pipe open).
-        pidfd = -1
-        with contextlib.suppress(OSError, AttributeError):
-            pidfd = os.pidfd_open(self.proc.pid)
-        chunks = []
-        # poll, not select: a daemon with many connections has descriptors
-        # above select's limit of 1024.
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        if pidfd >= 0:
-            poller.register(pidfd, select.POLLIN)
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                ready = [r for r, _ in poller.poll(max(left, 0) * 1000)] if left > 0 else []
-                if not ready:
-                    raise subprocess.TimeoutExpired(self.program, timeout)
-                if fd not in ready:
-                    # It exited: what it wrote is in the pipe already.
-                    os.set_blocking(fd, False)
-                    with contextlib.suppress(BlockingIOError):
-                        while chunk := os.read(fd, 1 << 16):
-                            chunks.append(chunk)
-                    break
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            self.proc.wait(max(deadline - time.monotonic(), 0.0))
-        except subprocess.TimeoutExpired:
-            self.cancel()
-            return f"{self.program} --check-state did not finish within {timeout:.0f} s"
-        finally:
-            if pidfd >= 0:
-                os.close(pidfd)
-        self._feeder.join()
-        out = b"".join(chunks).decode("utf-8", "replace")
-        self.proc.stdout.close()
-        self._err.seek(0)
-        err = self._err.read().decode("utf-8", "replace")
-        self._err.close()
-        return _verdict(self.program, self.proc.returncode, out, err)
-
-    def cancel(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.done()
-        self.proc.wait()
-        # The process is gone: the feeder's writes fail at once and it ends.
-        self._feeder.join()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._err.close()
-
-
-def run_check(program: str, path: str) -> str | None:
-    """Run ``program --check-state path``; None when it restored cleanly, else why not."""
-    import subprocess
-
-    try:
-        done = subprocess.run(
-            [program, "--check-state", path],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=CHECK_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return f"{program} --check-state did not finish within {CHECK_TIMEOUT:.0f} s"
-    except OSError as exc:
-        return f"{program} cannot start: {exc.strerror}"
-    return _verdict(
-        program,
-        done.returncode,
-        done.stdout.decode("utf-8", "replace"),
-        done.stderr.decode("utf-8", "replace"),
-    )
-
-
-def _verdict(program: str, status: int, out: str, err: str) -> str | None:
-    if status == 0 and out.startswith(CHECK_OK):
-        return None
-    for line in out.splitlines():
-        if line.startswith(CHECK_FAILED):
-            return line[len(CHECK_FAILED) :].lstrip(": ")
-    lines = err.strip().splitlines()
-    detail = lines[-1] if lines else "no answer"
-    return f"{program} --check-state exited with status {status}: {detail}"
-
-
-def renumber_connections(records: Iterable[Record]) -> list[Record]:
-    """Connection ids 1, 2, 3... in stream order, as C numbers them when it dumps.
-
-    The ids only link watches (and transactions) to their connection; a C
-    reader gets them the way C itself writes them.
-    """
-    ids: dict[int, int] = {}
-    out: list[Record] = []
-    for r in records:
-        if isinstance(r, ConnectionData):
-            ids[r.conn_id] = len(ids) + 1
-            r = replace(r, conn_id=ids[r.conn_id])
-        elif isinstance(r, (WatchData, WatchDataExtended, TransactionData)) or (
-            isinstance(r, NodeData) and r.conn_id
-        ):
-            r = replace(r, conn_id=ids.get(r.conn_id, r.conn_id))
-        out.append(r)
-    return out
-
-
-def c_target_losses(records: Sequence[Record], target: str, baseline: q.QuotaTable) -> list[str]:
-    """What a C daemon (``c-4.17`` or ``c-head``) started with our arguments would lose.
-
-    Quota equal to the command-line values and the default feature mask are
-    not losses: the new daemon starts with them anyway.
-    """
-    lost: list[str] = []
-    base = {v.name: v.value for v in quota_values(baseline)}
-    for r in records:
-        if isinstance(r, TransactionData):
-            lost.append(f"transaction {r.tx_id} of connection {r.conn_id}")
-        elif isinstance(r, NodeData) and r.conn_id:
-            continue  # reported with its transaction
-        elif target == "c-4.17":
-            if isinstance(r, WatchDataExtended):
-                lost.append(f"depth {r.depth} of watch {r.wpath!r} of connection {r.conn_id}")
-            elif isinstance(r, GlobalQuotaData):
-                for v in r.domain_quota + r.global_quota:
-                    if base.get(v.name) != v.value:
-                        lost.append(f"global quota {v.name}={v.value}")
-            elif isinstance(r, DomainData):
-                if r.features != SUPPORTED_FEATURES:
-                    lost.append(f"features {r.features:#x} of domain {r.domid}")
-                for v in r.quota:
-                    if is_marks_name(v.name):
-                        continue  # a transaction's marks: reported with it
-                    if base.get(v.name) != v.value:
-                        lost.append(f"quota {v.name}={v.value} of domain {r.domid}")
-            elif isinstance(r, UnknownRecord):
-                lost.append(f"record of unknown type {r.type}")
-            elif isinstance(r, ConnectionData) and r.unique_id:
-                lost.append(f"unique-id of connection {r.conn_id}")
-    return lost

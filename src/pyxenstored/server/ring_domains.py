@@ -46,7 +46,7 @@ import os
 
 from pyxenstored.ringpage import RingPage
 from pyxenstored.server.connection import Connection
-from pyxenstored.server.hypervisor import Hypervisor, RingMemory
+from pyxenstored.server.hypervisor import DomainInfo, Hypervisor, RingMemory
 from pyxenstored.server.loop import Server
 from pyxenstored.server.poller import EVENT_READ, EVENT_WRITE
 from pyxenstored.server.ring_transport import RingTransport
@@ -511,9 +511,13 @@ class RingDomains:
 
         C's ``check_domains``: a domain with a record or a ring is dead when
         the hypervisor no longer has it, says it is dying, or has another
-        domain (unique id) under its domid.
+        domain (unique id) under its domid.  A record whose unique id is
+        still unknown (0: made while the hypervisor gave none) takes the one
+        the hypervisor reports now, as ``domain.c:do_check_domain`` does, so
+        that the next reuse of the domid is noticed.
         """
         now = self.hv.domains()
+        self._learn_unique_ids(now)
         config = self.store.config
         known = {domid: dom.unique_id for domid, dom in self.store.domains.items()}
         for domid, serving in self._rings.items():
@@ -538,6 +542,20 @@ class RingDomains:
             if ring is not None:
                 self._drop(ring, "domain died")
         self.server.deliver_events(events)
+
+    def _learn_unique_ids(self, now: dict[int, DomainInfo]) -> None:
+        """Records and rings with no unique id yet take the hypervisor's (see check_domains)."""
+        for domid, info in now.items():
+            if not info.unique_id or info.dying:
+                continue
+            record = self.store.domains.get(domid)
+            ring = self._rings.get(domid)
+            if (record is not None and record.unique_id) or (ring is not None and ring.unique_id):
+                continue  # known: compared, not replaced
+            if record is not None:
+                record.unique_id = info.unique_id
+            if ring is not None:
+                ring.unique_id = info.unique_id
 
     # --- live update ----------------------------------------------------------------------
 

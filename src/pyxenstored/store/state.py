@@ -16,7 +16,7 @@ whether the committed node has changed since the transaction first saw it
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..wire import DOMID_ANY, XsError, canonicalize, implicit_path, parent_of
@@ -298,35 +298,14 @@ def import_transaction(
         if now is not None and not p.changed:
             # Unchanged since first access: the committed node is what it saw.
             tx.first_perms[p.path] = now.perms
-        if not p.written:
-            tx.nodes[p.path] = now.copy() if now is not None and not p.changed else _copy(p.node)
-            continue
-        tx.modified.add(p.path)
-        if p.node is None:
-            tx.nodes[p.path] = None
-            continue
-        # The transaction's generation: no domain record is younger (all are
-        # made by now), so the stale flags the dump wrote stay the only ones,
-        # as before the dump.  Generation 0 would make stale every entry of a
-        # domain whose record came back with a connection.
-        node = Node(p.node.value, p.node.perms, tx.gen)
-        if now is not None:
-            for name in now.children:
-                node.add_child(name)
-        tx.nodes[p.path] = node
-    # Children created or deleted in the transaction, and the queued events.
+        if p.written:
+            tx.modified.add(p.path)
+    tx.nodes.update(transaction_copies(committed.get, pending, tx.gen))
+    # The queued events.
     deleted = {p.path for p in pending if p.written and p.node is None}
     for p in pending:
         if not p.written:
             continue
-        if p.path != "/" and not p.path.startswith("@"):
-            parent = tx.nodes.get(parent_of(p.path))
-            name = p.path[p.path.rfind("/") + 1 :]
-            if parent is not None:
-                if p.node is None:
-                    parent.remove_child(name)
-                else:
-                    parent.add_child(name)
         now = committed.get(p.path)
         if events_known:
             pass
@@ -357,6 +336,49 @@ def import_transaction(
 
 def _copy(node: Node | None) -> Node | None:
     return node.copy() if node is not None else None
+
+
+def transaction_copies(
+    committed: Callable[[str], Node | None], pending: Sequence[PendingNode], gen: int
+) -> dict[str, Node | None]:
+    """The node copies a re-opened transaction holds (see :func:`import_transaction`).
+
+    ``committed``: the committed node at a path (None: absent); ``gen``: the
+    transaction's generation.  Read nodes are the committed node when it has
+    not changed since, else what the stream says; a written node's children
+    are the committed ones adjusted by the transaction's own creations and
+    deletions.  Pure: an importer may price the copies before it changes
+    anything (their :func:`~.transaction.record_cost` is what they are
+    charged).
+    """
+    nodes: dict[str, Node | None] = {}
+    for p in pending:
+        now = committed(p.path)
+        if not p.written:
+            nodes[p.path] = now.copy() if now is not None and not p.changed else _copy(p.node)
+        elif p.node is None:
+            nodes[p.path] = None
+        else:
+            # The transaction's generation: no domain record is younger (all
+            # are made by now), so the stale flags the dump wrote stay the
+            # only ones, as before the dump.  Generation 0 would make stale
+            # every entry of a domain whose record came back with a connection.
+            node = Node(p.node.value, p.node.perms, gen)
+            if now is not None:
+                for name in now.children:
+                    node.add_child(name)
+            nodes[p.path] = node
+    # Children created or deleted in the transaction.
+    for p in pending:
+        if p.written and p.path != "/" and not p.path.startswith("@"):
+            parent = nodes.get(parent_of(p.path))
+            name = p.path[p.path.rfind("/") + 1 :]
+            if parent is not None:
+                if p.node is None:
+                    parent.remove_child(name)
+                else:
+                    parent.add_child(name)
+    return nodes
 
 
 def rebuild_counters(store: Store, tree_usage: dict[int, list[int]] | None = None) -> None:
@@ -412,6 +434,7 @@ __all__ = [
     "import_watch",
     "pending_nodes",
     "rebuild_counters",
+    "transaction_copies",
     "transactions_of",
     "watches_of",
 ]
