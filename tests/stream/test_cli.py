@@ -246,7 +246,7 @@ def test_check_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
             "record": 0,
             "record_type": "NODE_DATA",
             "offset": 16 + 24,
-            "message": "permission 0 letter b'q'",
+            "message": 'permission 0 letter "q"',
         }
     ]
 
