@@ -221,7 +221,7 @@ def test_c_target_refused_when_it_would_lose_state(lu_daemon: LuDaemon) -> None:
     done = d.live_update("-t", "5", program=XEN_BIN / "xenstored")
     assert done.returncode == 3
     text = done.stdout + done.stderr
-    assert "would lose" in text and "depth 2 of watch '/x'" in text
+    assert "would lose" in text and 'depth 2 of watch "/x"' in text
     assert "quota nodes=77 of domain 0" in text
     assert_serves_on(d, pid)
 

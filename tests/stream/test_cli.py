@@ -62,7 +62,7 @@ def test_dump_text_lines(capsys: pytest.CaptureFixture[str], example_file: Path)
     assert lines[0].startswith("xenstore migration stream version 2, little-endian")
     assert lines[1] == "#0 @0x10 GLOBAL_DATA rw-socket-fd=3 evtchn-fd=4"
     assert (
-        "ring domid=1 tdomid=0x7ff4 evtchn=9" in lines[2]
+        "conn-type=ring domid=1 tdomid=0x7ff4 evtchn=9" in lines[2]
         and "unique-id=0x1122334455667788" in lines[2]
     )
     assert 'out="\\000\\000\\000\\000\\a' not in lines[3]  # escapes are C-style, not Python's
@@ -90,7 +90,7 @@ def test_dump_tree_matches_xenstore_ls_of_real_c_dump(
     capsys: pytest.CaptureFixture[str], state: Path
 ) -> None:
     expected = state.with_suffix(".ls").read_text()
-    code, out, _ = run(capsys, "dump", "--tree", str(state))
+    code, out, _ = run(capsys, "dump", "--tree", "-p", str(state))
     assert code == 0
     assert out == expected
 
@@ -166,13 +166,15 @@ def test_json_encoding_is_lossless_for_all_bytes() -> None:
     obj = json.loads(json.dumps(record_to_json(rec)))
     assert obj["type"] == "NODE_DATA" and set(obj) == {
         "type",
-        "conn_id",
-        "tx_id",
+        "conn-id",
+        "tx-id",
         "access",
         "perms",
         "path",
         "value",
+        "value-encoding",
     }
+    assert obj["value-encoding"] == "base64" and obj["perms"] == ["b7!"]
     assert record_from_json(obj) == rec
 
 
@@ -244,7 +246,7 @@ def test_check_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
             "record": 0,
             "record_type": "NODE_DATA",
             "offset": 16 + 24,
-            "message": "permission 0 letter b'q'",
+            "message": 'permission 0 letter "q"',
         }
     ]
 
@@ -318,9 +320,9 @@ def test_convert_for_c_head(
     assert code == 0 and "[watch-ext-c-reader-layout]" in out  # a warning only
     code, out, _ = run(capsys, "diff", str(synth_file), str(out_path))
     assert code == 1
-    assert "- transaction 17 of conn 4" in out
-    assert "- pending node /local/domain/1/attr/os (conn 4 tx 17): deleted" in out
-    assert 'data/progress (conn 4 tx 17): "50%" (n1,r0) access=rw' in out
+    assert "- transaction conn-id=4 tx-id=17" in out
+    assert "- pending node /local/domain/1/attr/os conn-id=4 tx-id=17: deleted" in out
+    assert 'data/progress conn-id=4 tx-id=17: "50%" (n1,r0) access=rw' in out
     assert "node /" not in out.replace("pending node /", "")  # the committed tree is the same
 
 
@@ -352,16 +354,16 @@ def test_diff_reports_semantic_changes(
         if obj["type"] == "NODE_DATA" and obj["path"] == "/local/domain/1/name":
             obj["value"] = "renamed"
         if obj["type"] == "NODE_DATA" and obj["path"] == "/local/domain/2/name":
-            obj["perms"].append({"perm": "r", "flags": 0, "domid": 9})
+            obj["perms"].append("r9")
         if obj["type"] == "NODE_DATA" and obj["path"] == "/local/domain/3/name":
             continue  # removed
         if obj["type"] == "DOMAIN_DATA" and obj["domid"] == 4:
             obj["features"] = 2
-            obj["quota"][0]["value"] = 7
+            obj["quota"]["nodes"] = 7
         if obj["type"] == "WATCH_DATA" and obj["token"] == "domlist":
             obj["token"] = "other"
-        if obj["type"] == "CONNECTION_DATA" and obj["conn_id"] == 2:
-            obj["out_data"] = "x"
+        if obj["type"] == "CONNECTION_DATA" and obj["conn-id"] == 2:
+            obj["out"] = "x"
         edited.append(json.dumps(obj))
     nd = tmp_path / "e.ndjson"
     nd.write_text("\n".join(edited) + "\n")
@@ -372,8 +374,9 @@ def test_diff_reports_semantic_changes(
     assert "~ node /local/domain/2/name: perms (n0,r2) -> (n0,r2,r9)" in out
     assert "- node /local/domain/3/name" in out
     assert "~ domain 4 features" in out and "~ domain 4 quota" in out
-    assert "+ watch conn 2 '@introduceDomain' token 'other'" in out
-    assert "~ connection 2:" in out
+    assert '+ watch conn-id=2 wpath="@introduceDomain" token="other"' in out
+    assert "~ connection conn-id=2: conn-type=" in out
+    assert "RingSpec" not in out and "{" not in out  # no Python reprs
 
 
 # --- stats, synth, errors -----------------------------------------------------------

@@ -243,7 +243,7 @@ def test_records_to_dump() -> None:
         (ConnectionData(9, 5, 0, OpaqueSpec(bytes(8))), "connection 9 of type 5"),
         (ConnectionData(2, 1, 0, SocketSpec(21)), "connection 2 given twice"),
         (ConnectionData(9, 1, 0, SocketSpec(8)), "socket descriptor 8 unusable or reused"),
-        (WatchDataExtended(3, "/x", "d", 1), "depth 1 of watch '/x'"),
+        (WatchDataExtended(3, "/x", "d", 1), 'depth 1 of watch "/x"'),
         (WatchData(42, "/x", "t"), "of connection 42: its connection is left out"),
         (TransactionData(3, 1), "transaction 1 of connection 3"),
         (NodeData(3, 1, 2, N0, "/x", b"new"), "node /x of transaction 1"),
@@ -271,7 +271,7 @@ def test_guest_rings_need_extras_but_dom0_does_not() -> None:
     text = format_dump(out.dump)
     assert b"dom,0,0,0,2\n" in text and b"dom,7," not in text and b"watch,7," not in text
     assert any("domain 7's ring connection" in d for d in out.dropped)
-    assert any("watch 'data' 't1' of connection 2" in d for d in out.dropped)
+    assert any('watch "data" token "t1" of connection 2' in d for d in out.dropped)
 
 
 def test_event_channel_needs_the_dom_exc_port() -> None:

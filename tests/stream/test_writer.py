@@ -215,7 +215,7 @@ def test_adapt_c_head_drops_transactions_and_orders_like_c() -> None:
     ]
     assert dropped == [
         "transaction 5 of connection 1",
-        "node '/local/domain/1/x' of transaction 5 of connection 1",
+        'node "/local/domain/1/x" of transaction 5 of connection 1',
         "DOMAIN_DATA of domain 4 (C HEAD cannot find that domain)",
     ]
     data = write_stream(out, target="c-head")

@@ -1,9 +1,12 @@
 """``xenstore-stream``: open, check, compare and convert migration streams.
 
-Sub-commands: ``dump`` (text, ``--tree`` like ``xenstore-ls -p``, ``--json``
-NDJSON), ``check``, ``convert``, ``diff``, ``stats``, ``build`` (NDJSON back
-to a stream), ``extract`` (one domain's migration stream) and ``synth`` (a
-realistic synthetic stream).  Errors are one
+Sub-commands: ``dump`` (text, ``--tree`` like ``xenstore-ls [-f] [-p] PATH``,
+``--json`` NDJSON), ``check``, ``convert``, ``diff``, ``stats``, ``build``
+(NDJSON back to a stream), ``extract`` (one domain's migration stream) and
+``synth`` (a realistic synthetic stream).  Every input may also be
+oxenstored's state dump, recognised by its first line, where the command
+has a meaning for it; ``-`` is stdin or stdout for every file argument.
+Errors are one
 line on stderr, never a traceback.  Exit codes: 0 success (``check``: clean,
 ``diff``: same), 1 problems found (``check``: errors, ``diff``: different),
 2 the input could not be read or the request could not be done.
@@ -18,32 +21,41 @@ and tree forms in :mod:`~pyxenstored.stream.text`, the NDJSON encoding in
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, TextIO
 
 from pyxenstored import __version__
 from pyxenstored.cli.helptext import Section, epilog
 from pyxenstored.stream import check as checker
+from pyxenstored.stream import oxenstored as ox
+from pyxenstored.stream import oxenstored_text as oxtext
+from pyxenstored.stream.byteorder import swap_pending
 from pyxenstored.stream.convert_bounded import BoundedConverter
-from pyxenstored.stream.diff import StreamState, state_of
-from pyxenstored.stream.diff_bounded import diff_streams
+from pyxenstored.stream.diff import StreamState, change_json, change_text, diff_changes, state_of
+from pyxenstored.stream.diff_bounded import diff_streams_with
 from pyxenstored.stream.ndjson import (
+    header_format,
     header_from_json,
     header_to_json,
     is_header,
     record_from_json,
     record_to_json,
 )
+from pyxenstored.stream.oxenstored_extras import attach_extras, detach_extras
 from pyxenstored.stream.reader import StreamError, StreamReader, decode_record
-from pyxenstored.stream.records import Record
+from pyxenstored.stream.records import End, NodeData, Record, StreamHeader
 from pyxenstored.stream.stats import StreamStats
 from pyxenstored.stream.synth import SynthConfig, write_synth
 from pyxenstored.stream.text import (
+    LsOptions,
+    TreeNode,
     build_tree,
     header_line,
     in_tree_order,
@@ -112,16 +124,157 @@ def _size_of(path: str) -> int | None:
         return None
 
 
-def _open_in(path: str) -> str | IO[bytes]:
-    return sys.stdin.buffer if path == "-" else path
+# --- inputs and outputs: '-' is stdin or stdout for every file argument ----------
+
+STREAM = "stream"
+OXENSTORED = "oxenstored"
+_SNIFF = 32  # enough of the start of a file to tell the formats apart
 
 
-def _reader(path: str) -> StreamReader:
-    if path != "-" and not os.path.exists(path):
-        raise CliError(f"{path}: no such file")
-    if path != "-" and os.path.isdir(path):
-        raise CliError(f"{path}: is a directory")
-    return StreamReader(_open_in(path))
+class _Replay(io.RawIOBase):
+    """A pipe whose first bytes were read to learn its format, given back first."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def sniff(head: bytes) -> str:
+    """The format of a file that starts with ``head``: an oxenstored dump or (else) a stream."""
+    if head.startswith(b"$xenstored") or (head and ox.HEADER.startswith(head)):
+        return OXENSTORED
+    return STREAM
+
+
+def _open_input(path: str) -> tuple[str, IO[bytes]]:
+    """``(format, binary file at its start)`` of ``path`` ('-': stdin)."""
+    if path == "-":
+        raw: IO[bytes] = sys.stdin.buffer
+    else:
+        if not os.path.exists(path):
+            raise CliError(f"{path}: no such file")
+        if os.path.isdir(path):
+            raise CliError(f"{path}: is a directory")
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    head = b""
+    while len(head) < _SNIFF:
+        more = raw.read(_SNIFF - len(head))
+        if not more:
+            break
+        head += more
+    if raw.seekable():
+        raw.seek(0)
+        return sniff(head), raw
+    return sniff(head), io.BufferedReader(_Replay(head, raw))
+
+
+def _reader(path: str, opened: tuple[str, IO[bytes]] | None = None) -> StreamReader:
+    """A reader of the migration stream ``path`` (``opened``: what :func:`_open_input` gave)."""
+    kind, f = opened or _open_input(path)
+    if kind == OXENSTORED:
+        if path != "-":
+            f.close()
+        raise CliError(
+            f"{path}: an oxenstored dump; this command reads migration streams "
+            f"(xenstore-stream convert {path} OUT makes one)"
+        )
+    return _OwningReader(f, path != "-")
+
+
+class _OwningReader(StreamReader):
+    """A reader that closes the file it was given when the file was opened for it."""
+
+    def __init__(self, f: IO[bytes], owned: bool) -> None:
+        self._given = f if owned else None
+        try:
+            super().__init__(f)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        super().close()
+        if self._given is not None:
+            self._given.close()
+            self._given = None
+
+
+def _load_dump(path: str, f: IO[bytes]) -> ox.OxDump:
+    """The oxenstored dump in ``f``; a one-line error when it has no header."""
+    with f if path != "-" else contextlib.nullcontext(f):
+        data = f.read()
+    try:
+        return ox.parse_dump(data)
+    except ox.OxenstoredFormatError as exc:
+        raise CliError(f"{path}: not an oxenstored dump: {exc}") from None
+
+
+def _read_quota(path: str | None) -> ox.OxenstoredQuota | None:
+    """The quota settings of an ``oxenstored.conf`` (``--oxenstored-config``), None without one."""
+    if path is None:
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        quota, problems = ox.parse_config(f.read())
+    for problem in problems:
+        print(f"{PROG}: warning: {path}: {problem}", file=sys.stderr)
+    return quota
+
+
+def _dump_records(
+    path: str, dump: ox.OxDump, quota: ox.OxenstoredQuota | None, lossy: bool
+) -> ox.StreamConversion:
+    """The stream records of an oxenstored dump, its extras inside (``.oxenstored_extras``)."""
+    try:
+        conv = ox.dump_to_records(dump, quota=quota, lossy=lossy)
+    except ox.OxenstoredConversionError as exc:
+        raise CliError(f"{path}: {exc}; --lossy converts anyway") from None
+    records = attach_extras(conv.records, conv.extras)
+    return ox.StreamConversion(tuple(records), conv.extras, conv.dropped)
+
+
+@contextlib.contextmanager
+def _output(path: str, binary_stream: bool = True) -> Iterator[IO[bytes]]:
+    """A binary file for ``path`` ('-': stdout), put in place only when all went well.
+
+    A regular file is written beside (``PATH.tmp``) and renamed over ``path``
+    at the end, so a failure leaves no half-written output; anything else
+    that exists (``/dev/null``, a named pipe) is opened and written as it is.
+    """
+    if path == "-":
+        if binary_stream and sys.stdout.isatty():
+            raise CliError(
+                "will not write a binary stream to a terminal; redirect it or name a file"
+            )
+        sys.stdout.flush()
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    if os.path.exists(path) and not os.path.isfile(path):
+        # a device or a pipe (/dev/null, a FIFO): written in place, never replaced
+        with open(path, "wb") as f:
+            yield f
+        return
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # --- sub-commands ---------------------------------------------------------------
@@ -135,27 +288,28 @@ def _iter_with_progress(reader: StreamReader, progress: Progress) -> Iterator[Re
     progress.done()
 
 
+def _ls_options(args: argparse.Namespace) -> LsOptions:
+    root = args.path or "/"
+    if root != "/" and (not root.startswith("/") or root.endswith("/") or "//" in root):
+        raise CliError(f"{root}: not a node path (absolute, no trailing '/')")
+    return LsOptions(root=root, full_paths=args.full_paths, perms=args.perms)
+
+
+def _check_dump_args(args: argparse.Namespace) -> None:
+    if not args.tree and (args.path or args.full_paths or args.perms or args.silent):
+        raise CliError("PATH, -f, -p and -s go with --tree")
+
+
 def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
+    _check_dump_args(args)
+    kind, f = _open_input(args.file)
+    if kind == OXENSTORED:
+        return _dump_oxenstored(args, _load_dump(args.file, f), out)
+    if args.tree:
+        return _dump_tree(args, _reader(args.file, (kind, f)), out)
     progress = Progress("dump", _size_of(args.file))
-    with _reader(args.file) as reader:
+    with _reader(args.file, (kind, f)) as reader:
         header = reader.header
-        if args.tree:
-            if args.file != "-" and in_tree_order(_iter_with_progress(reader, progress)):
-                # C writes the tree depth-first: print while reading, a second pass
-                with _reader(args.file) as again:
-                    second = _iter_with_progress(again, Progress("dump", _size_of(args.file)))
-                    for line in streamed_tree_lines(second):
-                        out.write(line + "\n")
-                return EXIT_OK
-            if args.file != "-":
-                reader = _reader(args.file)  # read again, keep the whole tree this time
-            with reader:
-                nodes = build_tree(
-                    _iter_with_progress(reader, Progress("dump", _size_of(args.file)))
-                )
-            for line in tree_lines(nodes):
-                out.write(line + "\n")
-            return EXIT_OK
         if args.json:
             out.write(json.dumps(header_to_json(header)) + "\n")
             for record in _iter_with_progress(reader, progress):
@@ -174,17 +328,83 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+class _SeenPath:
+    """Passes records on and notes whether a committed node ``path`` went by."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.seen = path == "/"
+
+    def watch(self, records: Iterable[Record]) -> Iterator[Record]:
+        for r in records:
+            if not self.seen and isinstance(r, NodeData) and not r.conn_id and r.path == self.path:
+                self.seen = True
+            yield r
+
+
+def _dump_tree(args: argparse.Namespace, reader: StreamReader, out: TextIO) -> int:
+    """``dump --tree``: like ``xenstore-ls [-f] [-p] PATH`` on the committed nodes."""
+    options = _ls_options(args)
+    path = args.file
+    if path != "-":
+        seen = _SeenPath(options.root)
+        with reader:
+            records = _iter_with_progress(reader, Progress("dump", _size_of(path)))
+            ordered = in_tree_order(seen.watch(records))
+            for _ in records:  # finish the pass: PATH may come after the order broke
+                pass
+        if ordered:
+            # C writes the tree depth-first: print while reading, a second pass
+            if not seen.seen:
+                raise CliError(f"{path}: no node {options.root}")
+            with _reader(path) as again:
+                second = _iter_with_progress(again, Progress("dump", _size_of(path)))
+                for line in streamed_tree_lines(second, options):
+                    out.write(line + "\n")
+            return EXIT_OK
+        reader = _reader(path)  # read again, keep the whole tree this time
+    with reader:
+        nodes = build_tree(_iter_with_progress(reader, Progress("dump", _size_of(path))))
+    _write_tree(path, nodes, options, out)
+    return EXIT_OK
+
+
+def _write_tree(path: str, nodes: dict[str, TreeNode], options: LsOptions, out: TextIO) -> None:
+    if options.root not in nodes:
+        raise CliError(f"{path}: no node {options.root}")
+    for line in tree_lines(nodes, options):
+        out.write(line + "\n")
+
+
+def _dump_oxenstored(args: argparse.Namespace, dump: ox.OxDump, out: TextIO) -> int:
+    if args.tree:
+        _write_tree(args.file, oxtext.ls_tree(dump), _ls_options(args), out)
+        return EXIT_OK
+    if args.json:
+        out.write(json.dumps(oxtext.header_to_json(dump)) + "\n")
+        for line in dump.lines:
+            out.write(json.dumps(oxtext.line_to_json(line)) + "\n")
+        return EXIT_OK
+    out.write(oxtext.header_text(dump) + "\n")
+    for n, line in dump.numbered():
+        out.write(f"line {n}: {oxtext.line_text(line)}\n")
+    return EXIT_OK
+
+
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     path = args.file
     if path != "-" and not os.path.isfile(path):
         raise CliError(
             f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file"
         )
+    kind, f = _open_input(path)
+    if kind == OXENSTORED:
+        return _check_oxenstored(args, f, out)
     progress = Progress("check", _size_of(path))
     summary = checker.CheckSummary()
     unreadable = False
     try:
-        for diag in checker.check_stream(_open_in(path), summary, progress=progress.update):
+        for diag in checker.check_stream(f, summary, progress=progress.update):
             if diag.rule in ("bad-ident",) or (diag.record is None and diag.rule == "truncated"):
                 unreadable = True
             if args.json:
@@ -193,6 +413,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(f"{path}: {diag}\n")
     finally:
         progress.done()
+        if path != "-":
+            f.close()
     status = (
         f"{path}: {summary.records} records, {summary.errors} errors, {summary.warnings} warnings"
     )
@@ -208,9 +430,62 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _check_oxenstored(args: argparse.Namespace, f: IO[bytes], out: TextIO) -> int:
+    """``check`` of an oxenstored dump: its rules (``oxenstored_check.RULES``), by line."""
+    path = args.file
+    with f if path != "-" else contextlib.nullcontext(f):
+        data = f.read()
+    diags = ox.check_dump(data, _read_quota(args.oxenstored_config))
+    errors = sum(d.severity is checker.Severity.ERROR for d in diags)
+    for d in diags:
+        if args.json:
+            obj = {"rule": d.rule, "severity": str(d.severity), "line": d.line}
+            out.write(json.dumps({**obj, "message": d.message}) + "\n")
+        else:
+            out.write(f"{path}: {d}\n")
+    if any(d.rule == "bad-header" for d in diags):
+        print(f"{PROG}: {path}: not a readable oxenstored dump", file=sys.stderr)
+        return EXIT_FAIL
+    lines = data.count(b"\n") + (not data.endswith(b"\n"))
+    status = (
+        f"{path}: oxenstored dump, {lines} lines, {errors} errors, {len(diags) - errors} warnings"
+    )
+    if errors:
+        print(status, file=sys.stderr)
+        return EXIT_FOUND
+    if not args.json:
+        out.write(status + "\n")
+    return EXIT_OK
+
+
+def _say_dropped(dropped: Iterable[str]) -> None:
+    for what in dropped:
+        print(f"{PROG}: dropped: {what}", file=sys.stderr)
+
+
 def cmd_convert(args: argparse.Namespace, out: TextIO) -> int:
-    reader = _reader(args.input)  # read while writing: bounded memory (stream.convert_bounded)
-    header = reader.header
+    kind, f = _open_input(args.input)
+    if kind == OXENSTORED:
+        dump = _load_dump(args.input, f)
+        if args.to == OXENSTORED:
+            with _output(args.output, binary_stream=False) as dest:
+                dest.write(ox.format_dump(dump))
+            return EXIT_OK
+        conv = _dump_records(args.input, dump, _read_quota(args.oxenstored_config), args.lossy)
+        _say_dropped(conv.dropped)
+        _write_stream(args, StreamHeader(2, 0), conv.records)
+        return EXIT_OK
+    with _reader(args.input, (kind, f)) as reader:
+        if args.to == OXENSTORED:
+            return _convert_to_oxenstored(args, reader.header, list(reader))
+        # Read while writing: bounded memory (stream.convert_bounded).
+        _write_stream(args, reader.header, reader)
+    return EXIT_OK
+
+
+def _write_stream(
+    args: argparse.Namespace, header: StreamHeader, records: Iterable[Record]
+) -> None:
     version = args.version
     if version is None:
         version = 1 if args.target == "c-4.17" else header.version
@@ -222,47 +497,80 @@ def cmd_convert(args: argparse.Namespace, out: TextIO) -> int:
         src_big_endian=header.big_endian,
         big_endian=big,
         new_file=tempfile.TemporaryFile,
-        on_drop=lambda what: print(f"{PROG}: dropped: {what}", file=sys.stderr),
+        on_drop=lambda what: _say_dropped([what]),
     )
-    tmp = args.output + ".tmp" if args.output != "-" else None
+    with (
+        _output(args.output) as dest,
+        StreamWriter(dest, version=version, big_endian=big, target=args.target) as writer,
+    ):
+        for record in converter.convert(records):
+            writer.write(record)
+
+
+def _convert_to_oxenstored(
+    args: argparse.Namespace, header: StreamHeader, records: list[Record]
+) -> int:
+    if header.big_endian:
+        records = [swap_pending(r, True) for r in records]
+    records, extras = detach_extras(records)
     try:
-        with (
-            reader,
-            StreamWriter(
-                tmp if tmp else sys.stdout.buffer,
-                version=version,
-                big_endian=big,
-                target=args.target,
-            ) as writer,
-        ):
-            for record in converter.convert(reader):
-                writer.write(record)
-        if tmp:
-            os.replace(tmp, args.output)
-    finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
+        conv = ox.records_to_dump(records, extras=extras, lossy=True)
+    except ox.OxenstoredConversionError as exc:  # only when lossy is False
+        raise CliError(str(exc)) from None
+    dropped = list(conv.dropped)
+    if conv.quota is not None and args.oxenstored_config is None:
+        dropped.append("quota settings (GLOBAL_QUOTA_DATA): --oxenstored-config FILE keeps them")
+    if dropped and not args.lossy:
+        shown = "; ".join(dropped[:8]) + (
+            f" (and {len(dropped) - 8} more)" if len(dropped) > 8 else ""
+        )
+        raise CliError(
+            f"converting to an oxenstored dump would drop: {shown}; --lossy converts anyway"
+        )
+    _say_dropped(dropped)
+    with _output(args.output, binary_stream=False) as dest:
+        dest.write(ox.format_dump(conv.dump))
+    if conv.quota is not None and args.oxenstored_config is not None:
+        with _output(args.oxenstored_config, binary_stream=False) as dest:
+            dest.write(ox.format_config(conv.quota).encode())
     return EXIT_OK
 
 
 def load_state(path: str) -> StreamState:
-    """The semantic content of the stream in ``path`` (see :mod:`~pyxenstored.stream.diff`)."""
+    """The semantic content of the stream or oxenstored dump in ``path`` (see :mod:`~pyxenstored.stream.diff`)."""
+    kind, f = _open_input(path)
+    if kind == OXENSTORED:
+        # as oxenstored would load it: what it skips is not there
+        return state_of(_dump_records(path, _load_dump(path, f), None, lossy=True).records, False)
     progress = Progress(f"read {path}", _size_of(path))
-    with _reader(path) as reader:
+    with _reader(path, (kind, f)) as reader:
         return state_of(_iter_with_progress(reader, progress), reader.header.big_endian)
 
 
+def _diff_side(path: str, stack: contextlib.ExitStack) -> tuple[Iterable[Record], bool]:
+    """One side of ``diff``: its records and byte order, a stream read as it goes."""
+    kind, f = _open_input(path)
+    if kind == OXENSTORED:
+        # as oxenstored would load it: what it skips is not there
+        return _dump_records(path, _load_dump(path, f), None, lossy=True).records, False
+    reader = stack.enter_context(_reader(path, (kind, f)))
+    progress = Progress(f"read {path}", _size_of(path))
+    return _iter_with_progress(reader, progress), reader.header.big_endian
+
+
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
+    if args.a == "-" and args.b == "-":
+        raise CliError("only one side of diff can be '-' (stdin)")
     different = False
-    with _reader(args.a) as ra, _reader(args.b) as rb:
-        a = _iter_with_progress(ra, Progress(f"read {args.a}", _size_of(args.a)))
-        b = _iter_with_progress(rb, Progress(f"read {args.b}", _size_of(args.b)))
-        lines = diff_streams(
-            a, ra.header.big_endian, b, rb.header.big_endian, tempfile.TemporaryFile
-        )
-        for line in lines:
+    with contextlib.ExitStack() as stack:
+        a, a_big = _diff_side(args.a, stack)
+        b, b_big = _diff_side(args.b, stack)
+        # Bounded memory: both sides spill to temporary files (stream.diff_bounded).
+        changes = diff_streams_with(diff_changes, a, a_big, b, b_big, tempfile.TemporaryFile)
+        for change in changes:
             different = True
-            out.write(line + "\n")
+            text = json.dumps(change_json(change)) if args.json else change_text(change)
+            out.write(text + "\n")
     return EXIT_FOUND if different else EXIT_OK
 
 
@@ -274,6 +582,9 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
             stats.add(r)
         size = reader.offset
         header = reader.header
+    if args.json:
+        out.write(json.dumps(stats.to_json(header, size)) + "\n")
+        return EXIT_OK
     for line in stats.lines(header, size):
         out.write(line + "\n")
     return EXIT_OK
@@ -281,41 +592,71 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     src: IO[str] = sys.stdin if args.ndjson == "-" else open(args.ndjson, encoding="utf-8")  # noqa: SIM115
-    tmp = args.output + ".tmp"
-    try:
-        with src:
-            lines = (line for line in src)
-            first = _next_json(lines, 1)
-            if not is_header(first):
-                raise CliError(f"{args.ndjson}:1: the first line must be the HEADER object")
-            assert isinstance(first, dict)
-            header = header_from_json(first)
-            if header.reserved_flags:
-                raise CliError(f"{args.ndjson}:1: flags {header.flags:#x} has reserved bits set")
-            with StreamWriter(tmp, version=header.version, big_endian=header.big_endian) as writer:
-                for lineno, line in enumerate(lines, start=2):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = record_from_json(json.loads(line))
-                        writer.write(record)
-                    except (ValueError, StreamWriteError) as exc:
-                        raise CliError(f"{args.ndjson}:{lineno}: {exc}") from None
-        os.replace(tmp, args.output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with src:
+        lines = enumerate((line for line in src), start=1)
+        lineno, first = _next_json(lines, args.ndjson)
+        if not is_header(first):
+            raise CliError(
+                f"{args.ndjson}:{lineno}: the first line must be the HEADER object "
+                '(e.g. {"type": "HEADER", "format": 2, "version": 2, "flags": 0})'
+            )
+        assert isinstance(first, dict)
+        try:
+            fmt = header_format(first)
+            if first.get("kind") == oxtext.KIND:
+                return _build_oxenstored(args, first, lines)
+            header = header_from_json({k: v for k, v in first.items() if k != "format"})
+        except ValueError as exc:
+            raise CliError(f"{args.ndjson}:{lineno}: {exc}") from None
+        if header.reserved_flags:
+            raise CliError(f"{args.ndjson}:{lineno}: flags {header.flags:#x} has reserved bits set")
+        with (
+            _output(args.output) as dest,
+            StreamWriter(dest, version=header.version, big_endian=header.big_endian) as writer,
+        ):
+            ended = False
+            for lineno, line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    record = record_from_json(json.loads(line), fmt)
+                    writer.write(record)
+                except (ValueError, StreamWriteError) as exc:
+                    raise CliError(f"{args.ndjson}:{lineno}: {_one_line(exc)}") from None
+                ended = isinstance(record, End)
+            if not ended:  # documented default: the END record closes the stream
+                writer.write(End())
     return EXIT_OK
 
 
-def _next_json(lines: Iterator[str], lineno: int) -> object:
-    for line in lines:
+def _build_oxenstored(
+    args: argparse.Namespace, first: dict[str, object], lines: Iterator[tuple[int, str]]
+) -> int:
+    """``build`` of an oxenstored dump from ``dump --json`` of one."""
+    final = first.get("final-newline", True)
+    if not isinstance(final, bool):
+        raise ValueError("HEADER: final-newline must be true or false")
+    dump_lines = []
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        try:
+            dump_lines.append(oxtext.line_from_json(json.loads(line)))
+        except ValueError as exc:
+            raise CliError(f"{args.ndjson}:{lineno}: {_one_line(exc)}") from None
+    with _output(args.output, binary_stream=False) as dest:
+        dest.write(ox.format_dump(ox.OxDump(tuple(dump_lines), final)))
+    return EXIT_OK
+
+
+def _next_json(lines: Iterator[tuple[int, str]], name: str) -> tuple[int, object]:
+    for lineno, line in lines:
         if line.strip():
             try:
-                return json.loads(line)
+                return lineno, json.loads(line)
             except ValueError as exc:
-                raise CliError(f"line {lineno}: {exc}") from None
-    raise CliError("empty NDJSON input")
+                raise CliError(f"{name}:{lineno}: {exc}") from None
+    raise CliError(f"{name}: empty NDJSON input")
 
 
 def cmd_extract(args: argparse.Namespace, out: TextIO) -> int:
@@ -328,14 +669,8 @@ def cmd_extract(args: argparse.Namespace, out: TextIO) -> int:
             records = extract_domain(reader, args.domain)
         except DomainMigrationError as exc:
             raise CliError(f"{args.file}: {exc}") from None
-    tmp = args.output + ".tmp"
-    try:
-        with StreamWriter(tmp, version=2, big_endian=big) as writer:
-            writer.write_all(records)
-        os.replace(tmp, args.output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with _output(args.output) as dest, StreamWriter(dest, version=2, big_endian=big) as writer:
+        writer.write_all(records)
     print(f"{args.output}: domain {args.domain}, {len(records)} records", file=sys.stderr)
     return EXIT_OK
 
@@ -349,8 +684,11 @@ def cmd_synth(args: argparse.Namespace, out: TextIO) -> int:
         vbds=args.vbds,
         transactions=not args.no_transactions,
     )
-    count = write_synth(args.output, cfg, big_endian=args.endian == "big")
-    print(f"{args.output}: {count} records, {os.path.getsize(args.output)} bytes", file=sys.stderr)
+    with _output(args.output) as dest:
+        count = write_synth(dest, cfg, big_endian=args.endian == "big")  # type: ignore[arg-type]
+        size = dest.tell() if dest.seekable() else None
+    where = f", {size} bytes" if size is not None else ""
+    print(f"{args.output}: {count} records{where}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -378,11 +716,32 @@ def build_parser() -> argparse.ArgumentParser:
     g = d.add_mutually_exclusive_group()
     g.add_argument("--tree", action="store_true", help="committed nodes like 'xenstore-ls -p /'")
     g.add_argument("--json", action="store_true", help="NDJSON, one object per record")
+    d.add_argument("path", nargs="?", help="with --tree: list the nodes under PATH (default /)")
+    d.add_argument(
+        "-f",
+        dest="full_paths",
+        action="store_true",
+        help="with --tree: full paths (xenstore-ls -f)",
+    )
+    d.add_argument(
+        "-p", dest="perms", action="store_true", help="with --tree: permissions (xenstore-ls -p)"
+    )
+    d.add_argument(
+        "-s",
+        dest="silent",
+        action="store_true",
+        help="with --tree: accepted and ignored, as xenstore-ls does since Xen 4.15",
+    )
     d.set_defaults(func=cmd_dump)
 
     c = sub.add_parser("check", help="check against the spec and the C daemon's rules")
     c.add_argument("file", help="stream file ('-' for stdin)")
     c.add_argument("--json", action="store_true", help="one JSON diagnostic per line")
+    c.add_argument(
+        "--oxenstored-config",
+        metavar="CONF",
+        help="oxenstored dump: check it against the quota of this oxenstored.conf",
+    )
     c.set_defaults(func=cmd_check)
 
     v = sub.add_parser("convert", help="change version, byte order or target layout")
@@ -412,11 +771,23 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--lossy", action="store_true", help="drop what the output cannot carry, and say what"
     )
+    v.add_argument(
+        "--to",
+        choices=(STREAM, OXENSTORED),
+        default=STREAM,
+        help="output format: a migration stream (default) or an oxenstored dump",
+    )
+    v.add_argument(
+        "--oxenstored-config",
+        metavar="CONF",
+        help="oxenstored.conf: its quota into the stream (from a dump), or written there (--to oxenstored)",
+    )
     v.set_defaults(func=cmd_convert)
 
     f = sub.add_parser("diff", help="semantic difference of two streams")
-    f.add_argument("a", help="the first stream file ('-' for stdin)")
-    f.add_argument("b", help="the second stream file")
+    f.add_argument("a", help="the first stream or oxenstored dump ('-' for stdin)")
+    f.add_argument("b", help="the second stream or oxenstored dump ('-' for stdin)")
+    f.add_argument("--json", action="store_true", help="one JSON object per difference")
     f.set_defaults(func=cmd_diff)
 
     s = sub.add_parser("stats", help="counts, per-domain usage, largest nodes, quota")
@@ -428,6 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how many largest nodes to list (default 10)",
     )
+    s.add_argument("--json", action="store_true", help="the figures as one JSON object")
     s.set_defaults(func=cmd_stats)
 
     b = sub.add_parser("build", help="write a stream from 'dump --json' output")

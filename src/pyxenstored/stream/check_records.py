@@ -24,6 +24,7 @@ from pyxenstored.wire import (
 )
 
 from . import layout as L
+from .oxenstored_quota import PRIVATE_QUOTA_NAMES
 from .pathtrack import PathTracker
 from .records import (
     ACCESS_READ,
@@ -34,6 +35,7 @@ from .records import (
     PERM_FLAG_STALE,
 )
 from .rules import RULES, CheckSummary, Diagnostic, Severity
+from .text import quote
 from .txmarks import is_marks_name_valid
 
 # A node path: '/' alone or '/'-separated non-empty components of valid characters.
@@ -201,17 +203,20 @@ class RecordRules:
 
     def _quota_name(self, name: bytes, at: int, seen: set[bytes]) -> None:
         if name in seen:
-            self.report("quota-duplicate-name", f"quota name {name!r} appears twice", self.at(at))
+            self.report(
+                "quota-duplicate-name", f"quota name {quote(name)} appears twice", self.at(at)
+            )
         seen.add(name)
         try:
             text = name.decode("utf-8")
         except UnicodeDecodeError as exc:
             self.report("bad-string-encoding", "quota name is not UTF-8", self.at(at + exc.start))
             text = name.decode("ascii", "replace")
-        if text not in KNOWN_QUOTA_NAMES and not is_marks_name_valid(text):
+        known = text in KNOWN_QUOTA_NAMES or text in PRIVATE_QUOTA_NAMES
+        if not known and not is_marks_name_valid(text):
             self.report(
                 "unknown-quota-name",
-                f"quota name {name.decode('ascii', 'replace')!r} is not known to the C daemon",
+                f"quota name {quote(name)} is not known to the C daemon",
                 self.at(at),
             )
 
@@ -542,7 +547,9 @@ class RecordRules:
                 letter, flag, _ = self.layout.perm.unpack_from(buf, start + at)
                 if letter not in _PERM_LETTERS:
                     self.report(
-                        "bad-perm-letter", f"permission {i} letter {bytes([letter])!r}", self.at(at)
+                        "bad-perm-letter",
+                        f"permission {i} letter {quote(bytes([letter]))}",
+                        self.at(at),
                     )
                 if flag & ~PERM_FLAG_STALE:
                     self.report(

@@ -33,6 +33,7 @@ from .oxenstored_format import (
     parse_dump,
 )
 from .oxenstored_quota import OxenstoredQuota
+from .text import quote
 
 E = Severity.ERROR
 W = Severity.WARNING
@@ -273,11 +274,14 @@ class _Walk:
             return
         key = watch_key(line.conn, line.path)
         if key is None:
-            self.report("bad-watch-path", n, f"watch path {line.path!r} of {who}", drop=True)
+            self.report("bad-watch-path", n, f"watch path {quote(line.path)} of {who}", drop=True)
             return
         if (line.conn, key, line.token) in self.watches:
             self.report(
-                "duplicate-watch", n, f"{who} watches {key!r} with {line.token!r} again", drop=True
+                "duplicate-watch",
+                n,
+                f"{who} watches {quote(key)} with {quote(line.token)} again",
+                drop=True,
             )
             return
         count = self.watch_count.get(line.conn, 0)
@@ -294,10 +298,10 @@ class _Walk:
         self.store_lines += 1
         parts = node_components(line.path)
         if parts is None:
-            self.report("bad-path", n, f"node path {line.path!r}", drop=True)
+            self.report("bad-path", n, f"node path {quote(line.path)}", drop=True)
             return
         if line.path.startswith(b"@"):
-            self.report("noncanonical-path", n, f"{line.path!r}")
+            self.report("noncanonical-path", n, f"{quote(line.path)}")
         self.root_line = self.root_line or parts == ()
         shown = (b"/" + b"/".join(parts)).decode("ascii")
         q = self.quota

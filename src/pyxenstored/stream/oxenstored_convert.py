@@ -69,6 +69,7 @@ from .records import (
     WatchData,
     WatchDataExtended,
 )
+from .text import quote
 
 #: The special nodes, as oxenstored stores them (children of the root).
 SPECIAL_PATHS = {"/@introduceDomain": "@introduceDomain", "/@releaseDomain": "@releaseDomain"}
@@ -205,7 +206,9 @@ class _ToStream:
                 self.has_global = True
                 self.socket_fd = line.socket_fd
                 if line.extra:
-                    self.dropped.append(f"line {n}: fields after the global socket: {line.extra}")
+                    self.dropped.append(
+                        f"line {n}: fields after the global socket: {quote(b','.join(line.extra))}"
+                    )
             case EvtchnDevLine():
                 self.has_global = True
                 self.evtchn_fd, self.domexc = line.fd, line.domexc_port
@@ -230,7 +233,7 @@ class _ToStream:
         path, token = _text(line.path), _text(line.token)
         if path is None or token is None:
             self.dropped.append(
-                f"line {n}: watch {line.path!r} {line.token!r}: not a NUL-free UTF-8 string"
+                f"line {n}: watch {quote(line.path)} {quote(line.token)}: not a NUL-free UTF-8 string"
             )
             return
         self.body.append(WatchData(self.conn_ids[line.conn], path, token))
@@ -386,7 +389,7 @@ class _ToDump:
 
     def watch(self, r: WatchData | WatchDataExtended) -> None:
         conn = self.conns.get(r.conn_id)
-        what = f"watch {r.wpath!r} {r.token!r} of connection {r.conn_id}"
+        what = f"watch {quote(r.wpath)} token {quote(r.token)} of connection {r.conn_id}"
         if conn is None:
             self.dropped.append(f"{what}: its connection is left out or unknown")
             return

@@ -37,6 +37,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .text import quote
+
 #: The first line of every dump (``xenstored.ml:DB.dump_format_header``).
 HEADER = b"$xenstored-dump-format"
 
@@ -233,7 +235,7 @@ class _LineError(Exception):
 
 
 def _show(field: bytes, limit: int = 40) -> str:
-    text = repr(field[:limit])
+    text = quote(field[:limit])
     return text + ("..." if len(field) > limit else "")
 
 

@@ -26,6 +26,16 @@ from .records import QuotaValue
 #: implementation-specific name (the spec allows them; other readers
 #: ignore names they do not know).
 OX_MAXWATCHEVENTS = "oxenstored-maxwatchevents"
+#: What an oxenstored dump holds that the stream has no field for, carried
+#: under private names by ``xenstore-stream convert`` (:mod:`.oxenstored_extras`).
+DOMEXC_PORT = "oxenstored:domexc-port"
+RING_MFN_LOW = "oxenstored:ring-mfn-low"
+RING_MFN_HIGH = "oxenstored:ring-mfn-high"
+REMOTE_PORT = "oxenstored:remote-port"
+#: Every quota name with an oxenstored-only meaning (the checker knows them).
+PRIVATE_QUOTA_NAMES = frozenset(
+    {OX_MAXWATCHEVENTS, DOMEXC_PORT, RING_MFN_LOW, RING_MFN_HIGH, REMOTE_PORT}
+)
 
 _U32_MAX = 0xFFFFFFFF
 _OCAML_INT = re.compile(r"[-+]?[0-9]+")
@@ -215,7 +225,12 @@ def quota_from_c(
 
 __all__ = [
     "CONFIG_KEYS",
+    "DOMEXC_PORT",
     "OX_MAXWATCHEVENTS",
+    "PRIVATE_QUOTA_NAMES",
+    "REMOTE_PORT",
+    "RING_MFN_HIGH",
+    "RING_MFN_LOW",
     "OxenstoredQuota",
     "format_config",
     "parse_config",

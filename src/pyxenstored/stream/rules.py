@@ -132,8 +132,8 @@ RULES: dict[str, tuple[Severity, str]] = {
     "quota-duplicate-name": (E, "a quota name appears twice in one record"),
     "unknown-quota-name": (
         W,
-        "quota name unknown to the C daemon (dropped by it) and not pyxenstored's own "
-        "transaction marks",
+        "quota name unknown to the C daemon (dropped by it), not pyxenstored's own "
+        "transaction marks and not one of oxenstored's private names",
     ),
     "features-in-v1": (E, "DOMAIN_DATA features non-zero in a version 1 stream"),
     "domain-duplicate": (E, "DOMAIN_DATA twice for one domain"),

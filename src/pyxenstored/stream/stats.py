@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 from .records import (
     RECORD_TYPES,
@@ -90,6 +91,48 @@ class StreamStats:
         for n, path in sorted(self.largest, reverse=True):
             yield f"  {n:>8}  {path}"
         yield from self._quota_lines()
+
+    def to_json(self, header: StreamHeader, size: int) -> dict[str, Any]:
+        """The report as one JSON object (``stats --json``), the same facts as :meth:`lines`."""
+        defaults = {}
+        if self.global_quota is not None:
+            defaults = {q.name: q.value for q in self.global_quota.domain_quota}
+        owners = [
+            {
+                "domid": dom,
+                "nodes": self.nodes_by_dom[dom],
+                "value-bytes": self.bytes_by_dom[dom],
+                "watches": self.watches_by_dom.get(f"dom{dom}", 0),
+            }
+            for dom in sorted(self.nodes_by_dom)
+        ]
+        features: Counter[int] = Counter(d.features for d in self.domains)
+        special = {
+            str(d.domid): {q.name: q.value for q in d.quota if defaults.get(q.name) != q.value}
+            for d in self.domains
+        }
+        return {
+            "version": header.version,
+            "big-endian": header.big_endian,
+            "records": sum(self.by_type.values()),
+            "bytes": size,
+            "records-by-type": {type_name(t): n for t, n in sorted(self.by_type.items())},
+            "nodes": sum(self.nodes_by_dom.values()),
+            "value-bytes": self.total_value,
+            "by-owner": owners,
+            "watches-by-connection": dict(sorted(self.watches_by_dom.items())),
+            "largest-nodes": [
+                {"path": path, "bytes": n} for n, path in sorted(self.largest, reverse=True)
+            ],
+            "domain-quota": defaults if self.global_quota is not None else None,
+            "global-quota": (
+                {q.name: q.value for q in self.global_quota.global_quota}
+                if self.global_quota is not None
+                else None
+            ),
+            "domain-quota-differences": {d: q for d, q in special.items() if q},
+            "domain-features": {f"{f:#x}": n for f, n in sorted(features.items())},
+        }
 
     def _owner_lines(self) -> Iterator[str]:
         nodes_by_dom = self.nodes_by_dom

@@ -8,6 +8,7 @@ functions print the committed nodes exactly as ``xenstore-ls -p /`` does.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from .records import (
     DEPTH_UNLIMITED,
@@ -76,11 +77,13 @@ def record_line(r: Record) -> str:
     if isinstance(r, ConnectionData):
         spec = r.spec
         if isinstance(spec, RingSpec):
-            where = f"ring domid={spec.domid} tdomid={spec.tdomid:#x} evtchn={spec.evtchn}"
+            where = (
+                f"conn-type=ring domid={spec.domid} tdomid={spec.tdomid:#x} evtchn={spec.evtchn}"
+            )
         elif isinstance(spec, SocketSpec):
-            where = f"socket fd={spec.socket_fd}"
+            where = f"conn-type=socket socket-fd={spec.socket_fd}"
         else:
-            where = f"conn-type={r.conn_type} spec={quote(spec.raw)}"
+            where = f"conn-type={r.conn_type} conn-spec={quote(spec.raw)}"
         text = f"CONNECTION_DATA conn-id={r.conn_id} {where} fields={r.fields:#x}"
         if r.unique_id is not None:
             text += f" unique-id={r.unique_id:#x}"
@@ -104,7 +107,10 @@ def record_line(r: Record) -> str:
             text += f" conn-id={r.conn_id} tx-id={r.tx_id} access={access}{state}"
         return text
     if isinstance(r, GlobalQuotaData):
-        return f"GLOBAL_QUOTA_DATA domain: {quota_text(r.domain_quota)} global: {quota_text(r.global_quota)}"
+        return (
+            f"GLOBAL_QUOTA_DATA domain-quota: {quota_text(r.domain_quota)}"
+            f" global-quota: {quota_text(r.global_quota)}"
+        )
     if isinstance(r, DomainData):
         return f"DOMAIN_DATA domid={r.domid} features={r.features:#x} quota: {quota_text(r.quota)}"
     return f"{type_name(r.type)} len={len(r.body)} body={quote(r.body)}"
@@ -155,31 +161,70 @@ def build_tree(records: Iterable[Record]) -> dict[str, TreeNode]:
 LS_WIDTH = 80  # xenstore-ls when stdout is not a terminal
 _TAG_LEN = len(' = "..."')
 _DESIRED = 60
+_FULL_WIDTH = (2**31 - 1) // 2  # xenstore-ls -f: INT_MAX/2, i.e. no limit
 
 
-def ls_line(name: str, depth: int, value: bytes, perms: Iterable[NodePerm]) -> str:
-    """One line of ``xenstore-ls -p``: indent, name, quoted value, dotted fill, permissions."""
-    max_width = LS_WIDTH
-    line = " " * depth + name[: max(0, max_width - _TAG_LEN - depth)]
-    width = len(line)
+@dataclass(slots=True, frozen=True)
+class LsOptions:
+    """What ``xenstore-ls`` is asked for (``xenstore_client.c``, MODE_ls).
+
+    ``root`` is the PATH argument: its children are listed, not the node
+    itself.  ``full_paths`` is ``-f``: each line starts with the whole path,
+    values are never cut and there is no dotted fill.  ``perms`` is ``-p``:
+    the permissions in brackets at the end, after the dotted fill.
+    """
+
+    root: str = "/"
+    full_paths: bool = False
+    perms: bool = False
+
+
+def ls_line(
+    name: str,
+    depth: int,
+    value: bytes,
+    perms: Iterable[NodePerm],
+    options: LsOptions = LsOptions(perms=True),
+) -> str:
+    """One line of ``xenstore-ls``: indent, name (``-f``: the full path), quoted value, fill, perms."""
+    if options.full_paths:
+        max_width, desired = _FULL_WIDTH, 0
+        line, width = name, 0  # C counts nothing for the path with -f
+    else:
+        max_width, desired = LS_WIDTH, _DESIRED
+        line = " " * depth + name[: max(0, max_width - _TAG_LEN - depth)]
+        width = len(line)
     shown = sanitise(value)
     # C compares the raw length but cuts the escaped text
     if max_width < width + len(value) + _TAG_LEN:
         line += ' = "' + shown[: max(0, max_width - _TAG_LEN - width)] + '\\..."'
     else:
-        line += ' = "' + shown + '" '
-        width = len(line)
-        line += "".join("." if w & 1 else " " for w in range(width, min(_DESIRED, max_width)))
+        width += len(' = "') + len(shown) + 1
+        line += ' = "' + shown + '"'
+        if options.perms:
+            line += " "
+            width += 1
+            line += "".join("." if w & 1 else " " for w in range(width, min(desired, max_width)))
+    if not options.perms:
+        return line
     return line + "  (" + ",".join(f"{p.perm}{p.domid}" for p in perms) + ")"
 
 
-def tree_lines(nodes: dict[str, TreeNode]) -> Iterator[str]:
-    """The lines ``xenstore-ls -p /`` prints for an in-memory tree."""
-    stack: list[tuple[str, int]] = [("/" + name, 0) for name in reversed(nodes["/"].children)]
+def _child_path(parent: str, name: str) -> str:
+    return parent + name if parent.endswith("/") else parent + "/" + name
+
+
+def tree_lines(
+    nodes: dict[str, TreeNode], options: LsOptions = LsOptions(perms=True)
+) -> Iterator[str]:
+    """The lines ``xenstore-ls`` prints for an in-memory tree (KeyError: no ``options.root``)."""
+    root = nodes[options.root]
+    stack = [(_child_path(options.root, name), 0) for name in reversed(root.children)]
     while stack:
         path, depth = stack.pop()
         node = nodes[path]
-        yield ls_line(path[path.rfind("/") + 1 :], depth, node.value, node.perms)
+        name = path if options.full_paths else path[path.rfind("/") + 1 :]
+        yield ls_line(name, depth, node.value, node.perms, options)
         for child in reversed(node.children):
             stack.append((path + "/" + child, depth + 1))
 
@@ -210,10 +255,18 @@ def in_tree_order(records: Iterable[Record]) -> bool:
     return True
 
 
-def streamed_tree_lines(records: Iterable[Record]) -> Iterator[str]:
-    """``xenstore-ls -p`` lines for a stream that is :func:`in_tree_order`, in constant memory."""
+def streamed_tree_lines(
+    records: Iterable[Record], options: LsOptions = LsOptions(perms=True)
+) -> Iterator[str]:
+    """``xenstore-ls`` lines for a stream that is :func:`in_tree_order`, in constant memory."""
+    root = options.root.rstrip("/")
+    prefix = root + "/"
+    base = root.count("/")
     for r in records:
         if _listed(r):
             assert isinstance(r, NodeData)
             path = r.path
-            yield ls_line(path[path.rfind("/") + 1 :], path.count("/") - 1, r.value, r.perms)
+            if not path.startswith(prefix):
+                continue
+            name = path if options.full_paths else path[path.rfind("/") + 1 :]
+            yield ls_line(name, path.count("/") - 1 - base, r.value, r.perms, options)

@@ -61,6 +61,7 @@ from .records import (
     WatchData,
     WatchDataExtended,
 )
+from .text import quote, record_line
 from .txmarks import is_marks_name
 
 TARGET_SPEC = "spec"
@@ -146,13 +147,13 @@ class _Encoder:
             return method(self, record, version, target)
         except struct.error as exc:
             raise StreamWriteError(
-                f"{cls.__name__}: field out of range ({exc}): {record!r}"
+                f"{cls.__name__}: field out of range ({exc}): {record_line(record)}"
             ) from None
 
     def node_data(self, r: NodeData, target: str) -> bytes:
         if r.conn_id and target != TARGET_SPEC:
             raise StreamWriteError(
-                f"target {target} cannot carry pending-transaction node {r.path!r} "
+                f"target {target} cannot carry pending-transaction node {quote(r.path)} "
                 f"(conn-id {r.conn_id}, tx-id {r.tx_id}): C installs it as a committed node"
             )
         perms = r.perms
@@ -305,7 +306,7 @@ class _Encoder:
         if version < VERSION_2:
             raise StreamWriteError(
                 f"WATCH_DATA_EXTENDED is not valid in version {version} "
-                f"(watch {r.wpath!r} token {r.token!r} depth {r.depth})"
+                f"(watch {quote(r.wpath)} token {quote(r.token)} depth {r.depth})"
             )
         if target == TARGET_C_417:
             raise StreamWriteError("target c-4.17 skips WATCH_DATA_EXTENDED")
@@ -544,7 +545,7 @@ def write_stream(
 
 
 def _describe_watch(w: WatchData | WatchDataExtended) -> str:
-    return f"connection {w.conn_id} watch {w.wpath!r} token {w.token!r}"
+    return f"connection {w.conn_id} watch {quote(w.wpath)} token {quote(w.token)}"
 
 
 def _order_like_c(records: list[Record]) -> list[Record]:
@@ -607,7 +608,7 @@ def adapt_record(r: Record, version: int, target: str, dropped: list[str]) -> Re
         dropped.append(f"transaction {r.tx_id} of connection {r.conn_id}")
         return None
     if isinstance(r, NodeData) and r.conn_id:
-        dropped.append(f"node {r.path!r} of transaction {r.tx_id} of connection {r.conn_id}")
+        dropped.append(f"node {quote(r.path)} of transaction {r.tx_id} of connection {r.conn_id}")
         return None
     if isinstance(r, DomainData) and any(is_marks_name(v.name) for v in r.quota):
         # pyxenstored's transaction marks go with the transactions (reported above).
