@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import IO, TextIO
@@ -28,8 +29,9 @@ from typing import IO, TextIO
 from pyxenstored import __version__
 from pyxenstored.cli.helptext import Section, epilog
 from pyxenstored.stream import check as checker
-from pyxenstored.stream.byteorder import swap_pending
-from pyxenstored.stream.diff import StreamState, diff_states, state_of
+from pyxenstored.stream.convert_bounded import BoundedConverter
+from pyxenstored.stream.diff import StreamState, state_of
+from pyxenstored.stream.diff_bounded import diff_streams
 from pyxenstored.stream.ndjson import (
     header_from_json,
     header_to_json,
@@ -49,7 +51,7 @@ from pyxenstored.stream.text import (
     streamed_tree_lines,
     tree_lines,
 )
-from pyxenstored.stream.writer import TARGETS, StreamWriteError, StreamWriter, adapt_for_target
+from pyxenstored.stream.writer import TARGETS, StreamWriteError, StreamWriter
 
 PROG = "xenstore-stream"
 EXIT_OK = 0
@@ -207,24 +209,33 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_convert(args: argparse.Namespace, out: TextIO) -> int:
-    with _reader(args.input) as reader:
-        header = reader.header
-        records = list(reader)
+    reader = _reader(args.input)  # read while writing: bounded memory (stream.convert_bounded)
+    header = reader.header
     version = args.version
     if version is None:
         version = 1 if args.target == "c-4.17" else header.version
     big = header.big_endian if args.endian == "same" else args.endian == "big"
-    if big != header.big_endian:
-        records = [swap_pending(r, header.big_endian) for r in records]
-    converted, dropped = adapt_for_target(records, version, args.target, args.lossy)
-    for what in dropped:
-        print(f"{PROG}: dropped: {what}", file=sys.stderr)
+    converter = BoundedConverter(
+        version=version,
+        target=args.target,
+        lossy=args.lossy,
+        src_big_endian=header.big_endian,
+        big_endian=big,
+        new_file=tempfile.TemporaryFile,
+        on_drop=lambda what: print(f"{PROG}: dropped: {what}", file=sys.stderr),
+    )
     tmp = args.output + ".tmp" if args.output != "-" else None
     try:
-        with StreamWriter(
-            tmp if tmp else sys.stdout.buffer, version=version, big_endian=big, target=args.target
-        ) as writer:
-            for record in converted:
+        with (
+            reader,
+            StreamWriter(
+                tmp if tmp else sys.stdout.buffer,
+                version=version,
+                big_endian=big,
+                target=args.target,
+            ) as writer,
+        ):
+            for record in converter.convert(reader):
                 writer.write(record)
         if tmp:
             os.replace(tmp, args.output)
@@ -242,12 +253,16 @@ def load_state(path: str) -> StreamState:
 
 
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
-    a = load_state(args.a)
-    b = load_state(args.b)
     different = False
-    for line in diff_states(a, b):
-        different = True
-        out.write(line + "\n")
+    with _reader(args.a) as ra, _reader(args.b) as rb:
+        a = _iter_with_progress(ra, Progress(f"read {args.a}", _size_of(args.a)))
+        b = _iter_with_progress(rb, Progress(f"read {args.b}", _size_of(args.b)))
+        lines = diff_streams(
+            a, ra.header.big_endian, b, rb.header.big_endian, tempfile.TemporaryFile
+        )
+        for line in lines:
+            different = True
+            out.write(line + "\n")
     return EXIT_FOUND if different else EXIT_OK
 
 

@@ -420,7 +420,7 @@ def encode_record(
     return _ENCODER_BY_ORDER[big_endian].encode(record, version, target)
 
 
-class _DomainTracker:
+class DomainTracker:
     """Which domains the C HEAD reader knows at each point of the stream (lu.c:lu_read_state)."""
 
     def __init__(self) -> None:
@@ -457,7 +457,7 @@ class StreamWriter:
         self.big_endian = big_endian
         self.target = target
         self._encoder = _ENCODER_BY_ORDER[big_endian]
-        self._domains = _DomainTracker() if target == TARGET_C_HEAD else None
+        self._domains = DomainTracker() if target == TARGET_C_HEAD else None
         self._owns = False
         if isinstance(dest, (str, os.PathLike)):
             self._file: IO[bytes] = open(dest, "wb")  # noqa: SIM115 - closed by close()
@@ -529,7 +529,7 @@ def write_stream(
     version = default_version(target) if version is None else version
     _check_target(version, target)
     encode = _ENCODER_BY_ORDER[big_endian].encode
-    tracker = _DomainTracker() if target == TARGET_C_HEAD else None
+    tracker = DomainTracker() if target == TARGET_C_HEAD else None
     parts = [encode_preamble(version, big_endian)]
     for record in records:
         if tracker is not None:
@@ -585,6 +585,72 @@ def _order_like_c(records: list[Record]) -> list[Record]:
     return out + orphans + middle + domains + ends[:1]
 
 
+def adapt_record(r: Record, version: int, target: str, dropped: list[str]) -> Record | None:
+    """One record as a stream of ``version`` for ``target`` can carry it (None: dropped).
+
+    Appends a description of each piece of lost information to ``dropped``.
+    The record-by-record part of :func:`adapt_for_target` (which adds the C
+    order and the c-head domain rule); the caller checks that ``version``
+    and ``target`` go together (as :class:`StreamWriter` does).
+    """
+    if isinstance(r, WatchDataExtended) and (version < VERSION_2 or target == TARGET_C_417):
+        if r.depth != DEPTH_UNLIMITED:
+            dropped.append(f"depth {r.depth} of {_describe_watch(r)}")
+        return WatchData(r.conn_id, r.wpath, r.token)
+    if target == TARGET_SPEC:
+        if isinstance(r, DomainData) and version < VERSION_2 and r.features:
+            dropped.append(f"features {r.features:#x} of domain {r.domid}")
+            r = replace(r, features=0)
+        return r
+    # Both C targets from here on.
+    if isinstance(r, TransactionData):
+        dropped.append(f"transaction {r.tx_id} of connection {r.conn_id}")
+        return None
+    if isinstance(r, NodeData) and r.conn_id:
+        dropped.append(f"node {r.path!r} of transaction {r.tx_id} of connection {r.conn_id}")
+        return None
+    if isinstance(r, DomainData) and any(is_marks_name(v.name) for v in r.quota):
+        # pyxenstored's transaction marks go with the transactions (reported above).
+        r = replace(r, quota=tuple(v for v in r.quota if not is_marks_name(v.name)))
+    if target == TARGET_C_417:
+        if isinstance(r, GlobalQuotaData):
+            dropped.append("global quota settings (GLOBAL_QUOTA_DATA)")
+            return None
+        if isinstance(r, DomainData):
+            dropped.append(f"quota and features of domain {r.domid} (DOMAIN_DATA)")
+            return None
+        if isinstance(r, UnknownRecord):
+            dropped.append(f"record of unknown type {r.type}")
+            return None
+        if isinstance(r, ConnectionData) and r.unique_id is not None:
+            dropped.append(f"unique-id {r.unique_id:#x} of connection {r.conn_id}")
+            r = replace(r, fields=r.fields & ~CONN_FIELD_UNIQUE_ID, unique_id=None)
+    elif isinstance(r, DomainData) and version < VERSION_2 and r.features:
+        dropped.append(f"features {r.features:#x} of domain {r.domid}")
+        r = replace(r, features=0)
+    return r
+
+
+def c_head_domain_loss(r: Record, tracker: DomainTracker) -> str | None:
+    """Why target c-head must drop ``r`` at this point of the output, or None.
+
+    Call it for each record in output order; it updates ``tracker``.
+    """
+    if isinstance(r, DomainData) and r.domid not in tracker.known:
+        return f"DOMAIN_DATA of domain {r.domid} (C HEAD cannot find that domain)"
+    tracker.see(r)
+    return None
+
+
+def lossy_refusal(version: int, target: str, first: list[str], total: int) -> StreamWriteError:
+    """The error for a conversion that would lose ``total`` things, ``first`` of them named."""
+    shown = "; ".join(first[:5])
+    more = f" (and {total - 5} more)" if total > 5 else ""
+    return StreamWriteError(
+        f"writing version {version} for target {target} would lose: {shown}{more}"
+    )
+
+
 def adapt_for_target(
     records: Iterable[Record], version: int, target: str, lossy: bool
 ) -> tuple[list[Record], list[str]]:
@@ -595,81 +661,47 @@ def adapt_for_target(
     raises :class:`StreamWriteError` naming it instead.  Lossless changes are
     made silently: an unlimited-depth WATCH_DATA_EXTENDED becomes WATCH_DATA
     in version 1, and for the C targets records are put in the C writer's
-    order (``lu.c:lu_dump_state``).
+    order (``lu.c:lu_dump_state``).  (:mod:`.convert_bounded` does the same
+    in bounded memory.)
     """
     _check_target(version, target)
     dropped: list[str] = []
     out: list[Record] = []
     for r in records:
-        if isinstance(r, WatchDataExtended) and (version < VERSION_2 or target == TARGET_C_417):
-            if r.depth != DEPTH_UNLIMITED:
-                dropped.append(f"depth {r.depth} of {_describe_watch(r)}")
-            out.append(WatchData(r.conn_id, r.wpath, r.token))
-            continue
-        if target == TARGET_SPEC:
-            if isinstance(r, DomainData) and version < VERSION_2 and r.features:
-                dropped.append(f"features {r.features:#x} of domain {r.domid}")
-                r = replace(r, features=0)
-            out.append(r)
-            continue
-        # Both C targets from here on.
-        if isinstance(r, TransactionData):
-            dropped.append(f"transaction {r.tx_id} of connection {r.conn_id}")
-            continue
-        if isinstance(r, NodeData) and r.conn_id:
-            dropped.append(f"node {r.path!r} of transaction {r.tx_id} of connection {r.conn_id}")
-            continue
-        if isinstance(r, DomainData) and any(is_marks_name(v.name) for v in r.quota):
-            # pyxenstored's transaction marks go with the transactions (reported above).
-            r = replace(r, quota=tuple(v for v in r.quota if not is_marks_name(v.name)))
-        if target == TARGET_C_417:
-            if isinstance(r, GlobalQuotaData):
-                dropped.append("global quota settings (GLOBAL_QUOTA_DATA)")
-                continue
-            if isinstance(r, DomainData):
-                dropped.append(f"quota and features of domain {r.domid} (DOMAIN_DATA)")
-                continue
-            if isinstance(r, UnknownRecord):
-                dropped.append(f"record of unknown type {r.type}")
-                continue
-            if isinstance(r, ConnectionData) and r.unique_id is not None:
-                dropped.append(f"unique-id {r.unique_id:#x} of connection {r.conn_id}")
-                r = replace(r, fields=r.fields & ~CONN_FIELD_UNIQUE_ID, unique_id=None)
-        elif isinstance(r, DomainData) and version < VERSION_2 and r.features:
-            dropped.append(f"features {r.features:#x} of domain {r.domid}")
-            r = replace(r, features=0)
-        out.append(r)
+        got = adapt_record(r, version, target, dropped)
+        if got is not None:
+            out.append(got)
     if target != TARGET_SPEC:
         out = _order_like_c(out)
     if target == TARGET_C_HEAD:
-        tracker = _DomainTracker()
+        tracker = DomainTracker()
         kept: list[Record] = []
         for r in out:
-            if isinstance(r, DomainData) and r.domid not in tracker.known:
-                dropped.append(f"DOMAIN_DATA of domain {r.domid} (C HEAD cannot find that domain)")
+            loss = c_head_domain_loss(r, tracker)
+            if loss is not None:
+                dropped.append(loss)
                 continue
-            tracker.see(r)
             kept.append(r)
         out = kept
     if dropped and not lossy:
-        shown = "; ".join(dropped[:5])
-        more = f" (and {len(dropped) - 5} more)" if len(dropped) > 5 else ""
-        raise StreamWriteError(
-            f"writing version {version} for target {target} would lose: {shown}{more}"
-        )
+        raise lossy_refusal(version, target, dropped, len(dropped))
     return out, dropped
 
 
 __all__ = [
     "TARGETS",
+    "DomainTracker",
     "TARGET_C_417",
     "TARGET_C_HEAD",
     "TARGET_SPEC",
     "StreamWriteError",
     "StreamWriter",
     "adapt_for_target",
+    "adapt_record",
+    "c_head_domain_loss",
     "default_version",
     "encode_preamble",
     "encode_record",
+    "lossy_refusal",
     "write_stream",
 ]
