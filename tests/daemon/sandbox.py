@@ -90,7 +90,14 @@ def _namespace_error() -> str | None:
 
 
 def require_namespace() -> None:
-    """Skip unless a private mount namespace with a tmpfs /run can be made."""
+    """Skip unless a private mount namespace with a tmpfs /run can be made.
+
+    A plain skip, also in CI (not ``tests.util.require``): CI does not
+    promise root (``scripts/setup.sh`` uses ``sudo`` unless it runs as root),
+    and CI containers commonly refuse ``unshare -m``: a namespace is a
+    property of where the tests run, not something the set-up can install.
+    The reason says which part is missing.
+    """
     error = _namespace_error()
     if error is not None:
         pytest.skip(error)

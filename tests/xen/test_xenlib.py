@@ -26,7 +26,7 @@ from pyxenstored.server.xenlib import (
     XM_STATE_DYING,
     XM_STATE_EXIST,
     XM_STATE_SHUTDOWN,
-    DomainState,
+    HypervisorDominfo,
     Library,
     XenLib,
     XenLibraryError,
@@ -52,16 +52,19 @@ def dominfo(domid: int, flags: int, ssidref: int = 0, reason: int = 0) -> bytes:
 @pytest.mark.parametrize(
     ("flags", "expect"),
     [
-        (0, DomainState(7)),
-        (RUNNING | HVM | HAP, DomainState(7)),
-        (DYING, DomainState(7, dying=True)),
-        (CRASHED, DomainState(7, shutdown=True)),
-        (SHUTDOWN | PAUSED, DomainState(7, shutdown=True)),
-        (XENSTORE | BLOCKED | DEBUGGED, DomainState(7, xenstore=True)),
-        (DYING | SHUTDOWN | XENSTORE, DomainState(7, dying=True, shutdown=True, xenstore=True)),
+        (0, HypervisorDominfo(7)),
+        (RUNNING | HVM | HAP, HypervisorDominfo(7)),
+        (DYING, HypervisorDominfo(7, dying=True)),
+        (CRASHED, HypervisorDominfo(7, shutdown=True)),
+        (SHUTDOWN | PAUSED, HypervisorDominfo(7, shutdown=True)),
+        (XENSTORE | BLOCKED | DEBUGGED, HypervisorDominfo(7, xenstore=True)),
+        (
+            DYING | SHUTDOWN | XENSTORE,
+            HypervisorDominfo(7, dying=True, shutdown=True, xenstore=True),
+        ),
     ],
 )
-def test_xc_dominfo_417_bits(flags: int, expect: DomainState) -> None:
+def test_xc_dominfo_417_bits(flags: int, expect: HypervisorDominfo) -> None:
     assert parse_xc_dominfo(LAYOUT, dominfo(7, flags, ssidref=0xFFFFFFFF, reason=3)) == expect
 
 
@@ -99,11 +102,11 @@ def test_layout_is_the_installed_headers(tmp_path: Path) -> None:
     lines = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()
     got = [parse_xc_dominfo(LAYOUT, bytes.fromhex(line)) for line in lines]
     assert got == [
-        DomainState(0x1234, dying=True),
-        DomainState(5, shutdown=True),
-        DomainState(6, shutdown=True),
-        DomainState(1, xenstore=True),
-        DomainState(2),
+        HypervisorDominfo(0x1234, dying=True),
+        HypervisorDominfo(5, shutdown=True),
+        HypervisorDominfo(6, shutdown=True),
+        HypervisorDominfo(1, xenstore=True),
+        HypervisorDominfo(2),
     ]
     if ctypes.sizeof(ctypes.c_void_p) == 8:
         assert {len(line) // 2 for line in lines} == {LAYOUT.size}
@@ -112,23 +115,23 @@ def test_layout_is_the_installed_headers(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("state", "caps", "expect"),
     [
-        (XM_STATE_EXIST, 0, DomainState(3, unique_id=0xFEDCBA9876543210)),
+        (XM_STATE_EXIST, 0, HypervisorDominfo(3, unique_id=0xFEDCBA9876543210)),
         (
             XM_STATE_EXIST | XM_STATE_SHUTDOWN,
             0,
-            DomainState(3, shutdown=True, unique_id=0xFEDCBA9876543210),
+            HypervisorDominfo(3, shutdown=True, unique_id=0xFEDCBA9876543210),
         ),
         (
             XM_STATE_EXIST | XM_STATE_DYING,
             4,
-            DomainState(3, dying=True, xenstore=True, unique_id=0xFEDCBA9876543210),
+            HypervisorDominfo(3, dying=True, xenstore=True, unique_id=0xFEDCBA9876543210),
         ),
         (XM_STATE_EXIST | XM_STATE_DEAD, 0, None),
         (XM_STATE_DEAD, 0, None),
         (0, 0, None),
     ],
 )
-def test_xenmanage_states(state: int, caps: int, expect: DomainState | None) -> None:
+def test_xenmanage_states(state: int, caps: int, expect: HypervisorDominfo | None) -> None:
     assert parse_xenmanage(3, state, caps, 0xFEDCBA9876543210) == expect
 
 

@@ -708,7 +708,7 @@ def _build_and_run(options: DaemonOptions, readiness: Readiness | None) -> None:
     # of the server, and its start-up is part of the live-update blackout.
     from pyxenstored.server import oxenstored_lu
     from pyxenstored.server.control_hooks import ServerControlHooks
-    from pyxenstored.server.domain_state import DomainState
+    from pyxenstored.server.domain_state import DomainStateControl
     from pyxenstored.server.liveupdate import LiveUpdate
     from pyxenstored.server.loop import Server, ServerConfig
     from pyxenstored.store import Store
@@ -773,7 +773,7 @@ def _build_and_run(options: DaemonOptions, readiness: Readiness | None) -> None:
                 server.listen(options.sock_path)
             except OSError as exc:
                 raise StartError(1, f"cannot listen on {options.sock_path}: {exc}") from None
-        DomainState(server, store, options.rundir, rings).install(hooks)
+        DomainStateControl(server, store, options.rundir, rings).install(hooks)
         server.install_signal_handlers()
         server.run(on_ready=lambda: _announce(options, readiness))
         log.info("stopping on signal %s", server.stop_signal)

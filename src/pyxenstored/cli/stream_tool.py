@@ -716,22 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = d.add_mutually_exclusive_group()
     g.add_argument("--tree", action="store_true", help="committed nodes like 'xenstore-ls -p /'")
     g.add_argument("--json", action="store_true", help="NDJSON, one object per record")
-    d.add_argument("path", nargs="?", help="with --tree: list the nodes under PATH (default /)")
-    d.add_argument(
-        "-f",
-        dest="full_paths",
-        action="store_true",
-        help="with --tree: full paths (xenstore-ls -f)",
-    )
-    d.add_argument(
-        "-p", dest="perms", action="store_true", help="with --tree: permissions (xenstore-ls -p)"
-    )
-    d.add_argument(
-        "-s",
-        dest="silent",
-        action="store_true",
-        help="with --tree: accepted and ignored, as xenstore-ls does since Xen 4.15",
-    )
+    _tree_options(d)
     d.set_defaults(func=cmd_dump)
 
     c = sub.add_parser("check", help="check against the spec and the C daemon's rules")
@@ -747,41 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("convert", help="change version, byte order or target layout")
     v.add_argument("input", help="stream file ('-' for stdin)")
     v.add_argument("output", help="the converted stream ('-' for stdout)")
-    v.add_argument(
-        "--stream-version",
-        "--version",
-        dest="version",
-        type=int,
-        choices=(1, 2),
-        help="the output's stream version (default: the input's; 1 for c-4.17); "
-        "--version is the old spelling",
-    )
-    v.add_argument(
-        "--endian",
-        choices=("little", "big", "same"),
-        default="same",
-        help="the output's byte order (default: same as the input)",
-    )
-    v.add_argument(
-        "--target",
-        choices=TARGETS,
-        default="spec",
-        help="whose layout to write: the spec's, C master's or C 4.17's (default: spec)",
-    )
-    v.add_argument(
-        "--lossy", action="store_true", help="drop what the output cannot carry, and say what"
-    )
-    v.add_argument(
-        "--to",
-        choices=(STREAM, OXENSTORED),
-        default=STREAM,
-        help="output format: a migration stream (default) or an oxenstored dump",
-    )
-    v.add_argument(
-        "--oxenstored-config",
-        metavar="CONF",
-        help="oxenstored.conf: its quota into the stream (from a dump), or written there (--to oxenstored)",
-    )
+    _convert_options(v)
     v.set_defaults(func=cmd_convert)
 
     f = sub.add_parser("diff", help="semantic difference of two streams")
@@ -815,6 +766,74 @@ def build_parser() -> argparse.ArgumentParser:
 
     y = sub.add_parser("synth", help="write a realistic synthetic stream")
     y.add_argument("output", help="the stream to write")
+    _synth_options(y)
+    y.set_defaults(func=cmd_synth)
+    _command_help(sub.choices, {action.dest: action.help for action in sub._choices_actions})
+    return p
+
+
+def _tree_options(d: argparse.ArgumentParser) -> None:
+    """The options of ``dump --tree``, as ``xenstore-ls`` has them."""
+    d.add_argument("path", nargs="?", help="with --tree: list the nodes under PATH (default /)")
+    d.add_argument(
+        "-f",
+        dest="full_paths",
+        action="store_true",
+        help="with --tree: full paths (xenstore-ls -f)",
+    )
+    d.add_argument(
+        "-p", dest="perms", action="store_true", help="with --tree: permissions (xenstore-ls -p)"
+    )
+    d.add_argument(
+        "-s",
+        dest="silent",
+        action="store_true",
+        help="with --tree: accepted and ignored, as xenstore-ls does since Xen 4.15",
+    )
+
+
+def _convert_options(v: argparse.ArgumentParser) -> None:
+    """The options of ``convert`` (besides its files)."""
+    v.add_argument(
+        "--stream-version",
+        "--version",
+        dest="version",
+        type=int,
+        choices=(1, 2),
+        help="the output's stream version (default: the input's; 1 for c-4.17); "
+        "--version is the old spelling",
+    )
+    v.add_argument(
+        "--endian",
+        choices=("little", "big", "same"),
+        default="same",
+        help="the output's byte order (default: same as the input)",
+    )
+    v.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="spec",
+        help="whose layout to write: the spec's, C master's or C 4.17's (default: spec)",
+    )
+    v.add_argument(
+        "--lossy", action="store_true", help="drop what the output cannot carry, and say what"
+    )
+    v.add_argument(
+        "--to",
+        choices=(STREAM, OXENSTORED),
+        default=STREAM,
+        help="output format: a migration stream (default) or an oxenstored dump",
+    )
+    v.add_argument(
+        "--oxenstored-config",
+        metavar="CONF",
+        help="oxenstored.conf: its quota into the stream (from a dump), "
+        "or written there (--to oxenstored)",
+    )
+
+
+def _synth_options(y: argparse.ArgumentParser) -> None:
+    """The options of ``synth`` (besides its output file)."""
     y.add_argument(
         "--domains",
         type=int,
@@ -849,15 +868,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     y.add_argument("--vbds", type=int, default=1, metavar="K", help="disks per guest (default 1)")
     y.add_argument("--no-transactions", action="store_true", help="no pending transaction")
-    y.set_defaults(func=cmd_synth)
+
+
+def _command_help(
+    commands: dict[str, argparse.ArgumentParser], helps: dict[str, str | None]
+) -> None:
+    """Each command's own ``--help``: its one-line help as description, its exit statuses."""
     # argparse keeps a command's one-line help only on the sub-parsers
     # action; it becomes the description of the command's own --help.
-    helps = {action.dest: action.help for action in sub._choices_actions}
-    for name, parser in sub.choices.items():
+    for name, parser in commands.items():
         parser.description = parser.description or helps.get(name)
         parser.epilog = epilog(exit_status(name))
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    return p
 
 
 # What each command's exit statuses 0 and 1 mean, where they say more than

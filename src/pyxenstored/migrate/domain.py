@@ -142,7 +142,7 @@ def remap_events(data: bytes, old: int, new: int) -> bytes:
 
 
 @dataclass(slots=True)
-class DomainState:
+class DomainRecords:
     """One domain's records, grouped (what a migration stream holds)."""
 
     connection: ConnectionData
@@ -189,7 +189,7 @@ def _clean_connection(cd: ConnectionData, domid: int) -> ConnectionData:
     return ConnectionData(cd.conn_id, cd.conn_type, 0, cd.spec, cd.in_data, cd.out_data, 0, None)
 
 
-def group_domain(records: Iterable[Record], domid: int) -> DomainState:
+def group_domain(records: Iterable[Record], domid: int) -> DomainRecords:
     """Pick ``domid``'s records out of a full stream (see :func:`extract_domain`)."""
     home = home_path(domid)
     conn: ConnectionData | None = None
@@ -230,7 +230,7 @@ def group_domain(records: Iterable[Record], domid: int) -> DomainState:
     if conn is None:
         raise DomainMigrationError(f"domain {domid} has no ring connection in the stream")
     cid = conn.conn_id
-    state = DomainState(_clean_connection(conn, domid), domain=domain, nodes=nodes)
+    state = DomainRecords(_clean_connection(conn, domid), domain=domain, nodes=nodes)
     state.watches = [w for w in watches if w.conn_id == cid]
     state.transactions = [(t, pending[(t.conn_id, t.tx_id)]) for t in txs if t.conn_id == cid]
     return state
@@ -299,10 +299,10 @@ class _NewNode:
     node: Node
 
 
-def _parse(records: Iterable[Record]) -> DomainState:
+def _parse(records: Iterable[Record]) -> DomainRecords:
     """A migration stream's records grouped, with its structure checked."""
     conn: ConnectionData | None = None
-    state: DomainState | None = None
+    state: DomainRecords | None = None
     current: list[NodeData] | None = None
     current_key: tuple[int, int] | None = None
     saw_end = False
@@ -315,7 +315,7 @@ def _parse(records: Iterable[Record]) -> DomainState:
             if not r.is_ring or not isinstance(r.spec, RingSpec):
                 raise DomainMigrationError("the stream's connection is not a shared ring")
             conn = r
-            state = DomainState(_clean_connection(r, r.spec.domid))
+            state = DomainRecords(_clean_connection(r, r.spec.domid))
             continue
         if isinstance(r, End):
             saw_end = True
@@ -384,7 +384,7 @@ def _pending_of(
 
 
 def _transactions(
-    store: Store, state: DomainState, old: int, new: int, new_home: str
+    store: Store, state: DomainRecords, old: int, new: int, new_home: str
 ) -> list[tuple[int, list[PendingNode], bool, bool]]:
     """The stream's transactions, moved: (tx id, pending nodes, events known, failed)."""
     marks: dict[tuple[int, int], TransactionMarks] = {}
@@ -486,7 +486,7 @@ def _target(store: Store, new: int) -> tuple[Domain, int]:
 
 
 def _plan_nodes(
-    store: Store, state: DomainState, old: int, new: int
+    store: Store, state: DomainRecords, old: int, new: int
 ) -> tuple[list[_NewNode], Node | None]:
     """The committed nodes, moved: all in the home, the home first, none already there.
 
@@ -536,7 +536,7 @@ def _plan_nodes(
     return planned, old_home_node
 
 
-def _moved_quota(dom: Domain, state: DomainState, version: int) -> tuple[q.QuotaTable, int]:
+def _moved_quota(dom: Domain, state: DomainRecords, version: int) -> tuple[q.QuotaTable, int]:
     """Quota and features follow the domain: the target's table with the stream's values."""
     quota = dom.quota.copy()
     features = dom.features
@@ -552,7 +552,7 @@ def _moved_quota(dom: Domain, state: DomainState, version: int) -> tuple[q.Quota
     return quota, features
 
 
-def _moved_watches(state: DomainState, old: int, new: int) -> list[tuple[str, bytes, int, int]]:
+def _moved_watches(state: DomainRecords, old: int, new: int) -> list[tuple[str, bytes, int, int]]:
     """Watches as ``(wpath, token, depth, charged memory)``.
 
     Absolute paths in the home move, relative ones stay relative.
@@ -678,7 +678,7 @@ def _install_nodes(store: Store, planned: list[_NewNode], old_home: Node | None)
 
 __all__ = [
     "DomainMigrationError",
-    "DomainState",
+    "DomainRecords",
     "ImportedDomain",
     "check_saveable",
     "extract_domain",

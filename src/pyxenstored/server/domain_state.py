@@ -53,8 +53,8 @@ def _text(message: str) -> bytes:
     return message.encode("utf-8", "replace") + b"\0"
 
 
-class DomainState:
-    """The two CONTROL commands for one server, its store and (optionally) its rings."""
+class DomainStateControl:
+    """The domain-state CONTROL commands for one server, its store and (optionally) its rings."""
 
     def __init__(
         self, server: Server, store: Store, base_dir: str, rings: RingDomains | None = None

@@ -60,7 +60,7 @@ from pyxenstored.server.xenlib import (
     VIRQ_DOM_EXC,
     XENEVTCHN_NO_CLOEXEC,
     CFunction,
-    DomainState,
+    HypervisorDominfo,
     XenLib,
     XenLibraryError,
     parse_xc_dominfo,
@@ -127,7 +127,7 @@ class XenHypervisor:
         self._poll = select.poll()
         self._virq = 0
         # xenmanage: domains as last reported (None: not read yet).
-        self._known: dict[int, DomainState] | None = None
+        self._known: dict[int, HypervisorDominfo] | None = None
         self._use_evtchn(xce, None if bind_virq else 0)
 
     # --- opening ------------------------------------------------------------------
@@ -356,12 +356,12 @@ class XenHypervisor:
         state = self._xenmanage_one(domid) if self._xm is not None else self._xenctrl_one(domid)
         return _info(state) if state is not None else None
 
-    def _xenctrl_one(self, domid: int) -> DomainState | None:
+    def _xenctrl_one(self, domid: int) -> HypervisorDominfo | None:
         """C 4.17's ``get_domain_info``: the first domain from ``domid`` on must be it."""
         state = self._xenctrl_from(domid)
         return state if state is not None and state.domid == domid else None
 
-    def _xenctrl_from(self, first: int) -> DomainState | None:
+    def _xenctrl_from(self, first: int) -> HypervisorDominfo | None:
         lib = self._lib
         assert lib.ctrl is not None and lib.dominfo_layout is not None
         buf = ctypes.create_string_buffer(DOMINFO_BUFFER)
@@ -369,7 +369,7 @@ class XenHypervisor:
             return None
         return parse_xc_dominfo(lib.dominfo_layout, memoryview(buf))
 
-    def _xenctrl_states(self) -> list[DomainState]:
+    def _xenctrl_states(self) -> list[HypervisorDominfo]:
         states = []
         domid = 0
         while domid < DOMID_FIRST_RESERVED:
@@ -380,7 +380,7 @@ class XenHypervisor:
             domid = state.domid + 1
         return states
 
-    def _xenmanage_one(self, domid: int) -> DomainState | None:
+    def _xenmanage_one(self, domid: int) -> HypervisorDominfo | None:
         manage = self._lib.manage
         assert manage is not None
         state, caps, unique = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint64()
@@ -390,7 +390,7 @@ class XenHypervisor:
             return None
         return parse_xenmanage(domid, state.value, caps.value, unique.value)
 
-    def _xenmanage_states(self) -> list[DomainState]:
+    def _xenmanage_states(self) -> list[HypervisorDominfo]:
         """Every domain: one sweep the first time, then the changes Xen reports.
 
         libxenmanage has no list; ``xenmanage_poll_changed_domain`` reports
@@ -541,7 +541,7 @@ def _wrap(addr: int, unmap: Callable[[], object]) -> memoryview:
     return memoryview(page).cast("B")
 
 
-def _info(state: DomainState) -> DomainInfo:
+def _info(state: HypervisorDominfo) -> DomainInfo:
     return DomainInfo(state.domid, state.unique_id, state.shutdown, state.dying)
 
 

@@ -171,8 +171,8 @@ _WORD = struct.Struct("=I")
 
 
 @dataclass(slots=True, frozen=True)
-class DomainState:
-    """One domain as a library reported it."""
+class HypervisorDominfo:
+    """One domain as the hypervisor library reported it (its dominfo, cut to what xenstored uses)."""
 
     domid: int
     dying: bool = False
@@ -181,13 +181,15 @@ class DomainState:
     unique_id: int = 0  # 0: the library does not say
 
 
-def parse_xc_dominfo(layout: DominfoLayout, data: bytes | bytearray | memoryview) -> DomainState:
+def parse_xc_dominfo(
+    layout: DominfoLayout, data: bytes | bytearray | memoryview
+) -> HypervisorDominfo:
     """Read one ``xc_dominfo_t`` (at least ``flags + 4`` bytes)."""
     if len(data) < layout.flags + 4:
         raise ValueError(f"an xc_dominfo_t is at least {layout.flags + 4} bytes, not {len(data)}")
     domid: int = _WORD.unpack_from(data, layout.domid)[0]
     flags: int = _WORD.unpack_from(data, layout.flags)[0]
-    return DomainState(
+    return HypervisorDominfo(
         domid,
         dying=bool(flags & layout.dying),
         shutdown=bool(flags & (layout.shutdown | layout.crashed)),
@@ -195,11 +197,11 @@ def parse_xc_dominfo(layout: DominfoLayout, data: bytes | bytearray | memoryview
     )
 
 
-def parse_xenmanage(domid: int, state: int, caps: int, unique_id: int) -> DomainState | None:
+def parse_xenmanage(domid: int, state: int, caps: int, unique_id: int) -> HypervisorDominfo | None:
     """What ``xenmanage_get_domain_info`` says; None for a domain that no longer exists."""
     if not state & XM_STATE_EXIST or state & XM_STATE_DEAD:
         return None
-    return DomainState(
+    return HypervisorDominfo(
         domid,
         dying=bool(state & XM_STATE_DYING),
         shutdown=bool(state & XM_STATE_SHUTDOWN),

@@ -259,6 +259,15 @@ def check_store(store: ControlOps) -> list[str]:
     watch index against the connections.  Unlike C, problems are reported, not repaired.
     """
     problems: list[str] = []
+    _check_tree(store, problems)
+    _check_counters(store, problems)
+    _check_watches(store, problems)
+    _check_transactions(store, problems)
+    return problems
+
+
+def _check_tree(store: ControlOps, problems: list[str]) -> None:
+    """Every node reachable from ``/`` once, its child list right; the special nodes there."""
     nodes = store.nodes
     if "/" not in nodes:
         problems.append("no root node")
@@ -289,6 +298,10 @@ def check_store(store: ControlOps) -> list[str]:
     for special in SPECIAL_NODES:
         if special not in nodes:
             problems.append(f"{special}: special node missing")
+
+
+def _check_counters(store: ControlOps, problems: list[str]) -> None:
+    """Each domain's counters against a recount (open transactions' copies included)."""
     counts = recount(store)
     for domid, dom in store.domains.items():
         nodes_n, watches_n, mem, txs = counts.get(domid, [0, 0, 0, 0])
@@ -304,6 +317,10 @@ def check_store(store: ControlOps) -> list[str]:
     for domid in counts:
         if domid not in store.domains and domid != DOMID_ANY:
             problems.append(f"domain {domid}: owns nodes but has no record")
+
+
+def _check_watches(store: ControlOps, problems: list[str]) -> None:
+    """Each connection's quota domain, and the watch index against the connections."""
     seen = 0
     for conn in store.conns.values():
         if conn.limited is not (None if conn.privileged else conn.domain):
@@ -317,6 +334,10 @@ def check_store(store: ControlOps) -> list[str]:
                 problems.append(f"watch {watch.path} of connection {conn.conn_id} not indexed")
     if seen != store.watches.count:
         problems.append(f"watch index holds {store.watches.count} watches, connections {seen}")
+
+
+def _check_transactions(store: ControlOps, problems: list[str]) -> None:
+    """Each open transaction's charge and count; the write-rate credits of introduced domains."""
     for conn in store.conns.values():
         for tx in conn.transactions.values():
             held = tx.held_memory()
@@ -333,4 +354,3 @@ def check_store(store: ControlOps) -> list[str]:
     for domid, dom in store.domains.items():
         if dom.introduced and domid not in store.wrl:
             problems.append(f"domain {domid}: introduced without write-rate credits")
-    return problems
