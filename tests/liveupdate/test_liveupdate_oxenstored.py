@@ -110,7 +110,7 @@ def test_what_oxenstored_cannot_take_is_named() -> None:
         [*records[:-1], *extra, records[-1]], state.extras, OxenstoredQuota(), startup
     ).lost
     assert "transaction 7 of connection 1" in lost
-    assert any(item.startswith("depth 2 of watch '/tool'") for item in lost)
+    assert any(item.startswith('depth 2 of watch "/tool"') for item in lost)
     assert any(item.startswith("quota nodes=77") for item in lost)
     # Nothing lost: the dump reads back as the same lines.
     again = write_state(state.records, state.extras, OxenstoredQuota(), q.QuotaTable())
@@ -346,7 +346,7 @@ def test_refused_updates_leave_the_daemon_serving(tmp_path: Path) -> None:
         assert own.next_event(5) == WatchEvent("/r", "deep")
         done = ox.to_ox("-t", "10")
         assert done.returncode != 0 and ox.which() == "py"
-        assert "would lose: depth 1 of watch '/r'" in done.stdout + done.stderr
+        assert 'would lose: depth 1 of watch "/r"' in done.stdout + done.stderr
         own.write("/r/b", "2")
         assert own.next_event(5) == WatchEvent("/r/b", "deep")
         done = ox.to_ox("-F", "-t", "10")

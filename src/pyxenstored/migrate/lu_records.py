@@ -62,6 +62,7 @@ from ..stream import (
     adapt_for_target,
 )
 from ..stream.records import CONN_FIELD_UNIQUE_ID, CONN_TYPE_RING, CONN_TYPE_SOCKET
+from ..stream.text import quote
 from ..stream.txmarks import is_marks_name
 from ..wire import DOMID_INVALID, HEADER_SIZE, iter_frames
 from .dump import DumpError, Preserved, dump_state, quota_values
@@ -205,7 +206,7 @@ def c_target_losses(records: Sequence[Record], target: str, baseline: q.QuotaTab
 def _c417_losses(r: Record, base: dict[str, int]) -> list[str]:
     """What C 4.17 cannot carry of one record (beyond open transactions)."""
     if isinstance(r, WatchDataExtended):
-        return [f"depth {r.depth} of watch {r.wpath!r} of connection {r.conn_id}"]
+        return [f"depth {r.depth} of watch {quote(r.wpath)} of connection {r.conn_id}"]
     if isinstance(r, GlobalQuotaData):
         return [
             f"global quota {v.name}={v.value}"
