@@ -6,7 +6,11 @@ functions that behave as the C ones are documented to (``xenevtchn.h``,
 ``xengnttab.h``, ``xenforeignmemory.h``, ``xenctrl.h``, ``xenmanage.h``):
 handles are non-zero integers, failures return 0/NULL or -1 with errno set.
 The event channel is a pipe: a port is four native bytes in it, as the
-Linux driver hands ports out.  Grant and foreign mappings are ``ctypes``
+Linux driver hands ports out.  With ``masking`` set the fake also masks as
+Xen does (``xenevtchn.h``, ``xenevtchn_pending``): a port handed out stays
+masked until ``xenevtchn_unmask``, and kicks meanwhile are held and handed
+out once on the unmask; without it every kick is handed out, as under the
+C reference's test shim.  Grant and foreign mappings are ``ctypes``
 buffers whose addresses the fake returns.  What goes through the real
 libraries (and the shim) is in ``test_xen_daemon.py``.
 """
@@ -60,6 +64,11 @@ class FakeLib:
         self.xm_domains: dict[int, tuple[int, int]] = {}  # domid -> (state, unique id)
         self.xm_changes: list[int] = []
         self.fail: set[str] = set()
+        self.fail_after: dict[str, int] = {}  # name -> calls that succeed before it fails
+        self.masking = False
+        self.masked: set[int] = set()  # handed out, not unmasked yet
+        self.held: set[int] = set()  # kicked while masked
+        self.on_unmask: Callable[[int], None] | None = None
         self.loaded = ["fake"]
         self.dominfo_layout = XC_DOMINFO_LAYOUTS["4.17"]
         self.evtchn = self._table(
@@ -95,6 +104,10 @@ class FakeLib:
     def _record(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any) -> Any:
             self.calls.append((name, *args))
+            if name in self.fail_after:
+                self.fail_after[name] -= 1
+                if self.fail_after[name] < 0:
+                    self.fail.add(name)
             if name in self.fail:
                 self.err = errno.ENOENT
                 return 0 if name.endswith(("open", "map", "map_grant_ref", "range")) else -1
@@ -117,7 +130,13 @@ class FakeLib:
         return [c[1:] for c in self.calls if c[0] == name]
 
     def kick(self, handle: int, *ports: int) -> None:
-        os.write(self.pipes[handle][1], b"".join(PORT.pack(p) for p in ports))
+        for port in ports:
+            if self.masking and port in self.masked:
+                self.held.add(port)
+                continue
+            if self.masking:
+                self.masked.add(port)
+            os.write(self.pipes[handle][1], PORT.pack(port))
 
     # --- libxenevtchn ----------------------------------------------------------------------
 
@@ -165,6 +184,12 @@ class FakeLib:
         return port
 
     def _xenevtchn_unmask(self, h: int, port: int) -> int:
+        self.masked.discard(port)
+        if port in self.held:
+            self.held.discard(port)
+            self.kick(h, port)
+        if self.on_unmask is not None:
+            self.on_unmask(port)
         return 0
 
     # --- libxengnttab, libxenforeignmemory, libxenctrl's mapping ---------------------------
@@ -317,6 +342,39 @@ def test_pending_ports_are_unmasked_once_each_and_bounded(lib: FakeLib, hv: XenH
     first = hv.pending_ports()
     assert first == list(range(1, 65))
     assert hv.pending_ports() == list(range(65, 101))
+
+
+def test_a_kick_right_after_an_unmask_is_not_lost(lib: FakeLib, hv: XenHypervisor) -> None:
+    """Each port read is unmasked once, even when the guest kicks it again meanwhile."""
+    handle = lib.named("xenevtchn_fd")[0][0]
+    lib.masking = True
+    again: list[int] = []
+
+    def guest_kicks_again(port: int) -> None:
+        if port == 5 and not again:
+            again.append(port)
+            lib.kick(handle, 5)
+
+    lib.on_unmask = guest_kicks_again
+    lib.kick(handle, 5, 9)
+    seen = hv.pending_ports()
+    seen += hv.pending_ports()  # whatever the first drain left
+    assert sorted(seen) == [5, 5, 9]
+    assert lib.masked == set()  # nothing left masked: later kicks get through
+    lib.kick(handle, 5)
+    assert hv.pending_ports() == [5]
+    assert lib.masked == set()
+
+
+def test_a_failed_read_still_unmasks_what_was_read(lib: FakeLib, hv: XenHypervisor) -> None:
+    handle = lib.named("xenevtchn_fd")[0][0]
+    lib.masking = True
+    lib.kick(handle, 5, 9)
+    lib.fail_after["xenevtchn_pending"] = 1  # ENOENT: not one a drain ends on
+    with pytest.raises(OSError, match="reading the event channel"):
+        hv.pending_ports()
+    assert [c[1] for c in lib.named("xenevtchn_unmask")] == [5]
+    assert lib.masked == {9}  # queued, never read
 
 
 def test_bind_failure_is_an_oserror(lib: FakeLib, hv: XenHypervisor) -> None:

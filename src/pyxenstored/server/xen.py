@@ -7,10 +7,11 @@ doing what the C daemon does with the same libraries (``domain.c``,
 * event channels (libxenevtchn): one handle opened with
   ``XENEVTCHN_NO_CLOEXEC`` so that it survives a live update's exec, its
   descriptor in the daemon's loop, ``VIRQ_DOM_EXC`` bound on it; a readable
-  descriptor is drained with ``xenevtchn_pending``, each port unmasked at
-  once (before its ring is served, so that a kick meanwhile wakes us again);
-  the library's advice is followed: each ``pending`` call after the first is
-  preceded by a zero-timeout ``poll`` of the descriptor, never a blind read;
+  descriptor is drained with ``xenevtchn_pending``, then each port read is
+  unmasked once (before its ring is served, so that a kick meanwhile wakes
+  us again); the library's advice is followed: each ``pending`` call after
+  the first is preceded by a zero-timeout ``poll`` of the descriptor, never
+  a blind read;
 * ring pages: ``xengnttab_map_grant_ref`` of grant reference 1
   (``GNTTAB_RESERVED_XENSTORE``) read-write; when that fails and INTRODUCE
   named the page's frame, a foreign mapping of that frame
@@ -118,6 +119,9 @@ class XenHypervisor:
         """
         self._lib = lib
         self._ev = lib.evtchn
+        # Looked up once: they are called per kick.
+        self._pending = lib.evtchn["xenevtchn_pending"]
+        self._unmask = lib.evtchn["xenevtchn_unmask"]
         self._xce = xce
         self._xc = xc
         self._xm = xm
@@ -241,25 +245,45 @@ class XenHypervisor:
         return self._fd
 
     def pending_ports(self) -> list[int]:
-        ev = self._ev
-        pending = ev["xenevtchn_pending"]
-        unmask = ev["xenevtchn_unmask"]
+        pending = self._pending
+        poll = self._poll.poll
         xce = self._xce
         ports: list[int] = []
-        # The loop saw the descriptor readable: the first read does not
-        # block; each further one only after poll says there is more.
-        while len(ports) < _PENDING_MAX and (not ports or self._poll.poll(0)):
-            port = pending(xce)
-            if port < 0:
-                err = self._lib.errno()
-                if err in (0, errno.EAGAIN, errno.EINTR):
+        try:
+            # The loop saw the descriptor readable: the first read does not
+            # block; each further one only after poll says there is more
+            # (xenevtchn.h: a non-blocking descriptor may block all the same).
+            while True:
+                port = pending(xce)
+                if port < 0:
+                    err = self._lib.errno()
+                    if err in (0, errno.EAGAIN, errno.EINTR):
+                        break
+                    raise OSError(err, f"reading the event channel: {os.strerror(err)}")
+                ports.append(port)
+                if len(ports) >= _PENDING_MAX or not poll(0):
                     break
-                raise OSError(err, f"reading the event channel: {os.strerror(err)}")
-            if port not in ports:
-                # At once: a kick while the ring is served wakes us again.
-                unmask(xce, port)
-            ports.append(port)
+        finally:
+            self._unmask_all(ports)
         return ports
+
+    def _unmask_all(self, ports: list[int]) -> None:
+        """One unmask per port read, after the drain and before the rings are served.
+
+        A port ``xenevtchn_pending`` returns stays masked until it is
+        unmasked; kicks meanwhile are held and delivered once on unmask
+        (``xenevtchn.h``), so on Xen a port cannot come twice in one drain
+        and each read is answered by one unmask.  Unmasking during the drain
+        instead would let a port come again after its unmask, and skipping
+        the second unmask would leave it masked for good.  Before serving: a
+        kick while the ring is served wakes us again.  (The C reference's
+        test shim hands out every kick, masked or not: there a port may
+        repeat, and one unmask is enough since its unmask does nothing.)
+        """
+        unmask = self._unmask
+        xce = self._xce
+        for port in dict.fromkeys(ports):
+            unmask(xce, port)
 
     def bind_interdomain(self, domid: int, remote_port: int) -> int:
         port: int = self._ev["xenevtchn_bind_interdomain"](self._xce, domid, remote_port)
