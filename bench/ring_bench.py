@@ -11,7 +11,14 @@ guest on ``ring-dom5``.  Measured, each as the median of ``--repeat`` runs of
 * ``seq read`` / ``seq write`` -- one request in flight (a PV driver's
   xenbus calls);
 * ``pipe read dN`` -- N requests in flight, replies matched by id (N above
-  the outstanding quota of 20 exercises the daemon's back-pressure).
+  the outstanding quota of 20 exercises the daemon's back-pressure); the
+  depths are ``--depths``.
+
+Beside the guest's ops/s, over the same runs (medians): the daemon's own
+CPU time per request (all its threads, ``/proc/PID/task/*/schedstat``) --
+the machine's other load slows the guest's clock more than it changes what
+a request costs the daemon -- and its ``read`` calls per request
+(``/proc/PID/io``): reading the guests' kicks is most of them.
 
 Both daemons run at once and their runs alternate, so that the machine's
 other load falls on both alike.  The daemons are pinned to ``--daemon-cpu``,
@@ -20,9 +27,14 @@ reference never notifies guests (its shim drops notifications), so the guest
 polls its page for it; pyxenstored writes to ``notify-dom5`` and the guest
 sleeps on that FIFO.  ``pyxenstored-xen`` is pyxenstored on its Xen backend
 under the C reference's shim (the libraries' calls answered as for C, so
-no notifications either: the guest polls, as for C).  Run::
+no notifications either: the guest polls, as for C).  ``pyxenstored-polled``
+is pyxenstored on ``sim`` with a guest that polls as it must for the other
+two (it opens no notification FIFO): beside ``pyxenstored`` it shows what
+the guest's way of waiting costs, beside ``pyxenstored-xen`` what the
+backend costs.  Run::
 
     python bench/ring_bench.py --duration 2 --repeat 3
+    python bench/ring_bench.py --daemons pyxenstored-polled,pyxenstored-xen --depths 4,16,64
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyxenstored.client import Client, Perm, create_ring_page
@@ -51,8 +64,8 @@ VALUE = b"v" * 32
 
 
 @contextlib.contextmanager
-def reference(cpu: str) -> Iterator[str]:
-    """The C reference serving rings in a fresh dir; yields the dir."""
+def reference(cpu: str) -> Iterator[tuple[str, int]]:
+    """The C reference serving rings in a fresh dir; yields the dir and its pid."""
     runner = REFERENCE_RUNNER
     if not runner.exists():
         raise SystemExit(peer_missing(runner))
@@ -67,14 +80,15 @@ def reference(cpu: str) -> Iterator[str]:
     pid = int(out.stdout.split()[-1])
     subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(pid)], capture_output=True)
     try:
-        yield ring_dir
+        yield ring_dir, pid
     finally:
         subprocess.run([str(runner), "stop", ring_dir], capture_output=True, timeout=30)
         shutil.rmtree(ring_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def pyxenstored(cpu: str, backend: str = "sim") -> Iterator[str]:
+def pyxenstored(cpu: str, backend: str = "sim") -> Iterator[tuple[str, int]]:
+    """pyxenstored on ``backend`` serving rings in a fresh dir; yields the dir and its pid."""
     ring_dir = tempfile.mkdtemp(prefix="rb-py-", dir="/tmp")
     env = dict(os.environ)
     env.pop("XENSTORED_PATH", None)
@@ -117,7 +131,7 @@ def pyxenstored(cpu: str, backend: str = "sim") -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("pyxenstored did not start")
             time.sleep(0.02)
-        yield ring_dir
+        yield ring_dir, proc.pid  # taskset execs the daemon: one pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -134,15 +148,38 @@ def accepts(path: str) -> bool:
     return True
 
 
-def introduce(ring_dir: str) -> Client:
-    """What a toolstack does; returns the guest's client on its ring."""
+def introduce(ring_dir: str, notify: bool = True) -> Client:
+    """What a toolstack does; returns the guest's client on its ring.
+
+    ``notify`` False: the guest opens no notification FIFO and polls its page.
+    """
     with Client.connect_socket(os.path.join(ring_dir, "socket"), timeout=20) as dom0:
         create_ring_page(ring_dir, GUEST)
         home = f"/local/domain/{GUEST}"
         dom0.mkdir(home)
         dom0.set_perms(home, [Perm("n", GUEST)])
         dom0.introduce(GUEST, 1, PORT)
-    return Client.connect_ring(ring_dir, GUEST, PORT, timeout=20)
+    return Client.connect_ring(ring_dir, GUEST, PORT, timeout=20, notify=notify)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all of ``pid``'s threads so far (scheduler statistics, in ns)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def read_calls(pid: int) -> int:
+    """``read`` system calls ``pid`` made so far (-1: not readable here)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("syscr:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
 
 
 def seq_read(guest: Client, until: float) -> int:
@@ -181,23 +218,61 @@ def pipe_read(depth: int) -> Callable[[Client, float], int]:
     return run
 
 
+@dataclass(slots=True, frozen=True)
+class Daemon:
+    """One daemon under test: its guest and its pid."""
+
+    guest: Client
+    pid: int
+
+
+Table = dict[str, dict[str, float]]
+
+
 def measure(
-    guests: dict[str, Client],
+    daemons: dict[str, Daemon],
     tests: list[tuple[str, Callable[[Client, float], int]]],
     args: argparse.Namespace,
-) -> dict[str, dict[str, float]]:
-    """Median ops/s per daemon and test; the daemons' runs are interleaved."""
-    runs: dict[str, dict[str, list[float]]] = {n: {t: [] for t, _ in tests} for n in guests}
+) -> tuple[Table, Table, Table]:
+    """Median ops/s, daemon CPU us and reads per op, per daemon and test.
+
+    The daemons' runs are interleaved.
+    """
+    rates: dict[str, dict[str, list[float]]] = {n: {t: [] for t, _ in tests} for n in daemons}
+    costs: dict[str, dict[str, list[float]]] = {n: {t: [] for t, _ in tests} for n in daemons}
+    reads: dict[str, dict[str, list[float]]] = {n: {t: [] for t, _ in tests} for n in daemons}
     for test, fn in tests:
-        for guest in guests.values():
-            fn(guest, time.monotonic() + 0.2)  # warm-up
+        for daemon in daemons.values():
+            fn(daemon.guest, time.monotonic() + 0.2)  # warm-up
         for _ in range(args.repeat):
             # Alternating daemons spreads the machine's other load over both.
-            for name, guest in guests.items():
+            for name, daemon in daemons.items():
+                cpu = cpu_seconds(daemon.pid)
+                calls = read_calls(daemon.pid)
                 start = time.monotonic()
-                done = fn(guest, start + args.duration)
-                runs[name][test].append(done / (time.monotonic() - start))
+                done = fn(daemon.guest, start + args.duration)
+                rates[name][test].append(done / (time.monotonic() - start))
+                costs[name][test].append((cpu_seconds(daemon.pid) - cpu) / done * 1e6)
+                reads[name][test].append((read_calls(daemon.pid) - calls) / done)
+    return _medians(rates), _medians(costs), _medians(reads)
+
+
+def _medians(runs: dict[str, dict[str, list[float]]]) -> Table:
     return {n: {t: statistics.median(v) for t, v in per.items()} for n, per in runs.items()}
+
+
+def print_table(title: str, table: Table, names: list[str], tests: list[str], fmt: str) -> None:
+    print(title)
+    print(
+        f"{'test':<16}"
+        + "".join(f"{n:>19}" for n in names)
+        + (f"{'2nd/1st':>9}" if len(names) == 2 else "")
+    )
+    for test in tests:
+        row = f"{test:<16}" + "".join(f"{table[n][test]:>19{fmt}}" for n in names)
+        if len(names) == 2 and table[names[0]][test]:
+            row += f"{table[names[1]][test] / table[names[0]][test]:>9.2f}"
+        print(row)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,46 +284,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--daemons",
         default="reference,pyxenstored",
-        help="which daemons, comma separated (reference, pyxenstored, pyxenstored-xen)",
+        help="which daemons, comma separated (reference, pyxenstored, pyxenstored-polled,"
+        " pyxenstored-xen)",
+    )
+    parser.add_argument(
+        "--depths",
+        default="16,64",
+        help="requests in flight for the pipelined tests, comma separated",
+    )
+    parser.add_argument(
+        "--no-seq", action="store_true", help="leave out the one-request-in-flight tests"
     )
     args = parser.parse_args(argv)
+    try:
+        depths = [int(d) for d in args.depths.split(",") if d.strip()]
+    except ValueError:
+        parser.error(f"--depths: not a list of numbers: {args.depths}")
+    if any(d < 1 for d in depths):
+        parser.error("--depths: each depth is at least 1")
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {args.guest_cpu})
-    tests: list[tuple[str, Callable[[Client, float], int]]] = [
-        ("seq read", seq_read),
-        ("seq write", seq_write),
-        ("pipe read d16", pipe_read(16)),
-        ("pipe read d64", pipe_read(64)),
-    ]
-    starters: dict[str, Callable[[str], contextlib.AbstractContextManager[str]]] = {
-        "reference": reference,
-        "pyxenstored": pyxenstored,
-        "pyxenstored-xen": lambda cpu: pyxenstored(cpu, "xen"),
+    tests: list[tuple[str, Callable[[Client, float], int]]] = []
+    if not args.no_seq:
+        tests += [("seq read", seq_read), ("seq write", seq_write)]
+    tests += [(f"pipe read d{d}", pipe_read(d)) for d in depths]
+    # name -> (starter, whether the guest sleeps on the notification FIFO)
+    starters: dict[
+        str, tuple[Callable[[str], contextlib.AbstractContextManager[tuple[str, int]]], bool]
+    ] = {
+        "reference": (reference, True),
+        "pyxenstored": (pyxenstored, True),
+        "pyxenstored-polled": (pyxenstored, False),
+        "pyxenstored-xen": (lambda cpu: pyxenstored(cpu, "xen"), True),
     }
     names = [n.strip() for n in args.daemons.split(",") if n.strip()]
     for name in names:
         if name not in starters:
             parser.error(f"unknown daemon {name!r}")
     with contextlib.ExitStack() as stack:
-        guests: dict[str, Client] = {}
+        daemons: dict[str, Daemon] = {}
         for name in names:
-            ring_dir = stack.enter_context(starters[name](args.daemon_cpu))
-            guest = introduce(ring_dir)
+            start, notify = starters[name]
+            ring_dir, pid = stack.enter_context(start(args.daemon_cpu))
+            guest = introduce(ring_dir, notify)
             stack.callback(guest.close)
             guest.write("bench/value", VALUE)
-            guests[name] = guest
-        table = measure(guests, tests, args)
-    print(f"guest ops/s over a ring (median of {args.repeat} x {args.duration:g} s)")
-    print(
-        f"{'test':<16}"
-        + "".join(f"{n:>16}" for n in names)
-        + (f"{'py/C':>8}" if len(names) == 2 else "")
-    )
-    for test, _fn in tests:
-        row = f"{test:<16}" + "".join(f"{table[n][test]:>16,.0f}" for n in names)
-        if len(names) == 2 and table[names[0]][test]:
-            row += f"{table[names[1]][test] / table[names[0]][test]:>8.2f}"
-        print(row)
+            daemons[name] = Daemon(guest, pid)
+        rates, costs, reads = measure(daemons, tests, args)
+    labels = [t for t, _ in tests]
+    runs = f"median of {args.repeat} x {args.duration:g} s"
+    print_table(f"guest ops/s over a ring ({runs})", rates, names, labels, ",.0f")
+    print()
+    print_table(f"daemon CPU us per request ({runs})", costs, names, labels, ".2f")
+    print()
+    print_table(f"daemon read calls per request ({runs})", reads, names, labels, ".2f")
     return 0
 
 
