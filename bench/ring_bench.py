@@ -14,13 +14,17 @@ guest on ``ring-dom5``.  Measured, each as the median of ``--repeat`` runs of
   the outstanding quota of 20 exercises the daemon's back-pressure); the
   depths are ``--depths``.
 
-Beside the guest's ops/s, over the same runs (medians): the daemon's own
-CPU time per request (all its threads, ``/proc/PID/task/*/schedstat``) --
-the machine's other load slows the guest's clock more than it changes what
-a request costs the daemon -- and its ``read`` calls per request
-(``/proc/PID/io``): reading the guests' kicks is most of them.
+Beside the guest's ops/s, over the same runs (medians):
 
-Both daemons run at once and their runs alternate, so that the machine's
+* the daemon's own CPU time per request (all its threads,
+  ``/proc/PID/task/*/schedstat``): the machine's other load slows the
+  guest's clock more than it changes what a request costs the daemon;
+* its ``read`` calls per request (``/proc/PID/io``): reading the guests'
+  kicks is most of them;
+* the share of the run it was busy (CPU time over the run's time): below 1
+  with requests still to come, it waited for the guest.
+
+The daemons run at once and their runs alternate, so that the machine's
 other load falls on both alike.  The daemons are pinned to ``--daemon-cpu``,
 the guest to ``--guest-cpu``.  The C
 reference never notifies guests (its shim drops notifications), so the guest
@@ -233,14 +237,15 @@ def measure(
     daemons: dict[str, Daemon],
     tests: list[tuple[str, Callable[[Client, float], int]]],
     args: argparse.Namespace,
-) -> tuple[Table, Table, Table]:
-    """Median ops/s, daemon CPU us and reads per op, per daemon and test.
+) -> tuple[Table, Table, Table, Table]:
+    """Median ops/s, daemon CPU us and reads per op, and daemon busy share, per daemon and test.
 
     The daemons' runs are interleaved.
     """
     rates: dict[str, dict[str, list[float]]] = {n: {t: [] for t, _ in tests} for n in daemons}
     costs: dict[str, dict[str, list[float]]] = {n: {t: [] for t, _ in tests} for n in daemons}
     reads: dict[str, dict[str, list[float]]] = {n: {t: [] for t, _ in tests} for n in daemons}
+    busy: dict[str, dict[str, list[float]]] = {n: {t: [] for t, _ in tests} for n in daemons}
     for test, fn in tests:
         for daemon in daemons.values():
             fn(daemon.guest, time.monotonic() + 0.2)  # warm-up
@@ -251,10 +256,13 @@ def measure(
                 calls = read_calls(daemon.pid)
                 start = time.monotonic()
                 done = fn(daemon.guest, start + args.duration)
-                rates[name][test].append(done / (time.monotonic() - start))
-                costs[name][test].append((cpu_seconds(daemon.pid) - cpu) / done * 1e6)
+                elapsed = time.monotonic() - start
+                cpu = cpu_seconds(daemon.pid) - cpu
+                rates[name][test].append(done / elapsed)
+                costs[name][test].append(cpu / done * 1e6)
                 reads[name][test].append((read_calls(daemon.pid) - calls) / done)
-    return _medians(rates), _medians(costs), _medians(reads)
+                busy[name][test].append(cpu / elapsed)
+    return _medians(rates), _medians(costs), _medians(reads), _medians(busy)
 
 
 def _medians(runs: dict[str, dict[str, list[float]]]) -> Table:
@@ -330,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(guest.close)
             guest.write("bench/value", VALUE)
             daemons[name] = Daemon(guest, pid)
-        rates, costs, reads = measure(daemons, tests, args)
+        rates, costs, reads, busy = measure(daemons, tests, args)
     labels = [t for t, _ in tests]
     runs = f"median of {args.repeat} x {args.duration:g} s"
     print_table(f"guest ops/s over a ring ({runs})", rates, names, labels, ",.0f")
@@ -338,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(f"daemon CPU us per request ({runs})", costs, names, labels, ".2f")
     print()
     print_table(f"daemon read calls per request ({runs})", reads, names, labels, ".2f")
+    print()
+    print_table(f"daemon busy, CPU time / run time ({runs})", busy, names, labels, ".2f")
     return 0
 
 
