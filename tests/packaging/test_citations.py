@@ -41,12 +41,17 @@ OPENABLE = re.compile(
 )
 
 
+def _generated(path: Path) -> bool:
+    """Build output in the tree (byte code, an editable install's metadata)."""
+    return "__pycache__" in path.parts or any(p.endswith(".egg-info") for p in path.parts)
+
+
 def scanned_files() -> Iterator[Path]:
     for top in TOPS:
         if not (REPO / top).is_dir():  # scripts/ and .ci/ are not in the sdist
             continue
         for path in sorted((REPO / top).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path != SELF:
+            if path.is_file() and path != SELF and not _generated(path):
                 yield path
     for name in TOP_FILES:
         if (REPO / name).is_file():
