@@ -77,15 +77,14 @@ def client_env(sock: str, base: Mapping[str, str] | None = None) -> dict[str, st
 
 
 def shim_environment(
-    ring_dir: str | Path, domains: Iterable[int] | str, *, debug: bool = True, preload: bool = True
+    ring_dir: str | Path, ids: str, *, debug: bool = True, preload: bool = True
 ) -> dict[str, str]:
-    """What the shim (xsshim.c) needs to play Xen: its ring dir and the domains that exist.
+    """What the shim (xsshim.c) needs to play Xen: its ring dir and the domids that exist.
 
-    ``preload``: also load the shim (for pyxenstored's Xen backend; the
-    runners of the C reference load it themselves).  ``debug``: its lines in
-    the daemon's log.
+    ``ids``: ``XS_SHIM_DOMAINS`` (:func:`domids`).  ``preload``: also load
+    the shim (for pyxenstored's Xen backend; the runners of the C reference
+    load it themselves).  ``debug``: its lines in the daemon's log.
     """
-    ids = domains if isinstance(domains, str) else ",".join(map(str, domains))
     env = {"XS_SHIM_RINGDIR": str(ring_dir), "XS_SHIM_DOMAINS": ids}
     if preload:
         env["LD_PRELOAD"] = str(require_shim())
@@ -240,6 +239,7 @@ def start_pyxenstored(
     *extra: str,
     hypervisor: str | None = None,
     ring_dir: str | Path | None = None,
+    domains: Sequence[int] | str | None = None,
     env: Mapping[str, str] | None = None,
     log: str | Path | None = None,
     program: Sequence[str] = PYXENSTORED,
@@ -254,6 +254,12 @@ def start_pyxenstored(
 ) -> Launched:
     """Start pyxenstored serving ``rundir/socket`` and wait until it is ready.
 
+    Guests on rings in ``ring_dir``: on the simulated hypervisor (``sim`` or
+    the default) it gets ``--ring-dir`` and ``domains`` is written to
+    ``ring_dir/domains``; on ``xen`` the shim plays Xen in ``ring_dir`` (the
+    run dir when None) with the domids of ``domains`` (see
+    :func:`domains_file`).
+
     ``log``: append its stdout and stderr there and wait for the socket to
     accept; None: give it pipes and wait for its ``XENSTORED_PATH=`` line
     (the test may read the lines after it from ``proc.stdout``).
@@ -262,39 +268,23 @@ def start_pyxenstored(
     it must listen when not ``rundir/socket`` (its environment says so).
     """
     sock = sock or os.path.join(rundir, "socket")
+    ring_option = None
+    if hypervisor == "xen":
+        ids = domids((0,) if domains is None else domains)
+        env = clean_env(base=env, **shim_environment(ring_dir or rundir, ids))
+    elif ring_dir is not None:
+        if domains is not None:
+            Path(ring_dir, "domains").write_text(domains_file(domains))
+        ring_option = ring_dir
     cmd = pyxenstored_command(
         rundir if rundir_option else None,
         *extra,
         hypervisor=hypervisor,
-        ring_dir=ring_dir,
+        ring_dir=ring_option,
         program=program,
         cpus=cpus,
     )
-    penv = None if env is None else dict(env)
-    if log is None:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=penv,
-            preexec_fn=preexec,
-            start_new_session=new_session,
-            cwd=cwd,
-        )
-    else:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=penv,
-                preexec_fn=preexec,
-                start_new_session=new_session,
-                cwd=cwd,
-            )
+    proc = _spawn(cmd, env, log, preexec, new_session, cwd)
     daemon = Launched(
         kind,
         Path(rundir),
@@ -314,6 +304,54 @@ def start_pyxenstored(
         daemon.stop(signal.SIGKILL)
         raise
     return daemon
+
+
+def domains_file(domains: Sequence[int] | str) -> str:
+    """The simulated hypervisor's ``DIR/domains``: a line per domain (``domid [unique-id]``)."""
+    return domains if isinstance(domains, str) else "".join(f"{d}\n" for d in domains)
+
+
+def domids(domains: Sequence[int] | str) -> str:
+    """The shim's ``XS_SHIM_DOMAINS``: the domids alone (its list is fixed, without unique ids)."""
+    if isinstance(domains, str):
+        return ",".join(line.split()[0] for line in domains.splitlines() if line.strip())
+    return ",".join(map(str, domains))
+
+
+def _spawn(
+    cmd: list[str],
+    env: Mapping[str, str] | None,
+    log: str | Path | None,
+    preexec: Callable[[], None] | None,
+    new_session: bool,
+    cwd: str | None,
+) -> subprocess.Popen[str]:
+    """Start ``cmd``: output appended to ``log``, or in pipes when None."""
+    penv = None if env is None else dict(env)
+    if log is None:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=penv,
+            preexec_fn=preexec,
+            start_new_session=new_session,
+            cwd=cwd,
+        )
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=penv,
+            preexec_fn=preexec,
+            start_new_session=new_session,
+            cwd=cwd,
+        )
 
 
 def _wait_announced(daemon: Launched, timeout: float) -> None:
@@ -400,7 +438,7 @@ def start_reference(
     *extra: str,
     env: Mapping[str, str] | None = None,
     ring_dir: str | Path | None = None,
-    domains: Iterable[int] | str = (0,),
+    domains: Sequence[int] | str = (0,),
     debug: bool = False,
     cpus: str | None = None,
     optional: bool = False,
@@ -411,7 +449,9 @@ def start_reference(
     shim's domain list ``domains``.  ``extra``: arguments of xenstored.
     """
     if ring_dir is not None:
-        env = clean_env(base=env, **shim_environment(ring_dir, domains, debug=debug, preload=False))
+        env = clean_env(
+            base=env, **shim_environment(ring_dir, domids(domains), debug=debug, preload=False)
+        )
     return start_peer(
         REFERENCE_RUNNER,
         XEN_BIN / "xenstored",

@@ -144,13 +144,13 @@ def test_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
     require((XEN_BIN / "xenstored").exists(), "xen-utils-4.17 xenstored")
     installed = subprocess.run([str(REFERENCE_RUNNER), "install"], capture_output=True, text=True)
     require(installed.returncode == 0 and shim_library().exists(), "the xsshim LD_PRELOAD library")
-    from tests.liveupdate.conftest import start_pyxenstored
+    from tests.liveupdate.conftest import start_lu_daemon
 
     run = tmp_path / "run"
     daemon_env = dict(os.environ, XENSTORED_RUNDIR=str(run), LD_PRELOAD=str(shim_library()))
     daemon_env.setdefault("XS_SHIM_DOMAINS", "0")
     daemon_env.pop("XENSTORED_PATH", None)
-    d = start_pyxenstored(
+    d = start_lu_daemon(
         tmp_path, "-N", "-F", str(run / "xenstored.pid"), env=daemon_env, rundir_option=False
     )
     try:
