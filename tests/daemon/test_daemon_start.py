@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from tests.daemon.wireclient import READ, WRITE, call, connect
-from tests.launcher import start_pyxenstored
-from tests.util import REFERENCE_RUNNER, REPO, require, require_peer, require_tool
+from tests.launcher import start_pyxenstored, start_reference
+from tests.util import REPO, require, require_tool
 
 import pyxenstored
 from pyxenstored.cli.daemon import DaemonOptions, UsageError, parse_args
@@ -193,24 +193,17 @@ def test_stale_socket_is_replaced(tmp_path: Path) -> None:
 
 @pytest.mark.reference
 def test_refuses_the_socket_of_a_live_c_daemon(tmp_path: Path) -> None:
-    require_peer()
     run_dir = tmp_path / "ref"
     env = clean_env()
-    started = subprocess.run(
-        [str(REFERENCE_RUNNER), "start", str(run_dir)], env=env, capture_output=True, text=True
-    )
-    require(started.returncode == 0, f"reference xenstored did not start: {started.stderr}")
-    try:
+    with start_reference(run_dir, env=env, optional=True) as ref:
         out = run("-N", "--rundir", str(run_dir), env=env)
         assert out.returncode == 1
         assert "a xenstored already listens on" in out.stderr
         read = require_tool("xenstore-read")
         probe = subprocess.run(
-            [read, "-s", "/"], env=dict(env, XENSTORED_PATH=str(run_dir / "socket")), timeout=30
+            [read, "-s", "/"], env=dict(env, XENSTORED_PATH=ref.socket), timeout=30
         )
         assert probe.returncode == 0
-    finally:
-        subprocess.run([str(REFERENCE_RUNNER), "stop", str(run_dir)], env=env, check=False)
 
 
 # Every option of C 4.17 (tools/xenstore/xenstored_core.c) and of C master
