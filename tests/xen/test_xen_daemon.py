@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.client.daemons import introduce_guest, run_daemon
-from tests.launcher import Launched
+from tests.launcher import Launched, pyxenstored_command
 from tests.rings.conftest import err, kick, make_guest, ok
 from tests.util import require
 
@@ -36,7 +35,6 @@ from pyxenstored.wire import MsgType
 
 M = MsgType
 HOME = "/local/domain/5"
-LAUNCHER = [sys.executable, "-m", "pyxenstored", "--hypervisor", "xen"]
 
 
 @pytest.fixture
@@ -138,7 +136,7 @@ def test_without_the_libraries_answers_start_fails_in_one_line(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LD_PRELOAD", "XS_SHIM"))}
     run = tmp_path / "run"
     out = subprocess.run(
-        [*LAUNCHER, "-N", "--rundir", str(run)],
+        pyxenstored_command(run, hypervisor="xen"),
         env=env,
         capture_output=True,
         text=True,
