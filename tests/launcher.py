@@ -61,19 +61,21 @@ class LaunchError(Exception):
 
 
 def clean_env(
-    drop: Iterable[str] = (), base: Mapping[str, str] | None = None, **values: str
+    drop: Iterable[str] = (),
+    base: Mapping[str, str] | None = None,
+    add: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """A copy of ``base`` (the process environment by default) without ``drop``, with ``values``."""
+    """A copy of ``base`` (the process environment by default) without ``drop``, with ``add``."""
     env = dict(os.environ if base is None else base)
     for name in drop:
         env.pop(name, None)
-    env.update(values)
+    env.update(add or {})
     return env
 
 
 def client_env(sock: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a client tool (xenstore-*) talking to the daemon on ``sock``."""
-    return clean_env(("XENSTORED_RUNDIR", "LD_PRELOAD"), base, XENSTORED_PATH=sock)
+    return clean_env(("XENSTORED_RUNDIR", "LD_PRELOAD"), base, {"XENSTORED_PATH": sock})
 
 
 def shim_environment(
@@ -271,7 +273,7 @@ def start_pyxenstored(
     ring_option = None
     if hypervisor == "xen":
         ids = domids((0,) if domains is None else domains)
-        env = clean_env(base=env, **shim_environment(ring_dir or rundir, ids))
+        env = clean_env(base=env, add=shim_environment(ring_dir or rundir, ids))
     elif ring_dir is not None:
         if domains is not None:
             Path(ring_dir, "domains").write_text(domains_file(domains))
@@ -449,9 +451,8 @@ def start_reference(
     shim's domain list ``domains``.  ``extra``: arguments of xenstored.
     """
     if ring_dir is not None:
-        env = clean_env(
-            base=env, **shim_environment(ring_dir, domids(domains), debug=debug, preload=False)
-        )
+        shim = shim_environment(ring_dir, domids(domains), debug=debug, preload=False)
+        env = clean_env(base=env, add=shim)
     return start_peer(
         REFERENCE_RUNNER,
         XEN_BIN / "xenstored",

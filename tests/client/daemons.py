@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 
 from tests.launcher import Launched, clean_env, start_pyxenstored, start_reference
 
@@ -64,7 +64,7 @@ def start(
 
 def run_daemon(
     kind: str, ring: bool, args: Sequence[str] = (), domains: Sequence[int] = EXISTING_DOMAINS
-) -> Iterator[Launched]:
+) -> Generator[Launched, None, None]:
     """Start ``kind`` in a fresh short temp dir, yield it, stop it and clean up.
 
     Kinds: ``reference`` (C, shim), ``pyxenstored`` (simulated hypervisor),

@@ -125,7 +125,7 @@ class Daemon:
             hypervisor="xen" if self.kind == PYXENSTORED_XEN else None,
             ring_dir=ring_dir,
             domains=domains,
-            env=clean_env(("XENSTORED_PATH",), PYTHONPATH=path),
+            env=clean_env(("XENSTORED_PATH",), add={"PYTHONPATH": path}),
             log=self.rundir / "pyxenstored.out",
             cpus=self.cpus,
             kind=self.kind,

@@ -156,7 +156,7 @@ def start_on_rings(tmp: Path, backend: str, domains: str) -> tuple[LuDaemon, Pat
     if backend == "sim":
         return start_lu_daemon(tmp, ring_dir=ring_dir, domains=domains), ring_dir
     # The backend is in the successor script: C, updated to, gets no such option.
-    env = clean_env(("XENSTORED_PATH",), **shim_environment(ring_dir, domids(domains)))
+    env = clean_env(("XENSTORED_PATH",), add=shim_environment(ring_dir, domids(domains)))
     launcher = [*PYXENSTORED, "--hypervisor", "xen"]
     return start_lu_daemon(tmp, env=env, launcher=launcher), ring_dir
 
