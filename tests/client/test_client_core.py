@@ -1,7 +1,8 @@
 """Client message handling against a scripted transport: bytes in, bytes out, no daemon.
 
 Replies are hand-built from the header layout (four native u32: type,
-req_id, tx_id, len) and the payload rules of xenstore.txt / digest 2.7.
+req_id, tx_id, len) and the payload rules of xenstore.txt ("Database read, write and
+permissions operations") and C's ``core.c:send_directory_part``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The daemon runs on the simulated hypervisor of the reference's shim: the page is
 ``DIR/ring-dom5``, kicks go to ``DIR/evtchn``.  Dom0 (the socket) introduces
-the guest as a toolstack would.  Expected answers follow the digest (2.5
-relative paths, 2.8 EACCES vs ENOENT, 6.3 INTRODUCE, 4.3 special watches);
+the guest as a toolstack would.  Expected answers follow C HEAD
+(``core.c:canonicalize`` for relative paths, ``errno_from_parents`` for EACCES
+vs ENOENT, ``domain.c:introduce_domain``, ``fire_special_watches``);
 where Debian's C 4.17 differs from HEAD the test says so.
 """
 
@@ -51,7 +52,7 @@ def test_relative_paths_resolve_under_the_guest_home(guest: Client, dom0: Client
 def test_permission_errors(guest: Client, dom0: Client) -> None:
     assert error_of(guest.read, "/tool") == "EACCES"
     assert error_of(guest.write, "/local/domain/0/x", b"") == "EACCES"
-    # A missing node under an unreadable ancestor is EACCES, not ENOENT (digest 2.8)
+    # A missing node under an unreadable ancestor is EACCES, not ENOENT (core.c:errno_from_parents)
     assert error_of(guest.read, "/no/such/node") == "EACCES"
     assert error_of(guest.read, "no-such-node") == "ENOENT"
     dom0.write("/shared", b"public")
@@ -140,7 +141,7 @@ def test_introduce_and_release_fire_special_watches(ring_daemon: Launched, dom0:
 def test_feature_bits_on_the_page(ring_daemon: Launched, guest: Client) -> None:
     features = ring_of(guest).server_features
     if ring_daemon.kind == "reference":
-        assert features == 0  # 4.17 writes nothing at offset 2064 (digest 7.2)
+        assert features == 0  # 4.17 writes nothing at offset 2064 (HEAD: domain.c:introduce_domain)
         return
     # The domain's mask, plus ring reconnection, which pyxenstored offers on
     # pages beyond C HEAD (GET_FEATURE keeps C HEAD's set).

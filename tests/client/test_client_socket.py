@@ -1,8 +1,9 @@
 """The client over the unix socket, against the C reference and pyxenstored.
 
-Expected replies and error names are those of xenstore.txt and the digest
-(sections 2.7, 4, 5); where Debian's C 4.17 lacks a HEAD feature (watch
-depth, GET/SET_FEATURE and _QUOTA) the test checks 4.17's answer instead.
+Expected replies and error names are those of xenstore.txt and C HEAD (the
+``do_*`` handlers of ``core.c``, ``watch.c`` and ``transaction.c``); where
+Debian's C 4.17 lacks a HEAD feature (watch depth, GET/SET_FEATURE and
+_QUOTA) the test checks 4.17's answer instead.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def test_watch_initial_event_writes_and_removal(xs: Client, other: Client) -> No
     other.write("/marker", b"")
     removal = events_until(xs, WatchEvent("/marker", "m"))
     # The watch on /w sees /w itself; the watch on the removed /w/a sees
-    # /w/a (digest 4.2: removed descendants match watches on their own path).
+    # /w/a (core.c:delnode_sub: removed descendants match watches on their own path).
     assert sorted(removal, key=str) == [WatchEvent("/w", "tok"), WatchEvent("/w/a", "below")]
     assert error_of(xs.watch, "/w", "tok") == "EEXIST"
 

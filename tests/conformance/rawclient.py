@@ -1,10 +1,10 @@
 """A raw-socket Xenstore client that records what a daemon sends back.
 
-It speaks the wire protocol byte by byte (digest §2.1): it sends a header and
-a payload with any ``req_id``, ``tx_id`` or even a lying ``len``, and sorts the
-incoming messages into replies and watch events.  Nothing is interpreted, so
-the same client drives the C reference and pyxenstored and the recordings can
-be compared.
+It speaks the wire protocol byte by byte (xs_wire.h ``struct xsd_sockmsg``):
+it sends a header and a payload with any ``req_id``, ``tx_id`` or even a
+lying ``len``, and sorts the incoming messages into replies and watch
+events.  Nothing is interpreted, so the same client drives the C reference
+and pyxenstored and the recordings can be compared.
 
 Replies to one connection come back in request order, so :meth:`request`
 simply waits for the next non-event message.  Events caused by requests on

@@ -2,7 +2,7 @@
 
 A scenario file (``scenarios/<area>.json``) holds::
 
-    {"area": "...", "sources": ["digest §2.7", ...],
+    {"area": "...", "sources": ["core.c:do_read", "xenstore.txt ...", ...],
      "targets": ["reference", "pyxenstored"],      # v2 files: ["pyxenstored"]
      "scenarios": [{"name": "...", "fresh": false, "steps": [STEP, ...]}]}
 
@@ -25,7 +25,8 @@ A STEP is a dict:
   ``{i%K}``) replaced in ``p``;
   the repetitions are recorded as one step with counted distinct replies.
 * ``expect`` / ``expect_events``: the expected record fields, for files whose
-  expected replies are written from the digest (targets without reference).
+  expected replies are written by hand from C HEAD's source (targets without
+  reference).
 * ``daemon_args`` (file level): extra daemon options; such scenarios always
   get a fresh daemon.
 * ``guests`` (file level): domids that exist and may run on rings; the

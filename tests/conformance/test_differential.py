@@ -43,7 +43,7 @@ SOCKET_CONNS = ("a", "b", "c")
 CONNS = (*SOCKET_CONNS, f"dom{GUEST}")
 # The sequence's first steps, compared like the rest: the guest's home and
 # (re-)introduction, which also drops what the guest had from the sequence
-# before (digest §6.3).
+# before (domain.c:domain_conn_reset).
 GUEST_SETUP: tuple[dict[str, Any], ...] = (
     {"c": "a", "op": "MKDIR", "p": f"/local/domain/{GUEST}|"},
     {"c": "a", "op": "SET_PERMS", "p": f"/local/domain/{GUEST}|n{GUEST}|"},

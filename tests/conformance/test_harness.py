@@ -131,7 +131,7 @@ def test_scenario_files_are_well_formed() -> None:
     names = set()
     for path in sorted(SCENARIO_DIR.glob("*.json")):
         data = json.loads(Path(path).read_text())
-        assert data.get("sources"), f"{path.name}: name the digest sections"
+        assert data.get("sources"), f"{path.name}: name the sources (C functions, specs)"
         for item in data["scenarios"]:
             assert (path.stem, item["name"]) not in names
             names.add((path.stem, item["name"]))

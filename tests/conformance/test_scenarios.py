@@ -5,8 +5,8 @@
 * ``test_pyxenstored_matches_reference``: pyxenstored's records equal the live
   reference's (or, where the reference cannot run, the golden ones), except
   for the differences listed in ``docs/compat.md``.
-* ``test_pyxenstored_expectations``: the replies written by hand from the
-  digest (``expect`` in the steps; the version-2 files) hold.
+* ``test_pyxenstored_expectations``: the replies written by hand from C
+  HEAD's source (``expect`` in the steps; the version-2 files) hold.
 * ``test_xen_backend_answers_as_the_simulated_one``: the scenarios with
   guests on rings give exactly the same records on pyxenstored's Xen
   backend (under the C reference's shim) as on its simulated hypervisor.

@@ -1,6 +1,7 @@
 """Debian's ``test-xenstore`` (Xen 4.17) passes against both daemons.
 
-4.17's program exits 0 even when a test fails (digest §12), so the output is
+4.17's program exits 0 even when a test fails (xen.git
+``tools/tests/xenstore/test-xenstore.c`` at 4.17), so the output is
 checked too: every test line must carry a timing, none may say ``failed``.
 """
 

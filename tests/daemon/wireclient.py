@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
-HDR = struct.Struct("=IIII")  # type, req_id, tx_id, len (native order, digest 2.1)
+HDR = struct.Struct("=IIII")  # type, req_id, tx_id, len: xs_wire.h struct xsd_sockmsg, native order
 
 READ, WRITE, DIRECTORY, WATCH, ERROR, WATCH_EVENT = 2, 11, 1, 4, 16, 15
 TRANSACTION_START, TRANSACTION_END, GET_PERMS, CONTROL = 6, 7, 3, 0

@@ -3,7 +3,7 @@
 * XSA-206 (C and oxenstored): a guest writing the nodes a toolstack
   transaction reads, as fast as it can, made every commit of the toolstack
   fail with EAGAIN for ever; C added write-rate limiting of guests while
-  transactions are open (digest of ``domain.c: wrl_*``; docs/compat.md D05).
+  transactions are open (``domain.c``, the ``wrl_*`` functions; docs/compat.md D05).
 * XSA-233 (C): a guest and its device-model stub domain (SET_TARGET) dying
   together freed the stub's connection twice.
 * XSA-325 (C): a guest cut off for breaking the ring protocol had its

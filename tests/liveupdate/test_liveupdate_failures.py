@@ -1,6 +1,7 @@
 """Live update sessions and failures: the old daemon serves on and says why.
 
-CONTROL ``live-update`` texts are C's (digest 11.1-11.2); the refusals this
+CONTROL ``live-update`` texts are C's (``lu.c:do_control_lu``,
+``do_lu_start``; docs/compat.md S31); the refusals this
 daemon adds (check run of the successor, what a C target would lose) are
 plain sentences in the ``-s`` reply.
 """

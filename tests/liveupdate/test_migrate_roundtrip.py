@@ -354,7 +354,7 @@ def test_restore_c_head_layout() -> None:
         encode_record(GlobalData(-1, -1)),
         encode_record(quota),
         encode_record(ConnectionData(1, 1, 0, SocketSpec(4))),
-        # digest 10.3.4: WATCH_DATA_EXTENDED as the C HEAD writer emits it (no depth,
+        # WATCH_DATA_EXTENDED as C HEAD's watch.c:dump_state_watches emits it (no depth,
         # len overstated by 8): path "/a", token "t", conn 1.
         struct.pack("<II", 8, 24) + bytes.fromhex("0100000003000200 2f61007400000000"),
         encode_record(ConnectionData(2, 0, 1, RingSpec(3, 0x7FF4, 9), unique_id=0x1122)),

@@ -161,7 +161,7 @@ def client_error(fn: object, *args: object) -> str:
     return info.value.name
 
 
-# What the shim (../shared/peers/xsshim.c) cannot play, for ``sim_only`` reasons.
+# What the shim ($PYXENSTORED_PEERS/xsshim.c) cannot play, for ``sim_only`` reasons.
 SHIM_FIXED_DOMAINS = (
     "the shim's domain list is fixed at start (XS_SHIM_DOMAINS): no domain appears,"
     " dies, shuts down or is replaced later"

@@ -5,7 +5,10 @@ The C reference's shim fixes the existing domains at start
 reuse can only be played against pyxenstored on its simulated hypervisor: a
 line leaves (or changes in) ``DIR/domains`` and the test kicks the
 ``VIRQ_DOM_EXC`` port (1).  The rest runs on both pyxenstored backends.
-Expected behaviour is the digest's (3.4, 4.3, 6.3-6.5, 7.2, 8.2).
+Expected behaviour is C HEAD's: ``domain.c:domain_tree_remove``,
+``fire_special_watches``, ``introduce_domain``, ``do_release``,
+``do_check_domains``, ``find_or_alloc_existing_domain`` and ``alloc_domain``
+(docs/compat.md S11, S14, S20-S22).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 On Xen a domain's creation raises no ``VIRQ_DOM_EXC``: the toolstack creates
 the domain, makes its home and gives it rights (``MKDIR``, ``SET_PERMS``),
 then ``INTRODUCE``s it.  The daemon must ask the hypervisor at each of
-those requests whether the domain exists (digest 3.3, 6.5), and rights given
-before the introduction must hold after it (digest 3.3: the write that sets
+those requests whether the domain exists (``domain.c:domain_alloc_permrefs``,
+``find_or_alloc_existing_domain``), and rights given before the introduction
+must hold after it (``domain.c:chk_domain_generation``: the write that sets
 them takes a new generation first).  A domain that dies and a new one that
 reuses its domid must not inherit the old rights.
 
@@ -129,7 +130,7 @@ def test_libxl_order_same_replies_as_c(
         guest.close()
 
 
-# --- pyxenstored only: domains that appear, die and are replaced -----------------
+# --- pyxenstored only: domains that appear, die and are replaced ----------------------
 
 LATE = 9  # the domain created while the daemon runs
 
@@ -175,8 +176,9 @@ def test_libxl_order_for_a_domain_created_without_a_kick(
         guest = make_guest(driver, late_daemon.ring_dir, LATE, 19)
         try:
             assert guest_session(guest, LATE) == expected_session(LATE, home)
-            # An r9 given to /local before domain 9 existed stays void (digest
-            # 3.3); under the shim it existed, the backend said so, and it holds.
+            # An r9 given to /local before domain 9 existed stays void
+            # (domain.c:domain_alloc_permrefs); under the shim it existed, the
+            # backend said so, and it holds.
             expected = ("ERROR", b"EACCES\0") if simulated else ("DIRECTORY", b"domain\0")
             assert gcall(guest, M.DIRECTORY, b"/local\0") == expected
         finally:

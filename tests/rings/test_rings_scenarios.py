@@ -1,7 +1,9 @@
 """Guest scenarios on rings, same script for both daemons and both guest drivers.
 
-The expected answers come from the digest (2.5 relative paths, 2.8 EACCES vs
-ENOENT, 4.3 special watches, 6.3 INTRODUCE, 7 features, 8.3 quota limits).
+The expected answers are C HEAD's (``core.c:canonicalize`` for relative paths,
+``errno_from_parents`` for EACCES vs ENOENT, ``domain.c:fire_special_watches``,
+``introduce_domain``, ``do_get_feature``, ``domain_quota_val_exceeds`` for
+quota limits; docs/compat.md S03, S04, S06, S14, S21).
 Where Debian's C 4.17 (the reference here) differs from C HEAD, which
 pyxenstored follows, the test says so and checks each.
 """
@@ -57,7 +59,7 @@ def test_the_store_domain_on_its_own_ring(ring_daemon: Launched, dom0: Client, d
 def test_permission_errors(guest: Guest, dom0: Client) -> None:
     assert err(guest, M.READ, b"/tool\0") == "EACCES"
     assert err(guest, M.WRITE, b"/local/domain/0/x\0v") == "EACCES"
-    assert err(guest, M.READ, b"/no/such/node\0") == "EACCES"  # digest 2.8
+    assert err(guest, M.READ, b"/no/such/node\0") == "EACCES"  # core.c:errno_from_parents
     assert err(guest, M.READ, b"missing\0") == "ENOENT"
     dom0.write("/shared", b"public")
     dom0.set_perms("/shared", [Perm("n", 0), Perm("r", 5)])
@@ -69,7 +71,7 @@ def test_permission_errors(guest: Guest, dom0: Client) -> None:
 
 def test_watch_quota_at_the_c_limit(ring_daemon: Launched, guest: Guest) -> None:
     # 128 watches per domain: HEAD rejects when the count would reach the
-    # quota (127 usable, ENOSPC; digest 8.3).  Debian's 4.17 lets 129
+    # quota (127 usable, ENOSPC; domain.c:domain_quota_val_exceeds).  Debian's 4.17 lets 129
     # through and then answers E2BIG (measured here).
     usable, error = (129, "E2BIG") if ring_daemon.kind == "reference" else (127, "ENOSPC")
     for i in range(usable):
@@ -190,7 +192,7 @@ def test_feature_bits_at_2064(ring_daemon: Launched, guest: Guest) -> None:
     assert ring_daemon.ring_dir is not None
     word = page_word(ring_daemon.ring_dir, 5, 2064)
     if ring_daemon.kind == "reference":
-        assert word == 0  # 4.17 writes nothing there (digest 7.2)
+        assert word == 0  # 4.17 writes nothing there (HEAD: domain.c:introduce_domain)
         return
     # C HEAD's set (ERROR, WATCHDEPTH, DOMID_ANY) plus RECONNECTION.
     assert word == 2 | 4 | 8 | 1
@@ -198,7 +200,7 @@ def test_feature_bits_at_2064(ring_daemon: Launched, guest: Guest) -> None:
 
 
 def test_connection_state_1_is_cleared_by_introduce(ring_daemon: Launched, dom0: Client) -> None:
-    """A guest that finds the state at 1 waits; INTRODUCE sets it to 0 (digest 6.3)."""
+    """A guest that finds the state at 1 waits; INTRODUCE sets it to 0 (domain.c:do_introduce)."""
     assert ring_daemon.ring_dir is not None
     path = os.path.join(ring_daemon.ring_dir, "ring-dom5")
     introduce_guest(dom0, ring_daemon.ring_dir, 5, 7)  # creates the page

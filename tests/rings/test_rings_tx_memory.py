@@ -5,7 +5,7 @@ HEAD's usable maximum) and, in each, writes nodes with 1800-byte values
 until refused.  Before the transaction copies were charged, pyxenstored
 accepted 8 964 writes (15.4 MiB held for one guest); C refuses once what
 the transactions hold reaches the domain's ``memory`` quota (2.5 MiB,
-digest 8.1): measured here on C 4.17, 1 407 writes.  Both daemons must stop
+the default in C's ``domain.c``): measured here on C 4.17, 1 407 writes.  Both daemons must stop
 the guest below twice its quota, keep serving it outside its
 transactions and keep serving everybody else; pyxenstored's counters must
 be exact (CONTROL ``check``) once the guest is released.
@@ -24,7 +24,7 @@ from pyxenstored.client import Client
 from pyxenstored.wire import MsgType
 
 M = MsgType
-MEMORY_QUOTA = 2 * 1024 * 1024 + 512 * 1024  # the default hard quota (digest 8.1)
+MEMORY_QUOTA = 2 * 1024 * 1024 + 512 * 1024  # the default hard quota (C's domain.c)
 VALUE = b"v" * 1800
 TRANSACTIONS = 9
 

@@ -1,4 +1,7 @@
-"""Write-rate limiting of a guest while a transaction is open (digest 5.3), end to end.
+"""Write-rate limiting of a guest while a transaction is open, end to end.
+
+C's ``domain.c``, the ``wrl_*`` functions; pyxenstored's differences are
+docs/compat.md D05.
 
 While dom0 holds a transaction open, each node the guest writes outside a
 transaction costs a credit.  Credits come back at 200 per second for all

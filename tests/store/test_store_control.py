@@ -1,4 +1,4 @@
-"""CONTROL commands (digest 9) and the consistency check."""
+"""CONTROL commands (xenstore.txt "Miscellaneous"; C's ``control.c``) and the consistency check."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Domains and features: INTRODUCE, RELEASE, RESUME, SET_TARGET, GET/SET_FEATURE (digest 6, 7)."""
+"""Domains and features: INTRODUCE, RELEASE, RESUME, SET_TARGET, GET/SET_FEATURE (domain.c)."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_guest_connection_is_charged(dom0: Client, connect: ClientFactory) -> No
     assert_consistent(dom0.store)
 
 
-# --- features (digest 7) ---------------------------------------------------------------
+# --- features (domain.c:do_get_feature, do_set_feature) --------------------------------
 
 
 def test_get_feature(dom0: Client, connect: ClientFactory) -> None:

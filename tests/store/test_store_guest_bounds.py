@@ -1,7 +1,7 @@
 """What one guest can make the store hold: each resource charged and bounded.
 
 Each test pushes one resource as far as an unprivileged guest can with the
-default quotas (digest 8.1) and checks the refusal C gives, what is charged
+default quotas (C HEAD's, in ``domain.c``) and checks the refusal C gives, what is charged
 to the guest, and -- with ``tracemalloc`` -- that the memory the store
 really holds stays within a small multiple of what is charged.
 """

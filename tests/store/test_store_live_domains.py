@@ -3,13 +3,13 @@
 C asks the hypervisor (``xenmanage_get_domain_info``) whenever it needs a
 domain it has no record of: ``domain_alloc_permrefs`` for SET_PERMS entries
 and owner, ``find_or_alloc_existing_domain`` for GET/SET_QUOTA and
-GET/SET_FEATURE with a domid (digest 3.3, 6.5).  A domain's creation raises
+GET/SET_FEATURE with a domid (docs/compat.md S10, S20).  A domain's creation raises
 no ``VIRQ_DOM_EXC``, so nothing may depend on having been told about it.
 
 Here a fake hypervisor (the store's ``StoreConfig.hypervisor``) holds the
 domains; the test changes it behind the store's back, as Xen does.  The
 scenarios are libxl's order of building a domain (home and rights before
-INTRODUCE) and domid reuse (digest 3.3: a new domain with an old domid
+INTRODUCE) and domid reuse (``domain.c:chk_domain_generation``: a new domain with an old domid
 inherits no rights).
 """
 
@@ -189,7 +189,7 @@ def test_a_domain_that_died_before_introduction(hv: FakeHypervisor, conn: Connec
     dom0.set_perms("/vm/x", "n0", "r8")
     del hv.existing[8]
     assert dom0.store.domains_changed(shutdown=set(), dead={8}) == []  # never introduced
-    # C's destroy_domain cleans the tree for every record (digest 3.4).
+    # C's destroy_domain cleans the tree for every record (domain_tree_remove).
     assert dom0.err(M.READ, b"/local/domain/8\0") == "ENOENT"
     assert dom0.get_perms("/vm/x") == ["n0"]
     hv.existing[8] = Facts(81)

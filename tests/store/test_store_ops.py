@@ -1,4 +1,4 @@
-"""Success and error replies of the node operations (xenstore.txt, digest 2.5-3)."""
+"""Success and error replies of the node operations (xenstore.txt, C's ``core.c``)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_initial_tree_other_priv_domid() -> None:
     assert r.payload == b"n7\0"
 
 
-# --- dispatch (digest 2.6) -----------------------------------------------------------
+# --- dispatch (core.c:process_message) -----------------------------------------------
 
 
 @pytest.mark.parametrize("msg_type", [15, 16, 20, 27, 100, 0xFFFF])
@@ -67,7 +67,7 @@ def test_unknown_connection_gets_an_error(store: Store) -> None:
     assert r.reply_type == M.ERROR
 
 
-# --- paths (digest 2.5) ----------------------------------------------------------------
+# --- paths (core.c:canonicalize) -------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_directory_too_big_is_e2big(dom0: Client) -> None:
     assert dom0.err(M.DIRECTORY, b"/big\0") == "E2BIG"
 
 
-# --- DIRECTORY_PART (digest 2.7) --------------------------------------------------------
+# --- DIRECTORY_PART (core.c:send_directory_part) ----------------------------------------
 
 
 def test_directory_part_small_list(dom0: Client) -> None:
@@ -223,7 +223,7 @@ def test_rm_subtree_and_missing(dom0: Client) -> None:
     assert_consistent(dom0.store)
 
 
-# --- permissions (digest 2.8, 3) ---------------------------------------------------------
+# --- permissions (core.c:perm_for_conn, errno_from_parents) ------------------------------
 
 
 def test_get_perms_and_set_perms_roundtrip(dom0: Client) -> None:

@@ -1,4 +1,4 @@
-"""Quota: names, defaults, the >= rule, GET/SET_QUOTA, CONTROL output, options (digest 8)."""
+"""Quota: names, defaults, the >= rule, GET/SET_QUOTA, CONTROL output, options (domain.c)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_nodes_quota_uses_ge_rule(dom0: Client, guest: Client) -> None:
 
 def test_nodes_quota_counts_committed_nodes_only(dom0: Client, guest: Client) -> None:
     # Like C, one request creating several levels is checked against the count
-    # before the request: it may overshoot the quota (digest 8.3).
+    # before the request: it may overshoot the quota (core.c:create_node).
     dom0.ok(M.SET_QUOTA, b"5\0nodes\x004\0")
     guest.write("a")  # owns 2
     guest.write("x/y/z")  # 2 + 1 < 4 for every new level
@@ -165,7 +165,7 @@ def test_quota_for_conn(dom0: Client, guest: Client) -> None:
     assert store.quota_for_conn(guest.conn_id, "outstanding") is None
 
 
-# --- CONTROL quota (digest 8.5) ---------------------------------------------------------
+# --- CONTROL quota (control.c:do_control_quota) -----------------------------------------
 
 QUOTA_TEXT = (
     "Quota settings:\n"
@@ -219,7 +219,7 @@ def test_control_quota_domain_and_max(dom0: Client, guest: Client) -> None:
     assert dom0.err(M.CONTROL, b"quota\0max\0-x\0") == "EINVAL"
 
 
-# --- command-line options (digest 8.6) ---------------------------------------------------
+# --- command-line options (core.c:main, set_quota) ---------------------------------------
 
 
 def test_apply_quota_options() -> None:

@@ -1,4 +1,4 @@
-"""Transactions: lazy overlays, conflicts, events at commit, limits (digest 5)."""
+"""Transactions: lazy overlays, conflicts, events at commit, limits (C's ``transaction.c``)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
-"""Transaction memory in the ``memory`` quota (issue 12, digest 5 and 8.3).
+"""Transaction memory in the ``memory`` quota (issue 12, docs/compat.md D06).
 
 What an open transaction holds -- a copy of every node it read, wrote or
 created -- is charged to the domain of its connection from the moment the
 copy is made (C's ``get_acc_domid`` charges its per-transaction nodes to
 the transaction's owner), and released when the transaction ends however
 it ends.  The figures below are computed by hand from the accounting rule
-(digest 8.3): a node costs ``16 + 8 * permissions + value + child names
-(each with its NUL) + path``.
+of C's ``core.c:db_write`` (docs/compat.md S06): a node costs
+``16 + 8 * permissions + value + child names (each with its NUL) + path``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ HOME_COPY = 16 + 8 + len(HOME)  # the home, owned by 5 alone, no value, no child
 
 
 def node_cost(path: str, value: bytes = b"", perms: int = 1, children: str = "") -> int:
-    """Digest 8.3's charge for one node; ``children``: the names, NUL-separated."""
+    """C's ``core.c:db_write`` charge for one node; ``children``: the names, NUL-separated."""
     child_bytes = sum(len(name) + 1 for name in children.split()) if children else 0
     return 16 + 8 * perms + len(value) + child_bytes + len(path)
 

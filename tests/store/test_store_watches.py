@@ -1,4 +1,4 @@
-"""Watches: registration, which changes fire, depth, special watches, filtering (digest 4)."""
+"""Watches: registration, which changes fire, depth, special watches, filtering (watch.c)."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def test_watch_on_special_path_other_than_known_only_initial(dom0: Client) -> No
     assert not dom0.req(M.INTRODUCE, b"5\x001\x001\0").events
 
 
-# --- special watches (digest 4.3) ----------------------------------------------------
+# --- special watches (domain.c:fire_special_watches) ---------------------------------
 
 
 def _special_events(dom0: Client, payload_type: M, payload: bytes) -> list[tuple[bytes, bytes]]:

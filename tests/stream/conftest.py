@@ -163,7 +163,7 @@ def body_domain(big: bool, domid: int, features: int, quota: list[tuple[bytes, i
     return out + b"".join(name + b"\0" for name, _ in quota)
 
 
-# --- digest §10.7: the worked example, verbatim --------------------------------
+# --- a worked example: C's record layouts (xenstore-migration.md), by hand -----
 
 WORKED_EXAMPLE = bytes.fromhex(
     "78656e73746f7265 0000000200000000"
@@ -201,7 +201,8 @@ WORKED_EXAMPLE_RECORDS: list[Record] = [
     End(),
 ]
 
-# The HEAD defaults of GLOBAL_QUOTA_DATA (digest §10.3.7 / §10.7).
+# GLOBAL_QUOTA_DATA as C HEAD writes it with its default quotas, in its order
+# (domain.c:dump_state_glb_quota; xenstore-migration.md "GLOBAL_QUOTA_DATA").
 HEAD_QUOTA_DEFAULTS = [
     ("nodes", 1000),
     ("watches", 128),

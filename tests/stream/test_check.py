@@ -214,7 +214,7 @@ def test_nonzero_padding_inside_and_after_len() -> None:
 def test_c_head_quota_records_with_garbage_padding_are_only_warned() -> None:
     quota = [(name.encode(), value) for name, value in HEAD_QUOTA_DEFAULTS]
     gq = bytearray(frame(LE, 6, body_global_quota(LE, quota, [])))
-    assert struct.unpack_from("<II", gq)[1] == 160  # digest 10.7: len 160
+    assert struct.unpack_from("<II", gq)[1] == 160  # domain.c:dump_state_glb_quota
     gq[-4:] = b"\xde\xad\xbe\xef"  # C does not clear the padding
     dom = bytearray(frame(LE, 7, body_domain(LE, 0, 14, [(b"nodes", 5)])))  # 18 + 6 padding
     dom[-1] = 0x55
@@ -323,11 +323,11 @@ def test_bad_watch_path() -> None:
     )
 
 
-# --- WATCH_DATA_EXTENDED layouts (digest §10.3.4) ---------------------------------
+# --- WATCH_DATA_EXTENDED layouts (docs/stream.md; watch.c) ------------------------
 
 
 def test_c_head_writer_defect_is_reported_and_resynchronised() -> None:
-    # verbatim from the digest: path /a, token t, conn 1; len 24, 16 bytes written
+    # watch.c:dump_state_watches, path /a, token t, conn 1, a depth: len 24, 16 bytes written
     bad = bytes.fromhex("080000001800000001000000030002002f61007400000000")
     data = v2(sock(1))[:-8] + bad + node(b"/a") + end_record(LE)
     got = rules(data)

@@ -284,7 +284,7 @@ def test_raw_framing_padded_and_unpadded(big: bool) -> None:
     assert [r.type for r in raws_p] == [3, 0]
 
 
-def test_worked_example_digest_10_7() -> None:
+def test_worked_example_stream() -> None:
     header, records = read_records(WORKED_EXAMPLE)
     assert (header.version, header.flags, header.big_endian) == (2, 0, False)
     assert records == WORKED_EXAMPLE_RECORDS
@@ -349,11 +349,11 @@ def test_socket_pad_and_watch_ext_pad_reported() -> None:
     assert info.reserved == ("pad",)
 
 
-# --- WATCH_DATA_EXTENDED as C HEAD reads and writes it (digest §10.3.4) ----------
+# --- WATCH_DATA_EXTENDED as C HEAD reads and writes it (watch.c) -----------------
 
 
 def test_c_head_writer_watch_ext_example() -> None:
-    """The digest's verified example: len 24, only 16 bytes written, no depth."""
+    """What watch.c:dump_state_watches writes for a depth watch: len 24, 16 bytes, no depth."""
     rec = bytes.fromhex("080000001800000001000000030002002f61007400000000")
     after = frame(False, 3, body_watch(False, 1, b"/b", b"u"))
     data = preamble(1, False) + rec + after + end_record(False)
@@ -415,7 +415,7 @@ def test_big_endian_flag_bytes() -> None:
 
 
 def test_stream_in_c_head_style() -> None:
-    """A whole stream laid out as C HEAD writes it (digest §10.5), built by hand.
+    """A whole stream laid out as C HEAD writes it (lu.c:lu_dump_state), built by hand.
 
     Version 1 (C's -v 1) with a ring connection carrying unique-id, quota
     records with garbage padding, a depth watch in C HEAD's broken layout, and

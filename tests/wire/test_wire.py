@@ -1,4 +1,7 @@
-"""wire: header layout, error table, argument and path rules (digest 2.1-2.5)."""
+"""wire: header layout, error table, argument and path rules (xs_wire.h; C's core.c:onearg,
+get_strings, canonicalize and domain.c:parse_domid).
+
+``is_child`` is checked against the results of C's ``watch.c:is_child``."""
 
 from __future__ import annotations
 
@@ -176,7 +179,7 @@ def test_relative_length_strips_domain_home() -> None:
         ("@releaseDomain/5", "@releaseDomain", 0, False),
     ],
 )
-def test_is_child_matches_digest_table(path: str, parent: str, depth: int, expect: bool) -> None:
+def test_is_child_matches_c_is_child(path: str, parent: str, depth: int, expect: bool) -> None:
     assert wire.is_child(path, parent, depth) is expect
 
 
