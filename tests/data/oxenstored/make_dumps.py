@@ -68,7 +68,32 @@ class RawClient:
         return out
 
 
-def _fill(env: dict[str, str], sock: str, rings: Path) -> list[object]:
+def _open_fds(run: Path) -> int:
+    pid = int((run / "oxenstored.pid").read_text())
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _settled_fds(run: Path, at_most: int | None = None) -> int:
+    """Wait until oxenstored has closed the connections of exited clients.
+
+    The dump names socket connections by descriptor number, and oxenstored
+    hands out the lowest free one: the fixture's own clients only get the
+    same numbers every time once the short-lived ``xenstore-*`` clients'
+    descriptors are closed.  Waits for the count to reach ``at_most`` (or
+    to hold still for half a second) and returns it.
+    """
+    last, still = _open_fds(run), 0
+    for _ in range(200):
+        time.sleep(0.05)
+        now = _open_fds(run)
+        still = still + 1 if now == last else 0
+        last = now
+        if (at_most is not None and now <= at_most) or (at_most is None and still >= 10):
+            return now
+    raise RuntimeError(f"oxenstored still holds {last} descriptors (expected {at_most})")
+
+
+def _fill(env: dict[str, str], sock: str, rings: Path, run: Path, baseline: int) -> list[object]:
     """Build the state; returns the clients that must stay connected."""
     from ring_guest import RingClient  # type: ignore[import-not-found]
 
@@ -86,6 +111,7 @@ def _fill(env: dict[str, str], sock: str, rings: Path) -> list[object]:
         xs("chmod", "-r", f"/local/domain/0/backend/vif/{dom}", "n0", f"b{dom}")
     xs("chmod", "/tool/name", "r0", "w1", "n2", "b3")
 
+    _settled_fds(run, at_most=baseline)
     tool = RawClient(sock)
     # Bytes the text format must survive: NUL, comma, newline, high bytes.
     tool.call(WRITE, b"/tool/binary\0" + b"\x00\x01,\n\xfe\xff bin\0ary")
@@ -135,7 +161,7 @@ def _run(rich: bool) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     try:
         if rich:
-            keep = _fill(env, sock, rings)
+            keep = _fill(env, sock, rings, run, _settled_fds(run))
         ls = subprocess.run(
             ["xenstore-ls", "-p", "/"], env=env, check=True, capture_output=True, text=True
         )
