@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.client.daemons import Daemon, run_daemon
+from tests.client.daemons import run_daemon
+from tests.launcher import Launched
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "client.md"
 DOC_DIR = "/tmp/xs"
@@ -31,7 +32,7 @@ def blocks(text: str) -> list[tuple[str, int, str]]:
 
 
 @pytest.fixture
-def ring_daemon() -> Iterator[Daemon]:
+def ring_daemon() -> Iterator[Launched]:
     yield from run_daemon("pyxenstored", ring=True)
 
 
@@ -41,7 +42,9 @@ def test_every_python_example_is_a_checked_session() -> None:
     assert languages <= {"pycon", "sh"}, languages
 
 
-def test_the_examples_run_as_written(ring_daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_examples_run_as_written(
+    ring_daemon: Launched, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XENSTORED_PATH", ring_daemon.socket)
     monkeypatch.delenv("XENSTORED_RUNDIR", raising=False)
     text = DOC.read_text()
@@ -54,7 +57,7 @@ def test_the_examples_run_as_written(ring_daemon: Daemon, monkeypatch: pytest.Mo
         for lang, line, body in blocks(text):
             if lang != "pycon":
                 continue
-            body = body.replace(DOC_DIR, ring_daemon.rundir)
+            body = body.replace(DOC_DIR, str(ring_daemon.rundir))
             test = parser.get_doctest(body, globs, f"client.md:{line}", str(DOC), line - 1)
             examples += len(test.examples)
             runner.run(test, out=report.write, clear_globs=False)

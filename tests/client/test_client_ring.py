@@ -11,7 +11,8 @@ where Debian's C 4.17 differs from HEAD the test says so.
 from __future__ import annotations
 
 import pytest
-from tests.client.daemons import GUEST, SPARE, Daemon, introduce_guest
+from tests.client.daemons import GUEST, SPARE, introduce_guest
+from tests.launcher import Launched
 
 from pyxenstored.client import (
     Client,
@@ -119,7 +120,7 @@ def test_large_directory_over_the_ring(guest: Client, dom0: Client) -> None:
     assert guest.directory("dir") == names
 
 
-def test_introduce_and_release_fire_special_watches(ring_daemon: Daemon, dom0: Client) -> None:
+def test_introduce_and_release_fire_special_watches(ring_daemon: Launched, dom0: Client) -> None:
     assert ring_daemon.ring_dir is not None
     dom0.watch("@introduceDomain", "i")
     dom0.watch("@releaseDomain", "r")
@@ -137,7 +138,7 @@ def test_introduce_and_release_fire_special_watches(ring_daemon: Daemon, dom0: C
     assert not dom0.is_domain_introduced(SPARE)
 
 
-def test_feature_bits_on_the_page(ring_daemon: Daemon, guest: Client) -> None:
+def test_feature_bits_on_the_page(ring_daemon: Launched, guest: Client) -> None:
     features = ring_of(guest).server_features
     if ring_daemon.kind == "reference":
         assert features == 0  # 4.17 writes nothing at offset 2064 (HEAD: domain.c:introduce_domain)
@@ -149,7 +150,7 @@ def test_feature_bits_on_the_page(ring_daemon: Daemon, guest: Client) -> None:
     assert guest.next_event(EVENT_WAIT) == WatchEvent("data", "deep")
 
 
-def test_reconnection(ring_daemon: Daemon, guest: Client) -> None:
+def test_reconnection(ring_daemon: Launched, guest: Client) -> None:
     if not ring_of(guest).server_features & FEATURE_RECONNECTION:
         with pytest.raises(ClientConnectionError, match="does not offer"):
             guest.reconnect()
@@ -163,7 +164,7 @@ def test_reconnection(ring_daemon: Daemon, guest: Client) -> None:
 
 
 def test_protocol_breaking_guest_is_cut_off(
-    ring_daemon: Daemon, guest: Client, dom0: Client
+    ring_daemon: Launched, guest: Client, dom0: Client
 ) -> None:
     assert ring_daemon.ring_dir is not None
     introduce_guest(dom0, ring_daemon.ring_dir, SPARE, 8)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from tests.client.daemons import Daemon
+from tests.launcher import Launched
 
 from pyxenstored.client import (
     Client,
@@ -147,7 +147,7 @@ def test_unwatch_and_reset_watches(xs: Client, other: Client) -> None:
     assert error_of(xs.unwatch, "/v", "b") == "ENOENT"
 
 
-def test_watch_depth(daemon: Daemon, xs: Client, other: Client) -> None:
+def test_watch_depth(daemon: Launched, xs: Client, other: Client) -> None:
     if daemon.kind == "reference":
         # Debian's 4.17 has no WATCHDEPTH: a third argument is EINVAL.
         assert error_of(xs.watch, "/d", "t", 1) == "EINVAL"
@@ -212,7 +212,7 @@ def test_domain_requests(xs: Client) -> None:
         xs.reconnect()
 
 
-def test_features_and_quota(daemon: Daemon, xs: Client) -> None:
+def test_features_and_quota(daemon: Launched, xs: Client) -> None:
     if daemon.kind == "reference":
         # 4.17 predates types 23-26.
         assert error_of(xs.get_feature) == "ENOSYS"
@@ -248,9 +248,9 @@ def test_send_raw_and_collect_by_req_id(xs: Client) -> None:
     assert xs.collect_message(4242) == (MsgType.READ, b"bytes")
 
 
-def test_connect_socket_from_environment(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connect_socket_from_environment(daemon: Launched, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XENSTORED_PATH", raising=False)
-    monkeypatch.setenv("XENSTORED_RUNDIR", daemon.rundir)
+    monkeypatch.setenv("XENSTORED_RUNDIR", str(daemon.rundir))
     with Client.connect_socket(timeout=10) as a:
         a.write("/env", b"rundir")
     monkeypatch.setenv("XENSTORED_PATH", daemon.socket)

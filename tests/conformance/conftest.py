@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tests.conformance.daemons import KINDS, Daemon, DaemonError, available
+from tests.conformance.daemons import KINDS, Daemon, available
 from tests.conformance.scenario import reset_daemon
+from tests.launcher import LaunchError
 from tests.util import require
 
 
@@ -43,7 +44,7 @@ class DaemonPool:
     def _start(self, kind: str, args: tuple[str, ...] = (), guests: tuple[int, ...] = ()) -> Daemon:
         try:
             return Daemon(kind, extra_args=args, guests=guests).start()
-        except DaemonError as exc:
+        except LaunchError as exc:
             pytest.fail(str(exc))
 
     def get(self, kind: str) -> Daemon:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.daemon.conftest import start_daemon
 from tests.daemon.wireclient import DIRECTORY, ERROR, call, connect
+from tests.launcher import start_pyxenstored
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 ROW = re.compile(r"^(read|write|directory|get_perms|transaction)\s+(seq|pipe)\s+(\d+)\s+(.*)$")
@@ -47,9 +47,9 @@ def ops_rows(output: str) -> list[tuple[str, str, int, list[str]]]:
 
 @pytest.mark.parametrize("procs", [None, 1], ids=["process-per-connection", "one-process"])
 def test_ops_bench_completes_every_row(tmp_path: Path, procs: int | None) -> None:
-    daemon = start_daemon(tmp_path)
+    daemon = start_pyxenstored(tmp_path)
     try:
-        args = ["--socket", f"py={daemon.socket}:{daemon.proc.pid}"]
+        args = ["--socket", f"py={daemon.socket}:{daemon.pid}"]
         args += ["--duration", "0.2", "--repeat", "1", "--conns", "1,3", "--depth", "4"]
         if procs is not None:
             args += ["--procs", str(procs)]

@@ -6,14 +6,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.daemon.conftest import Daemon
+from tests.launcher import Launched
 from tests.util import require_module
 
 pytestmark = pytest.mark.clients
 
 
 @pytest.fixture
-def client(daemon: Daemon) -> Iterator[Any]:
+def client(daemon: Launched) -> Iterator[Any]:
     require_module("pyxs")
     from pyxs import Client
 
@@ -58,7 +58,7 @@ def test_transaction_commit_and_rollback(client: Any) -> None:
     assert client.read(b"/pyxs/t") == b"in-tx"
 
 
-def test_watch_events(daemon: Daemon, client: Any) -> None:
+def test_watch_events(daemon: Launched, client: Any) -> None:
     from pyxs import Client
 
     with client.monitor() as monitor:

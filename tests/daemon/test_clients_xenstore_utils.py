@@ -5,14 +5,14 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from tests.daemon.conftest import Daemon
+from tests.launcher import Launched
 from tests.util import require_tool
 
 pytestmark = pytest.mark.clients
 
 
 def xs(
-    daemon: Daemon, tool: str, *args: str, check: bool = True
+    daemon: Launched, tool: str, *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     path = require_tool(tool)
     return subprocess.run(
@@ -20,7 +20,7 @@ def xs(
     )
 
 
-def test_write_read_ls(daemon: Daemon) -> None:
+def test_write_read_ls(daemon: Launched) -> None:
     xs(daemon, "xenstore-write", "/vm/one", "hello", "/vm/two", "world")
     assert xs(daemon, "xenstore-read", "/vm/one").stdout == "hello\n"
     assert xs(daemon, "xenstore-read", "/vm/one", "/vm/two").stdout == "hello\nworld\n"
@@ -30,7 +30,7 @@ def test_write_read_ls(daemon: Daemon) -> None:
     assert '"hello"' in out[0]
 
 
-def test_list_exists_rm(daemon: Daemon) -> None:
+def test_list_exists_rm(daemon: Launched) -> None:
     xs(daemon, "xenstore-write", "/d/a", "1", "/d/b", "2", "/d/c", "3")
     assert xs(daemon, "xenstore-list", "/d").stdout.split() == ["a", "b", "c"]
     assert xs(daemon, "xenstore-exists", "/d/a").returncode == 0
@@ -41,19 +41,19 @@ def test_list_exists_rm(daemon: Daemon) -> None:
     assert failed.returncode != 0
 
 
-def test_chmod_shows_in_ls(daemon: Daemon) -> None:
+def test_chmod_shows_in_ls(daemon: Launched) -> None:
     xs(daemon, "xenstore-write", "/perm/node", "x")
     xs(daemon, "xenstore-chmod", "/perm/node", "n0", "r5", "b7")
     line = xs(daemon, "xenstore-ls", "-p", "/perm").stdout
     assert line.rstrip().endswith("(n0,r5,b7)")
 
 
-def test_relative_paths_resolve_under_domain_0(daemon: Daemon) -> None:
+def test_relative_paths_resolve_under_domain_0(daemon: Launched) -> None:
     xs(daemon, "xenstore-write", "rel/key", "v")
     assert xs(daemon, "xenstore-read", "/local/domain/0/rel/key").stdout == "v\n"
 
 
-def test_watch_reports_changes(daemon: Daemon) -> None:
+def test_watch_reports_changes(daemon: Launched) -> None:
     path = require_tool("xenstore-watch")
     xs(daemon, "xenstore-write", "/w/x", "0")
     proc = subprocess.Popen(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import socket
 import subprocess
@@ -11,44 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.daemon.conftest import client_env, start_daemon
 from tests.daemon.wireclient import WATCH, WRITE, call, connect
+from tests.launcher import client_env, start_pyxenstored
 from tests.util import XEN_BIN, require_tool
-
-
-def run_plain(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pyxenstored", "-N", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def first_line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            return ""
-    return proc.stdout.readline()
-
-
-def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
-    proc.send_signal(sig)
-    try:
-        return proc.wait(15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_removes_socket(tmp_path: Path, sig: int) -> None:
-    d = start_daemon(tmp_path / "run")
+    d = start_pyxenstored(tmp_path / "run")
     assert call(connect(d.socket), WRITE, b"/x\0y")[0] == WRITE
     assert os.path.exists(d.socket)
     assert d.stop(sig) == 0
@@ -60,18 +29,19 @@ def test_xenstored_path_env_is_honoured(tmp_path: Path) -> None:
     sock = tmp_path / "elsewhere.sock"
     env["XENSTORED_PATH"] = str(sock)
     env["XENSTORED_RUNDIR"] = str(tmp_path / "run")  # the socket: XENSTORED_PATH wins
-    proc = run_plain([], env)
+    # Ready once it printed XENSTORED_PATH=<sock>, the socket the variable names.
+    d = start_pyxenstored(tmp_path / "run", env=env, rundir_option=False, sock=str(sock))
     try:
-        assert first_line(proc) == f"XENSTORED_PATH={sock}\n"
+        assert call(connect(d.socket), WRITE, b"/x\0y")[0] == WRITE
     finally:
-        assert stop(proc) == 0
+        assert d.stop() == 0
 
 
 def test_pid_file_written_locked_and_removed(tmp_path: Path) -> None:
     pid_file = tmp_path / "xenstored.pid"
-    d = start_daemon(tmp_path / "run", "-F", str(pid_file))
+    d = start_pyxenstored(tmp_path / "run", "-F", str(pid_file))
     try:
-        assert pid_file.read_text() == f"{d.proc.pid}\n"
+        assert pid_file.read_text() == f"{d.pid}\n"
         # A second daemon with the same pid file exits silently (as C does).
         second = subprocess.run(
             [
@@ -88,7 +58,7 @@ def test_pid_file_written_locked_and_removed(tmp_path: Path) -> None:
             timeout=30,
         )
         assert second.returncode == 0 and second.stdout == ""
-        assert pid_file.read_text() == f"{d.proc.pid}\n"
+        assert pid_file.read_text() == f"{d.pid}\n"
     finally:
         assert d.stop() == 0
     assert not pid_file.exists()
@@ -102,10 +72,10 @@ def test_notify_socket_gets_ready(tmp_path: Path) -> None:
     env = client_env("unused")
     env.pop("XENSTORED_PATH")
     env["NOTIFY_SOCKET"] = notify
-    d = start_daemon(tmp_path / "run", env=env)
+    d = start_pyxenstored(tmp_path / "run", env=env)
     try:
         message = listener.recv(4096).decode()
-        assert message.split("\n") == ["READY=1", f"MAINPID={d.proc.pid}"]
+        assert message.split("\n") == ["READY=1", f"MAINPID={d.pid}"]
     finally:
         d.stop()
         listener.close()
@@ -113,7 +83,7 @@ def test_notify_socket_gets_ready(tmp_path: Path) -> None:
 
 def test_trace_file_records_requests(tmp_path: Path) -> None:
     trace = tmp_path / "trace"
-    d = start_daemon(tmp_path / "run", "-T", str(trace))
+    d = start_pyxenstored(tmp_path / "run", "-T", str(trace))
     try:
         sock = connect(d.socket)
         call(sock, WATCH, b"/traced\0tok\0")
@@ -128,7 +98,7 @@ def test_trace_file_records_requests(tmp_path: Path) -> None:
 
 def test_quota_options_reach_the_store(tmp_path: Path) -> None:
     tool = require_tool(str(XEN_BIN / "xenstore-control"))
-    d = start_daemon(
+    d = start_pyxenstored(
         tmp_path / "run",
         "-E",
         "77",

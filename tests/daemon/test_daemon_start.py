@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.daemon.conftest import start_daemon
 from tests.daemon.wireclient import READ, WRITE, call, connect
-from tests.util import REFERENCE_RUNNER, REPO, require, require_peer, require_tool
+from tests.launcher import start_pyxenstored, start_reference
+from tests.util import REPO, require, require_tool
 
 import pyxenstored
 from pyxenstored.cli.daemon import DaemonOptions, UsageError, parse_args
@@ -146,21 +146,21 @@ def test_notify_abstract_socket_address(tmp_path: Path) -> None:
 
 def test_locked_pid_file_exit_is_silent_but_explained_under_v(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    d = start_daemon(tmp_path / "run", "-F", str(pid_file))
+    d = start_pyxenstored(tmp_path / "run", "-F", str(pid_file))
     try:
         args = ("--rundir", str(tmp_path / "run2"), "-F", str(pid_file))
         quiet = run(*args)
         assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
         told = run(*args, "-v")
         assert told.returncode == 0 and told.stdout == ""
-        assert f"pid file {pid_file} is locked by pid {d.proc.pid}" in told.stderr
+        assert f"pid file {pid_file} is locked by pid {d.pid}" in told.stderr
         assert not (tmp_path / "run2" / "socket").exists()
     finally:
         assert d.stop() == 0
 
 
 def test_second_daemon_on_a_live_socket_is_refused(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path / "run")
+    d = start_pyxenstored(tmp_path / "run")
     try:
         call(connect(d.socket), WRITE, b"/first\0here")
         before = os.stat(d.socket).st_ino
@@ -184,7 +184,7 @@ def test_stale_socket_is_replaced(tmp_path: Path) -> None:
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(run_dir / "socket"))  # bound, never listening: a dead daemon's file
     stale.close()
-    d = start_daemon(run_dir)
+    d = start_pyxenstored(run_dir)
     try:
         assert call(connect(d.socket), WRITE, b"/x\0y")[0] == WRITE
     finally:
@@ -193,24 +193,17 @@ def test_stale_socket_is_replaced(tmp_path: Path) -> None:
 
 @pytest.mark.reference
 def test_refuses_the_socket_of_a_live_c_daemon(tmp_path: Path) -> None:
-    require_peer()
     run_dir = tmp_path / "ref"
     env = clean_env()
-    started = subprocess.run(
-        [str(REFERENCE_RUNNER), "start", str(run_dir)], env=env, capture_output=True, text=True
-    )
-    require(started.returncode == 0, f"reference xenstored did not start: {started.stderr}")
-    try:
+    with start_reference(run_dir, env=env, optional=True) as ref:
         out = run("-N", "--rundir", str(run_dir), env=env)
         assert out.returncode == 1
         assert "a xenstored already listens on" in out.stderr
         read = require_tool("xenstore-read")
         probe = subprocess.run(
-            [read, "-s", "/"], env=dict(env, XENSTORED_PATH=str(run_dir / "socket")), timeout=30
+            [read, "-s", "/"], env=dict(env, XENSTORED_PATH=ref.socket), timeout=30
         )
         assert probe.returncode == 0
-    finally:
-        subprocess.run([str(REFERENCE_RUNNER), "stop", str(run_dir)], env=env, check=False)
 
 
 # Every option of C 4.17 (tools/xenstore/xenstored_core.c) and of C master
@@ -283,16 +276,16 @@ def test_help_forms_of_c(help_option: list[str]) -> None:
 
 
 def test_options_without_meaning_start_and_are_logged(tmp_path: Path) -> None:
-    d = start_daemon(
+    d = start_pyxenstored(
         tmp_path / "run", "-V", "-D", "-R", "-Ioff", "--event", "3", "-P", "--no-such=1"
     )
     try:
         assert d.proc.stdout is not None
-        assert d.proc.stdout.readline() == f"{d.proc.pid}\n"  # -P: the pid, after the path
+        assert d.proc.stdout.readline() == f"{d.pid}\n"  # -P: the pid, after the path
         assert call(connect(d.socket), WRITE, b"/ok\0")[0] == WRITE
     finally:
         assert d.stop() == 0
-    err = d.stderr()
+    err = d.output()
     assert "pyxenstored: ignoring unknown option --no-such=1 (as C does)" in err
     for what in ("-D:", "-R:", "-I:", "--event:"):
         assert f"accepted without effect: {what}" in err
@@ -365,13 +358,13 @@ def test_hypervisor_none_ignores_the_shim_ring_dir(tmp_path: Path) -> None:
     ring_dir = tmp_path / "rings"
     ring_dir.mkdir()
     env = clean_env(XS_SHIM_RINGDIR=str(ring_dir))
-    d = start_daemon(tmp_path / "run", "--hypervisor", "none", env=env)
+    d = start_pyxenstored(tmp_path / "run", "--hypervisor", "none", env=env)
     try:
         assert call(connect(d.socket), WRITE, b"/x\0y")[0] == WRITE
         assert not (ring_dir / "evtchn").exists()
     finally:
         assert d.stop() == 0
-    auto = start_daemon(tmp_path / "run2", env=env)  # auto: sim, from the variable
+    auto = start_pyxenstored(tmp_path / "run2", env=env)  # auto: sim, from the variable
     try:
         assert (ring_dir / "evtchn").exists()
     finally:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.launcher import start_pyxenstored
 from tests.util import REPO
 
 from pyxenstored.client.transport import default_socket_path, socket_candidates
@@ -130,20 +131,18 @@ def test_unprivileged_daemon_and_client_meet_without_configuration(runtime_dir: 
         "PATH": "/usr/bin:/bin",
         "XDG_RUNTIME_DIR": str(runtime_dir),
     }
-    daemon = subprocess.Popen(
-        [python, "-m", "pyxenstored", "-N"],
+    expected = runtime_dir / "pyxenstored" / "socket"
+    # Ready once it printed XENSTORED_PATH=<expected>: found without any option.
+    daemon = start_pyxenstored(
+        expected.parent,
+        program=(python, "-m", "pyxenstored"),
+        rundir_option=False,
+        sock=str(expected),
         env=env,
-        preexec_fn=drop,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        preexec=drop,
         cwd="/",
     )
     try:
-        assert daemon.stdout is not None
-        expected = runtime_dir / "pyxenstored" / "socket"
-        assert daemon.stdout.readline() == f"XENSTORED_PATH={expected}\n"
         client = subprocess.run(
             [
                 python,
@@ -163,5 +162,4 @@ def test_unprivileged_daemon_and_client_meet_without_configuration(runtime_dir: 
         assert client.returncode == 0, client.stderr
         assert client.stdout == f"{expected} hello\n"
     finally:
-        daemon.terminate()
-        assert daemon.wait(20) == 0, daemon.stderr.read() if daemon.stderr else ""
+        assert daemon.stop(timeout=20) == 0, daemon.output()

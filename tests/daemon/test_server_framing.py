@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import time
 
-from tests.daemon.conftest import Daemon
 from tests.daemon.wireclient import (
     ERROR,
     HDR,
@@ -20,9 +19,10 @@ from tests.daemon.wireclient import (
     recv_msg,
     recv_reply,
 )
+from tests.launcher import Launched
 
 
-def test_request_split_byte_by_byte(daemon: Daemon) -> None:
+def test_request_split_byte_by_byte(daemon: Launched) -> None:
     sock = connect(daemon.socket)
     data = msg(WRITE, b"/split/node\0value", req_id=7, tx_id=0) + msg(
         READ, b"/split/node\0", req_id=8
@@ -34,7 +34,7 @@ def test_request_split_byte_by_byte(daemon: Daemon) -> None:
     assert recv_msg(sock) == (READ, 8, 0, b"value")
 
 
-def test_many_requests_in_one_send_answered_in_order(daemon: Daemon) -> None:
+def test_many_requests_in_one_send_answered_in_order(daemon: Launched) -> None:
     sock = connect(daemon.socket)
     batch = b"".join(msg(WRITE, b"/many/%d\0%d" % (i, i), req_id=i) for i in range(200))
     batch += b"".join(msg(READ, b"/many/%d\0" % i, req_id=1000 + i) for i in range(200))
@@ -47,7 +47,7 @@ def test_many_requests_in_one_send_answered_in_order(daemon: Daemon) -> None:
     assert recv_msg(sock) == (ERROR, 5000, 0, b"ENOENT\0")
 
 
-def test_oversized_len_closes_the_connection(daemon: Daemon) -> None:
+def test_oversized_len_closes_the_connection(daemon: Launched) -> None:
     bad = connect(daemon.socket, timeout=5)
     bad.sendall(HDR.pack(WRITE, 1, 0, 4097) + b"/x\0y")
     assert is_closed(bad)
@@ -55,14 +55,14 @@ def test_oversized_len_closes_the_connection(daemon: Daemon) -> None:
     assert call(good, READ, b"/x\0") == (ERROR, b"ENOENT\0")
 
 
-def test_garbage_header_closes_without_harm(daemon: Daemon) -> None:
+def test_garbage_header_closes_without_harm(daemon: Launched) -> None:
     bad = connect(daemon.socket, timeout=5)
     bad.sendall(b"\xff" * 64)
     assert is_closed(bad)
     assert call(connect(daemon.socket), WRITE, b"/ok\0y") == (WRITE, b"OK\0")
 
 
-def test_disconnect_mid_message_costs_nothing(daemon: Daemon) -> None:
+def test_disconnect_mid_message_costs_nothing(daemon: Launched) -> None:
     full = msg(WRITE, b"/mid/node\0value")
     for cut in (1, 15, 16, 20):
         sock = connect(daemon.socket)
@@ -72,7 +72,7 @@ def test_disconnect_mid_message_costs_nothing(daemon: Daemon) -> None:
     assert call(other, READ, b"/mid/node\0") == (ERROR, b"ENOENT\0")
 
 
-def test_transactions_vanish_with_their_connection(daemon: Daemon) -> None:
+def test_transactions_vanish_with_their_connection(daemon: Launched) -> None:
     sock = connect(daemon.socket)
     kind, body = call(sock, 6, b"\0")
     tx = int(body.rstrip(b"\0"))
@@ -89,8 +89,8 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_non_reading_client_does_not_block_others(daemon: Daemon) -> None:
-    rss_before = rss_kib(daemon.proc.pid)
+def test_non_reading_client_does_not_block_others(daemon: Launched) -> None:
+    rss_before = rss_kib(daemon.pid)
     lazy = connect(daemon.socket)
     lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     assert call(lazy, WATCH, b"/flood\0" + b"t" * 500 + b"\0") == (WATCH, b"OK\0")
@@ -105,7 +105,7 @@ def test_non_reading_client_does_not_block_others(daemon: Daemon) -> None:
             assert recv_reply(writer) == (WRITE, i, 0, b"OK\0")
     # 6000 queued events of ~530 bytes would be 3 MB more; the queue bound
     # keeps the daemon well below that.
-    assert rss_kib(daemon.proc.pid) - rss_before < 64 * 1024
+    assert rss_kib(daemon.pid) - rss_before < 64 * 1024
     # A third client is served at once as well.
     third = connect(daemon.socket)
     assert call(third, READ, b"/flood/5999\0") == (READ, b"x")
@@ -121,7 +121,7 @@ def test_non_reading_client_does_not_block_others(daemon: Daemon) -> None:
     assert seen_events >= 1
 
 
-def test_client_that_never_reads_replies(daemon: Daemon) -> None:
+def test_client_that_never_reads_replies(daemon: Launched) -> None:
     flood = connect(daemon.socket)
     flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     call(flood, WRITE, b"/big\0" + b"v" * 4000)

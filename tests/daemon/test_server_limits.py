@@ -6,8 +6,8 @@ import resource
 import socket
 from pathlib import Path
 
-from tests.daemon.conftest import start_daemon
 from tests.daemon.wireclient import READ, WRITE, call, connect, msg, recv_msg
+from tests.launcher import start_pyxenstored
 
 
 def low_fd_limit() -> None:
@@ -15,7 +15,7 @@ def low_fd_limit() -> None:
 
 
 def test_out_of_descriptors_pauses_accept_then_recovers(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path / "run", preexec=low_fd_limit)
+    d = start_pyxenstored(tmp_path / "run", preexec=low_fd_limit)
     try:
         held = [connect(d.socket) for _ in range(60)]  # more than the daemon can accept
         # The first ones are served...
@@ -32,11 +32,11 @@ def test_out_of_descriptors_pauses_accept_then_recovers(tmp_path: Path) -> None:
             sock.close()
     finally:
         assert d.stop() == 0
-    assert "pausing accept" in d.stderr()
+    assert "pausing accept" in d.output()
 
 
 def test_many_watches_and_transactions_from_one_client(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path / "run")
+    d = start_pyxenstored(tmp_path / "run")
     try:
         sock = connect(d.socket)
         batch = b"".join(msg(4, b"/many/w%d\0tok%d\0" % (i, i), req_id=i) for i in range(2000))
@@ -57,7 +57,7 @@ def test_many_watches_and_transactions_from_one_client(tmp_path: Path) -> None:
 
 
 def test_deep_and_long_paths_are_answered(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path / "run")
+    d = start_pyxenstored(tmp_path / "run")
     try:
         sock = connect(d.socket)
         deep = b"/d" * 1500  # 1500 levels, 3000 bytes

@@ -6,13 +6,13 @@ import re
 import subprocess
 
 import pytest
-from tests.daemon.conftest import Daemon
+from tests.launcher import Launched
 from tests.util import XEN_BIN, require_tool
 
 pytestmark = pytest.mark.clients
 
 
-def test_every_test_passes(daemon: Daemon) -> None:
+def test_every_test_passes(daemon: Launched) -> None:
     tool = require_tool(str(XEN_BIN / "test-xenstore"))
     listed = subprocess.run(
         [tool, "-l"], env=daemon.env, capture_output=True, text=True, timeout=30

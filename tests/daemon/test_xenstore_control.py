@@ -5,18 +5,18 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from tests.daemon.conftest import Daemon
+from tests.launcher import Launched
 from tests.util import XEN_BIN, require_tool
 
 pytestmark = pytest.mark.clients
 
 
-def control(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+def control(daemon: Launched, *args: str) -> subprocess.CompletedProcess[str]:
     tool = require_tool(str(XEN_BIN / "xenstore-control"))
     return subprocess.run([tool, *args], env=daemon.env, capture_output=True, text=True, timeout=30)
 
 
-def test_help_lists_every_command(daemon: Daemon) -> None:
+def test_help_lists_every_command(daemon: Launched) -> None:
     out = control(daemon, "help")
     assert out.returncode == 0, out.stderr
     names = [
@@ -37,7 +37,7 @@ def test_help_lists_every_command(daemon: Daemon) -> None:
     ]
 
 
-def test_quota_prints_settings(daemon: Daemon) -> None:
+def test_quota_prints_settings(daemon: Launched) -> None:
     out = control(daemon, "quota")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -45,7 +45,7 @@ def test_quota_prints_settings(daemon: Daemon) -> None:
     assert lines[1] == "nodes            :     1000 Nodes per domain"
 
 
-def test_check_succeeds_after_some_work(daemon: Daemon) -> None:
+def test_check_succeeds_after_some_work(daemon: Launched) -> None:
     tool = require_tool("xenstore-write")
     subprocess.run([tool, "/c/a", "1", "/c/b", "2"], env=daemon.env, check=True, timeout=30)
     out = control(daemon, "check")
@@ -53,7 +53,7 @@ def test_check_succeeds_after_some_work(daemon: Daemon) -> None:
     assert out.stdout.strip() in ("", "OK")
 
 
-def test_log_switches_and_logfile(daemon: Daemon) -> None:
+def test_log_switches_and_logfile(daemon: Launched) -> None:
     out = control(daemon, "log")
     assert out.stdout.splitlines()[:3] == ["Log switch settings:", "obj     : on", "io      : on"]
     trace = daemon.rundir / "trace.log"

@@ -25,13 +25,8 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 
-from tests.client.daemons import (
-    REQUEST_TIMEOUT,
-    Daemon,
-    introduce_guest,
-    run_daemon,
-    set_domains,
-)
+from tests.client.daemons import REQUEST_TIMEOUT, introduce_guest, run_daemon, set_domains
+from tests.launcher import Launched
 from tests.rings.conftest import kick
 
 from pyxenstored.client import Client
@@ -188,7 +183,7 @@ class RawRing:
 class Arena:
     """A daemon serving dom0 (socket), the attacker and the bystander (rings)."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Launched) -> None:
         assert daemon.ring_dir is not None and daemon.pid
         self.daemon = daemon
         self.ring_dir = daemon.ring_dir

@@ -11,23 +11,24 @@ names pyxenstored, so the old daemon recognises it and runs its
 from __future__ import annotations
 
 import gc
-import os
 import queue
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.client.daemons import xen_environment
+from tests.launcher import (
+    PYXENSTORED,
+    Launched,
+    clean_env,
+    domids,
+    shim_environment,
+    start_pyxenstored,
+)
 from tests.util import XEN_BIN, require
-
-START_TIMEOUT = 20.0
 
 
 def write_successor(
@@ -38,7 +39,7 @@ def write_successor(
     ``launcher``: the command that runs the daemon (default ``python -m
     pyxenstored``; the Xen backend's tests give theirs).
     """
-    command = " ".join(f'"{word}"' for word in launcher or [sys.executable, "-m", "pyxenstored"])
+    command = " ".join(f'"{word}"' for word in launcher or PYXENSTORED)
     dumps.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "#!/bin/sh\n"
@@ -55,41 +56,33 @@ def write_successor(
     return path
 
 
-def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode}")
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(path))
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"no daemon on {path}")
-
-
 @dataclass
 class LuDaemon:
-    """A pyxenstored (or C) daemon that live-updates itself in place (same pid)."""
+    """A pyxenstored (or C) daemon that live-updates itself in place (same pid).
 
-    proc: subprocess.Popen[bytes]
-    rundir: Path
+    ``daemon``: as started (tests/launcher.py); ``program``: its successor
+    script, which keeps each state dump in ``dumps``.
+    """
+
+    daemon: Launched
     program: Path
     dumps: Path
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        assert self.daemon.proc is not None
+        return self.daemon.proc
+
+    @property
+    def rundir(self) -> Path:
+        return self.daemon.rundir
 
     @property
     def socket(self) -> str:
-        return str(self.rundir / "socket")
+        return self.daemon.socket
 
     def client_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.pop("XENSTORED_RUNDIR", None)
-        env.pop("LD_PRELOAD", None)
-        env["XENSTORED_PATH"] = self.socket
-        return env
+        return dict(self.daemon.env)
 
     def live_update(
         self, *opts: str, program: str | Path | None = None, timeout: float = 60
@@ -108,52 +101,45 @@ class LuDaemon:
         return sorted(self.dumps.iterdir(), key=lambda p: int(p.name.split(".")[1]))
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.daemon.alive()
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        return self.daemon.output()
 
     def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return self.daemon.stop()
 
 
-def start_pyxenstored(
+def start_lu_daemon(
     tmp: Path,
     *args: str,
     env: dict[str, str] | None = None,
     rundir_option: bool = True,
     launcher: list[str] | None = None,
+    ring_dir: Path | None = None,
+    domains: str | None = None,
 ) -> LuDaemon:
-    """Start pyxenstored through its successor script (``--rundir`` unless told not to)."""
+    """Start pyxenstored through its successor script (``--rundir`` unless told not to).
+
+    ``ring_dir``, ``domains``: guests on rings of the simulated hypervisor
+    (tests/launcher.py).
+    """
     rundir = tmp / "run"
     rundir.mkdir(parents=True, exist_ok=True)
     rundir.chmod(0o700)
     program = write_successor(tmp / "pyxenstored-successor", rundir, tmp / "dumps", launcher)
-    log = tmp / "daemon.log"
-    argv = [str(program), "-N", *(["--rundir", str(rundir)] if rundir_option else []), *args]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        wait_for_socket(rundir / "socket", proc, START_TIMEOUT)
-    except AssertionError:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"pyxenstored did not start:\n{log.read_text(errors='replace')}")
-    return LuDaemon(proc, rundir, program, tmp / "dumps", log, env or {})
+    daemon = start_pyxenstored(
+        rundir,
+        *args,
+        ring_dir=ring_dir,
+        domains=domains,
+        env=env,
+        log=tmp / "daemon.log",
+        program=[str(program)],
+        rundir_option=rundir_option,
+        new_session=True,
+    )
+    return LuDaemon(daemon, program, tmp / "dumps")
 
 
 def start_on_rings(tmp: Path, backend: str, domains: str) -> tuple[LuDaemon, Path]:
@@ -168,13 +154,11 @@ def start_on_rings(tmp: Path, backend: str, domains: str) -> tuple[LuDaemon, Pat
     ring_dir = tmp / "ring"
     ring_dir.mkdir(mode=0o700)
     if backend == "sim":
-        (ring_dir / "domains").write_text(domains)
-        return start_pyxenstored(tmp, "--ring-dir", str(ring_dir)), ring_dir
-    domids = ",".join(line.split()[0] for line in domains.splitlines() if line.strip())
-    env = dict(os.environ, **xen_environment(str(ring_dir), domids))
-    env.pop("XENSTORED_PATH", None)
-    launcher = [sys.executable, "-m", "pyxenstored", "--hypervisor", "xen"]
-    return start_pyxenstored(tmp, env=env, launcher=launcher), ring_dir
+        return start_lu_daemon(tmp, ring_dir=ring_dir, domains=domains), ring_dir
+    # The backend is in the successor script: C, updated to, gets no such option.
+    env = clean_env(("XENSTORED_PATH",), add=shim_environment(ring_dir, domids(domains)))
+    launcher = [*PYXENSTORED, "--hypervisor", "xen"]
+    return start_lu_daemon(tmp, env=env, launcher=launcher), ring_dir
 
 
 @pytest.fixture(autouse=True)
@@ -190,7 +174,7 @@ def _collector_back_on() -> Iterator[None]:
 @pytest.fixture
 def lu_daemon(tmp_path: Path) -> Iterator[LuDaemon]:
     require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
-    d = start_pyxenstored(tmp_path)
+    d = start_lu_daemon(tmp_path)
     yield d
     d.stop()
 

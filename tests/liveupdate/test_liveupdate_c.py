@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.launcher import start_reference
 from tests.liveupdate.conftest import LineReader, write_successor
 from tests.util import (
     REFERENCE_RUNNER,
@@ -56,11 +57,8 @@ def test_c_to_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
     watch_tool = require_tool("xenstore-watch")
     run = tmp_path / "ref"
     env = _env(run)
-    started = subprocess.run(
-        [str(REFERENCE_RUNNER), "start", str(run)], env=env, capture_output=True, text=True
-    )
-    require(started.returncode == 0, f"reference xenstored did not start: {started.stderr}")
-    pid = int(started.stdout.split()[-1])
+    ref = start_reference(run, env=env, optional=True)
+    pid = ref.pid
     successor = write_successor(tmp_path / "pyxenstored-successor", run, tmp_path / "dumps")
     watcher = None
     try:
@@ -133,7 +131,7 @@ def test_c_to_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
         if watcher is not None:
             watcher.kill()
             watcher.wait()
-        subprocess.run([str(REFERENCE_RUNNER), "stop", str(run)], env=env, check=False)
+        ref.stop()
 
 
 @pytest.mark.reference
@@ -144,13 +142,13 @@ def test_pyxenstored_to_c_to_pyxenstored(tmp_path: Path) -> None:
     require((XEN_BIN / "xenstored").exists(), "xen-utils-4.17 xenstored")
     installed = subprocess.run([str(REFERENCE_RUNNER), "install"], capture_output=True, text=True)
     require(installed.returncode == 0 and shim_library().exists(), "the xsshim LD_PRELOAD library")
-    from tests.liveupdate.conftest import start_pyxenstored
+    from tests.liveupdate.conftest import start_lu_daemon
 
     run = tmp_path / "run"
     daemon_env = dict(os.environ, XENSTORED_RUNDIR=str(run), LD_PRELOAD=str(shim_library()))
     daemon_env.setdefault("XS_SHIM_DOMAINS", "0")
     daemon_env.pop("XENSTORED_PATH", None)
-    d = start_pyxenstored(
+    d = start_lu_daemon(
         tmp_path, "-N", "-F", str(run / "xenstored.pid"), env=daemon_env, rundir_option=False
     )
     try:

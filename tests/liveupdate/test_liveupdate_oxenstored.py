@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from tests.client.daemons import introduce_guest
+from tests.launcher import start_oxenstored
 from tests.liveupdate.conftest import LineReader
 from tests.util import (
     REFERENCE_OXENSTORED,
@@ -180,23 +181,16 @@ class Ox:
         )
         for name in ("XENSTORED_PATH", "XENSTORED_RUNDIR", "LD_PRELOAD"):
             self.env.pop(name, None)
-        self.socket = str(self.run / "run" / "xenstored" / "socket")
-        out = subprocess.run(
-            [str(REFERENCE_OXENSTORED), "start", str(self.run)],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        require(out.returncode == 0, f"oxenstored did not start: {out.stderr}")
-        self.pid = int(out.stdout.split()[-1])
-        self.client_env = dict(self.env, XENSTORED_PATH=self.socket)
+        self.daemon = start_oxenstored(self.run, env=self.env, optional=True)
+        self.socket = self.daemon.socket
+        self.pid = self.daemon.pid
+        self.client_env = self.daemon.env
 
     def which(self) -> str:
         return "ox" if os.readlink(f"/proc/{self.pid}/exe").endswith("oxenstored") else "py"
 
     def log(self) -> str:
-        return (self.run / "oxenstored.out").read_text(errors="replace")
+        return self.daemon.output()
 
     def to_py(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -232,8 +226,7 @@ class Ox:
         return "\n".join(sorted(kept))
 
     def stop(self) -> None:
-        if os.path.exists(f"/proc/{self.pid}"):
-            os.kill(self.pid, 15)
+        self.daemon.stop()
 
 
 @pytest.mark.reference

@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from tests.client.daemons import EXISTING_DOMAINS, Daemon, run_daemon
+from tests.client.daemons import EXISTING_DOMAINS, run_daemon
+from tests.launcher import Launched
 
 from pyxenstored.client import (
     Client,
@@ -36,7 +37,7 @@ _U32 = struct.Struct("=I")
 
 
 @pytest.fixture(params=["pyxenstored", "pyxenstored-xen"])
-def daemons(request: pytest.FixtureRequest) -> Iterator[tuple[Daemon, Daemon]]:
+def daemons(request: pytest.FixtureRequest) -> Iterator[tuple[Launched, Launched]]:
     """A and B, both on the simulated hypervisor or both on the Xen backend (shim)."""
     kind = request.param
     gen_a = run_daemon(kind, ring=True)
@@ -123,7 +124,7 @@ def events(guest: Client, count: int) -> list[WatchEvent]:
     return out
 
 
-def setup_guest(a: Daemon, a0: Client) -> tuple[Client, int]:
+def setup_guest(a: Launched, a0: Client) -> tuple[Client, int]:
     """Domain 5 on A with its state; returns its client and open transaction id."""
     assert a.ring_dir is not None
     a0.write("/local/domain/6/other", "bystander")
@@ -148,7 +149,7 @@ def setup_guest(a: Daemon, a0: Client) -> tuple[Client, int]:
     return g, tx.tx_id
 
 
-def test_guest_moves_from_a_dom5_to_b_dom9(daemons: tuple[Daemon, Daemon]) -> None:
+def test_guest_moves_from_a_dom5_to_b_dom9(daemons: tuple[Launched, Launched]) -> None:
     a, b = daemons
     assert b.ring_dir is not None
     with a.connect() as a0, b.connect() as b0:
@@ -202,7 +203,7 @@ def test_guest_moves_from_a_dom5_to_b_dom9(daemons: tuple[Daemon, Daemon]) -> No
         assert "check:" not in log, log[-2000:]
 
 
-def test_refused_migrations_leave_the_source_unchanged(daemons: tuple[Daemon, Daemon]) -> None:
+def test_refused_migrations_leave_the_source_unchanged(daemons: tuple[Launched, Launched]) -> None:
     a, b = daemons
     assert b.ring_dir is not None
     with a.connect() as a0, b.connect() as b0:
@@ -236,7 +237,7 @@ def test_refused_migrations_leave_the_source_unchanged(daemons: tuple[Daemon, Da
         g5.close()
 
 
-def test_control_commands_answer_with_reasons(daemons: tuple[Daemon, Daemon]) -> None:
+def test_control_commands_answer_with_reasons(daemons: tuple[Launched, Launched]) -> None:
     a, _ = daemons
     with a.connect() as a0:
         assert "domain-state-save" in a0.control("help")
@@ -249,7 +250,7 @@ def test_control_commands_answer_with_reasons(daemons: tuple[Daemon, Daemon]) ->
 
 
 def test_events_queued_on_the_source_arrive_on_the_target(
-    daemons: tuple[Daemon, Daemon],
+    daemons: tuple[Launched, Launched],
 ) -> None:
     """Events the source could not put into the full ring move with the domain, paths moved."""
     a, b = daemons

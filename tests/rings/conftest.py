@@ -24,7 +24,8 @@ from types import ModuleType
 from typing import Protocol
 
 import pytest
-from tests.client.daemons import REQUEST_TIMEOUT, Daemon, introduce_guest, run_daemon
+from tests.client.daemons import REQUEST_TIMEOUT, introduce_guest, run_daemon
+from tests.launcher import Launched
 from tests.util import RING_GUEST, require_peer
 
 from pyxenstored.client import Client, XsClientError
@@ -182,21 +183,21 @@ def skip_unless_simulated(request: pytest.FixtureRequest, kind: str) -> None:
 
 
 @pytest.fixture(params=DAEMONS)
-def ring_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
+def ring_daemon(request: pytest.FixtureRequest) -> Iterator[Launched]:
     """A daemon serving rings in its run dir (domains 0, 5, 6 exist)."""
     skip_unless_simulated(request, request.param)
     yield from run_daemon(request.param, ring=True)
 
 
 @pytest.fixture(params=PY_DAEMONS)
-def py_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
+def py_daemon(request: pytest.FixtureRequest) -> Iterator[Launched]:
     """pyxenstored on both backends, for what pyxenstored does beyond C 4.17."""
     skip_unless_simulated(request, request.param)
     yield from run_daemon(request.param, ring=True)
 
 
 @pytest.fixture
-def dom0(ring_daemon: Daemon) -> Iterator[Client]:
+def dom0(ring_daemon: Launched) -> Iterator[Client]:
     with ring_daemon.connect() as client:
         yield client
 
@@ -207,7 +208,7 @@ def driver(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def guest(ring_daemon: Daemon, dom0: Client, driver: str) -> Iterator[Guest]:
+def guest(ring_daemon: Launched, dom0: Client, driver: str) -> Iterator[Guest]:
     """Domain 5 on its ring, port 7, home /local/domain/5 owned by it."""
     assert ring_daemon.ring_dir is not None
     introduce_guest(dom0, ring_daemon.ring_dir, 5, 7)

@@ -19,13 +19,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from tests.client.daemons import (
-    Daemon,
-    introduce_guest,
-    set_domains,
-    start_pyxenstored,
-    start_reference,
-)
+from tests.client.daemons import introduce_guest, set_domains, start
+from tests.launcher import Launched
 from tests.rings.conftest import (
     EVENT_WAIT,
     SHIM_FIXED_DOMAINS,
@@ -46,23 +41,23 @@ M = MsgType
 
 
 @pytest.fixture
-def pdom0(py_daemon: Daemon) -> Iterator[Client]:
+def pdom0(py_daemon: Launched) -> Iterator[Client]:
     with py_daemon.connect() as client:
         yield client
 
 
-def ring_dir_of(daemon: Daemon) -> str:
+def ring_dir_of(daemon: Launched) -> str:
     assert daemon.ring_dir is not None
     return daemon.ring_dir
 
 
-def guest_on(daemon: Daemon, dom0: Client, domid: int, port: int) -> Client:
+def guest_on(daemon: Launched, dom0: Client, domid: int, port: int) -> Client:
     introduce_guest(dom0, ring_dir_of(daemon), domid, port)
     return Client.connect_ring(ring_dir_of(daemon), domid, port, timeout=EVENT_WAIT)
 
 
 @sim_only(SHIM_FIXED_DOMAINS)
-def test_death_fires_release_and_cleans_the_tree(py_daemon: Daemon, pdom0: Client) -> None:
+def test_death_fires_release_and_cleans_the_tree(py_daemon: Launched, pdom0: Client) -> None:
     five = guest_on(py_daemon, pdom0, 5, 7)
     six = guest_on(py_daemon, pdom0, 6, 8)
     six.write("mine", b"x")
@@ -87,7 +82,7 @@ def test_death_fires_release_and_cleans_the_tree(py_daemon: Daemon, pdom0: Clien
 
 
 @sim_only(SHIM_FIXED_DOMAINS)
-def test_shutdown_fires_once_until_resume(py_daemon: Daemon, pdom0: Client) -> None:
+def test_shutdown_fires_once_until_resume(py_daemon: Launched, pdom0: Client) -> None:
     six = guest_on(py_daemon, pdom0, 6, 8)
     pdom0.watch("@releaseDomain/6", "six")
     assert pdom0.next_event(EVENT_WAIT) == WatchEvent("@releaseDomain/6", "six")
@@ -109,7 +104,7 @@ def test_shutdown_fires_once_until_resume(py_daemon: Daemon, pdom0: Client) -> N
 
 
 @sim_only(SHIM_FIXED_DOMAINS)
-def test_a_reused_domid_inherits_nothing(py_daemon: Daemon, pdom0: Client) -> None:
+def test_a_reused_domid_inherits_nothing(py_daemon: Launched, pdom0: Client) -> None:
     set_domains(py_daemon, "0\n5\n6 100\n")
     kick(ring_dir_of(py_daemon), VIRQ_DOM_EXC_PORT)
     pdom0.set_quota("watches", 3, 6)
@@ -130,7 +125,7 @@ def test_a_reused_domid_inherits_nothing(py_daemon: Daemon, pdom0: Client) -> No
 
 @sim_only(SHIM_FIXED_DOMAINS)
 def test_a_unique_id_learnt_after_introduce_detects_the_next_reuse(
-    py_daemon: Daemon, pdom0: Client
+    py_daemon: Launched, pdom0: Client
 ) -> None:
     """Domain 6 is introduced while the hypervisor gives no unique id; a scan learns 100.
 
@@ -158,7 +153,9 @@ def test_a_unique_id_learnt_after_introduce_detects_the_next_reuse(
     six.close()
 
 
-def test_features_and_quota_set_before_introduce_are_kept(py_daemon: Daemon, pdom0: Client) -> None:
+def test_features_and_quota_set_before_introduce_are_kept(
+    py_daemon: Launched, pdom0: Client
+) -> None:
     pdom0.set_feature(6, 2)  # ERROR only: no watch depth, no DOMID_ANY
     pdom0.set_quota("watches", 3, 6)
     six = guest_on(py_daemon, pdom0, 6, 8)
@@ -172,7 +169,7 @@ def test_features_and_quota_set_before_introduce_are_kept(py_daemon: Daemon, pdo
     six.close()
 
 
-def test_release_then_introduce_again(py_daemon: Daemon, pdom0: Client) -> None:
+def test_release_then_introduce_again(py_daemon: Launched, pdom0: Client) -> None:
     six = guest_on(py_daemon, pdom0, 6, 8)
     six.write("first", b"1")
     six.close()
@@ -187,7 +184,7 @@ def test_release_then_introduce_again(py_daemon: Daemon, pdom0: Client) -> None:
     six.close()
 
 
-def test_a_cut_off_guest_comes_back_by_reconnecting(py_daemon: Daemon, pdom0: Client) -> None:
+def test_a_cut_off_guest_comes_back_by_reconnecting(py_daemon: Launched, pdom0: Client) -> None:
     five = guest_on(py_daemon, pdom0, 5, 7)
     five.send_raw(b"\x02\0\0\0" + b"\0" * 8 + (5000).to_bytes(4, "little"))
     with pytest.raises(Exception, match="error indicator 3"):
@@ -200,7 +197,7 @@ def test_a_cut_off_guest_comes_back_by_reconnecting(py_daemon: Daemon, pdom0: Cl
     again.close()
 
 
-def test_kicks_on_an_unknown_port_still_serve(py_daemon: Daemon, pdom0: Client) -> None:
+def test_kicks_on_an_unknown_port_still_serve(py_daemon: Launched, pdom0: Client) -> None:
     introduce_guest(pdom0, ring_dir_of(py_daemon), 5, 7)
     raw = RawGuest(ring_dir_of(py_daemon), 5, 0)  # ring_guest.py's default port 0
     ok(raw, M.WRITE, b"k\0v")
@@ -209,7 +206,7 @@ def test_kicks_on_an_unknown_port_still_serve(py_daemon: Daemon, pdom0: Client) 
     raw.close()
 
 
-def test_a_flooding_guest_does_not_starve_others(py_daemon: Daemon, pdom0: Client) -> None:
+def test_a_flooding_guest_does_not_starve_others(py_daemon: Launched, pdom0: Client) -> None:
     flooder = guest_on(py_daemon, pdom0, 5, 7)
     other = guest_on(py_daemon, pdom0, 6, 8)
     flooder.write("f", b"x" * 500)
@@ -250,10 +247,7 @@ def test_domains_with_a_preset_port_are_served_from_the_start(kind: str) -> None
     rundir = tempfile.mkdtemp(prefix="xsp-", dir="/tmp")
     try:
         create_ring_page(rundir, 5, evtchn_port=7)  # what Xen does for dom0less guests
-        if kind == "reference":
-            daemon = start_reference(rundir, True)
-        else:
-            daemon = start_pyxenstored(rundir, True, "xen" if kind.endswith("xen") else "sim")
+        daemon = start(kind, rundir, True)
         try:
             with daemon.connect() as dom0:
                 if kind == "reference":

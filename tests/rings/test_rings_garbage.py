@@ -14,7 +14,8 @@ import os
 import random
 import struct
 
-from tests.client.daemons import Daemon, introduce_guest
+from tests.client.daemons import introduce_guest
+from tests.launcher import Launched
 from tests.rings.conftest import EVENT_WAIT, kick
 
 from pyxenstored.client import Client
@@ -51,7 +52,7 @@ def scribble(mem: mmap.mmap, rng: random.Random) -> None:
         U32.pack_into(mem, 2064, rng.getrandbits(32))  # guests must not, but may
 
 
-def test_garbage_on_a_page_never_hurts_the_daemon(py_daemon: Daemon) -> None:
+def test_garbage_on_a_page_never_hurts_the_daemon(py_daemon: Launched) -> None:
     ring_dir = py_daemon.ring_dir
     assert ring_dir is not None
     rng = random.Random(20261125)

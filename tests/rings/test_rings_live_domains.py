@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.client.daemons import EXISTING_DOMAINS, Daemon, run_daemon
+from tests.client.daemons import EXISTING_DOMAINS, run_daemon
+from tests.launcher import Launched
 from tests.rings.conftest import (
     PY_DAEMONS,
     SHIM_FIXED_DOMAINS,
@@ -117,7 +118,7 @@ def expected_session(domid: int, home: str) -> Transcript:
 
 @pytest.mark.parametrize("home", sorted(HOMES))
 def test_libxl_order_same_replies_as_c(
-    ring_daemon: Daemon, dom0: Client, driver: str, home: str
+    ring_daemon: Launched, dom0: Client, driver: str, home: str
 ) -> None:
     """Domain 6 exists but was never introduced; both daemons answer alike."""
     assert ring_daemon.ring_dir is not None
@@ -135,24 +136,24 @@ LATE = 9  # the domain created while the daemon runs
 
 
 @pytest.fixture(params=PY_DAEMONS)
-def late_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
+def late_daemon(request: pytest.FixtureRequest) -> Iterator[Launched]:
     """pyxenstored; on the Xen backend domain 9 is in the shim's fixed list from the start."""
     domains = EXISTING_DOMAINS + ((LATE,) if request.param == "pyxenstored-xen" else ())
     yield from run_daemon(request.param, ring=True, domains=domains)
 
 
 @pytest.fixture
-def pdom0(py_daemon: Daemon) -> Iterator[Client]:
+def pdom0(py_daemon: Launched) -> Iterator[Client]:
     with py_daemon.connect() as client:
         yield client
 
 
-def domains_file(daemon: Daemon) -> Path:
+def domains_file(daemon: Launched) -> Path:
     assert daemon.ring_dir is not None
     return Path(daemon.ring_dir) / "domains"
 
 
-def set_domains(daemon: Daemon, text: str) -> None:
+def set_domains(daemon: Launched, text: str) -> None:
     """Change which domains exist (atomically, as the daemon may read it any time)."""
     path = domains_file(daemon)
     tmp = path.with_suffix(".new")
@@ -162,7 +163,7 @@ def set_domains(daemon: Daemon, text: str) -> None:
 
 @pytest.mark.parametrize("home", sorted(HOMES))
 def test_libxl_order_for_a_domain_created_without_a_kick(
-    late_daemon: Daemon, driver: str, home: str
+    late_daemon: Launched, driver: str, home: str
 ) -> None:
     assert late_daemon.ring_dir is not None
     simulated = late_daemon.kind == "pyxenstored"
@@ -186,7 +187,7 @@ def test_libxl_order_for_a_domain_created_without_a_kick(
 
 @sim_only(SHIM_FIXED_DOMAINS)
 def test_a_reused_domid_nobody_announced_inherits_nothing(
-    py_daemon: Daemon, pdom0: Client, driver: str
+    py_daemon: Launched, pdom0: Client, driver: str
 ) -> None:
     """Domain 9 dies and a new domain 9 appears, and no VIRQ kick tells the daemon."""
     assert py_daemon.ring_dir is not None
@@ -214,7 +215,7 @@ def test_a_reused_domid_nobody_announced_inherits_nothing(
 
 @sim_only(SHIM_FIXED_DOMAINS)
 def test_a_domain_that_died_before_introduction_leaves_nothing(
-    py_daemon: Daemon, pdom0: Client, driver: str
+    py_daemon: Launched, pdom0: Client, driver: str
 ) -> None:
     """Death is kicked, rebirth is not: the new domain 9 starts from scratch."""
     assert py_daemon.ring_dir is not None

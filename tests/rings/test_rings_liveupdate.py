@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 from tests.client.daemons import introduce_guest
+from tests.launcher import start_reference
 from tests.liveupdate.conftest import LuDaemon, start_on_rings, write_successor
 from tests.rings.conftest import kick
-from tests.util import REFERENCE_RUNNER, XEN_BIN, require, require_peer
+from tests.util import XEN_BIN, require, require_peer
 
 from pyxenstored.client import Client, WatchEvent
 from pyxenstored.wire import HEADER, MsgType
@@ -106,11 +107,8 @@ def test_guest_on_a_ring_goes_from_c_to_pyxenstored_and_back(tmp_path: Path, bac
     env.pop("XENSTORED_RUNDIR", None)
     env.pop("XENSTORED_PATH", None)
     run.mkdir(mode=0o700)
-    started = subprocess.run(
-        [str(REFERENCE_RUNNER), "start", str(run)], env=env, capture_output=True, text=True
-    )
-    require(started.returncode == 0, f"reference xenstored did not start: {started.stderr}")
-    pid = int(started.stdout.split()[-1])
+    ref = start_reference(run, env=env, optional=True)
+    pid = ref.pid
     # sim: pyxenstored's default (auto) finds the shim's ring dir in the environment.
     launcher = XEN_LAUNCHER if backend == "xen" else PYXENSTORED
     successor = write_successor(
@@ -156,4 +154,4 @@ def test_guest_on_a_ring_goes_from_c_to_pyxenstored_and_back(tmp_path: Path, bac
         # on the simulated backend only C's return did.
         assert log.count(FDOPEN) == (2 if backend == "xen" else 1), log
     finally:
-        subprocess.run([str(REFERENCE_RUNNER), "stop", str(run)], env=env, check=False)
+        ref.stop()

@@ -15,7 +15,8 @@ import os
 import struct
 
 import pytest
-from tests.client.daemons import Daemon, introduce_guest
+from tests.client.daemons import introduce_guest
+from tests.launcher import Launched
 from tests.rings.conftest import Guest, err, kick, make_guest, ok, wait_for
 
 from pyxenstored.client import Client, Perm, WatchEvent
@@ -42,7 +43,7 @@ def test_relative_paths(guest: Guest, dom0: Client) -> None:
     assert ok(guest, M.GET_DOMAIN_PATH, b"5\0") == HOME.encode() + b"\0"
 
 
-def test_the_store_domain_on_its_own_ring(ring_daemon: Daemon, dom0: Client, driver: str) -> None:
+def test_the_store_domain_on_its_own_ring(ring_daemon: Launched, dom0: Client, driver: str) -> None:
     """Dom0's ring (``ring-dom0``, port 1 as the shim's xsd_port) is served from the start."""
     assert ring_daemon.ring_dir is not None
     priv = make_guest(driver, ring_daemon.ring_dir, 0, 1)
@@ -68,7 +69,7 @@ def test_permission_errors(guest: Guest, dom0: Client) -> None:
     assert err(guest, M.SET_TARGET, b"5\0" + b"6\0") == "EACCES"
 
 
-def test_watch_quota_at_the_c_limit(ring_daemon: Daemon, guest: Guest) -> None:
+def test_watch_quota_at_the_c_limit(ring_daemon: Launched, guest: Guest) -> None:
     # 128 watches per domain: HEAD rejects when the count would reach the
     # quota (127 usable, ENOSPC; domain.c:domain_quota_val_exceeds).  Debian's 4.17 lets 129
     # through and then answers E2BIG (measured here).
@@ -79,7 +80,7 @@ def test_watch_quota_at_the_c_limit(ring_daemon: Daemon, guest: Guest) -> None:
     assert err(guest, M.WATCH, b"one-more\0t\0") == error
 
 
-def test_transaction_quota_at_the_c_limit(ring_daemon: Daemon, guest: Guest) -> None:
+def test_transaction_quota_at_the_c_limit(ring_daemon: Launched, guest: Guest) -> None:
     # 10 per domain: HEAD 9 usable; 4.17 11 (measured).
     usable = 11 if ring_daemon.kind == "reference" else 9
     for _ in range(usable):
@@ -87,7 +88,7 @@ def test_transaction_quota_at_the_c_limit(ring_daemon: Daemon, guest: Guest) -> 
     assert err(guest, M.TRANSACTION_START, b"\0") == "ENOSPC"
 
 
-def test_node_size_quota(ring_daemon: Daemon, guest: Guest) -> None:
+def test_node_size_quota(ring_daemon: Launched, guest: Guest) -> None:
     # node-size 2048.  HEAD: 16 + 8 x 1 permission + value, rejected at
     # >= 2048, so 2023 value bytes fit; 4.17 counts its own record layout
     # (2015 fit, measured).
@@ -96,7 +97,7 @@ def test_node_size_quota(ring_daemon: Daemon, guest: Guest) -> None:
     assert err(guest, M.WRITE, b"n\0" + b"v" * (fits + 1)) == "ENOSPC"
 
 
-def test_permission_entries_and_path_length_quota(ring_daemon: Daemon, guest: Guest) -> None:
+def test_permission_entries_and_path_length_quota(ring_daemon: Launched, guest: Guest) -> None:
     # node-permissions 5 and path-max 2048 (below the home): HEAD rejects at
     # the quota (4 entries, 2047 bytes usable), 4.17 only beyond it.
     c417 = ring_daemon.kind == "reference"
@@ -111,7 +112,7 @@ def test_permission_entries_and_path_length_quota(ring_daemon: Daemon, guest: Gu
     assert err(guest, M.READ, b"x" * (longest + 1) + b"\0") == "EINVAL"
 
 
-def test_nodes_quota(ring_daemon: Daemon, guest: Guest) -> None:
+def test_nodes_quota(ring_daemon: Launched, guest: Guest) -> None:
     # 1000 nodes per domain, its home included: HEAD lets it own 999, 4.17 1000.
     owned = 1000 if ring_daemon.kind == "reference" else 999
     created = 1  # the home, owned by the guest
@@ -143,7 +144,7 @@ def test_watch_events(guest: Guest, dom0: Client) -> None:
 
 
 def test_special_watches_on_introduce_and_release(
-    ring_daemon: Daemon, guest: Guest, dom0: Client, driver: str
+    ring_daemon: Launched, guest: Guest, dom0: Client, driver: str
 ) -> None:
     assert ring_daemon.ring_dir is not None
     dom0.watch("@introduceDomain", "i")
@@ -169,7 +170,7 @@ def test_special_watches_on_introduce_and_release(
 
 
 def test_special_watches_with_domid_and_depth(
-    ring_daemon: Daemon, guest: Guest, dom0: Client, driver: str
+    ring_daemon: Launched, guest: Guest, dom0: Client, driver: str
 ) -> None:
     """HEAD (pyxenstored): ``@releaseDomain/<domid>`` and depth-1 watches report the domid."""
     assert ring_daemon.ring_dir is not None
@@ -187,7 +188,7 @@ def test_special_watches_with_domid_and_depth(
     assert got == {b"@releaseDomain/6\0d\0", b"@releaseDomain/6\0six\0"}
 
 
-def test_feature_bits_at_2064(ring_daemon: Daemon, guest: Guest) -> None:
+def test_feature_bits_at_2064(ring_daemon: Launched, guest: Guest) -> None:
     assert ring_daemon.ring_dir is not None
     word = page_word(ring_daemon.ring_dir, 5, 2064)
     if ring_daemon.kind == "reference":
@@ -198,7 +199,7 @@ def test_feature_bits_at_2064(ring_daemon: Daemon, guest: Guest) -> None:
     assert ok(guest, M.GET_FEATURE, b"") == b"14\0"
 
 
-def test_connection_state_1_is_cleared_by_introduce(ring_daemon: Daemon, dom0: Client) -> None:
+def test_connection_state_1_is_cleared_by_introduce(ring_daemon: Launched, dom0: Client) -> None:
     """A guest that finds the state at 1 waits; INTRODUCE sets it to 0 (domain.c:do_introduce)."""
     assert ring_daemon.ring_dir is not None
     path = os.path.join(ring_daemon.ring_dir, "ring-dom5")
@@ -214,7 +215,7 @@ def test_connection_state_1_is_cleared_by_introduce(ring_daemon: Daemon, dom0: C
 
 
 def test_reconnection_through_the_connection_state(
-    ring_daemon: Daemon, guest: Guest, dom0: Client
+    ring_daemon: Launched, guest: Guest, dom0: Client
 ) -> None:
     assert ring_daemon.ring_dir is not None
     ring_dir = ring_daemon.ring_dir
@@ -248,7 +249,7 @@ def test_reconnection_through_the_connection_state(
 
 @pytest.mark.parametrize("violation", ["offsets", "oversized"])
 def test_protocol_breaking_guest_is_cut_off_while_others_go_on(
-    ring_daemon: Daemon, guest: Guest, dom0: Client, driver: str, violation: str
+    ring_daemon: Launched, guest: Guest, dom0: Client, driver: str, violation: str
 ) -> None:
     assert ring_daemon.ring_dir is not None
     ring_dir = ring_daemon.ring_dir
@@ -284,7 +285,7 @@ def test_protocol_breaking_guest_is_cut_off_while_others_go_on(
     good.close()
 
 
-def test_outstanding_quota_stops_reading_the_ring(ring_daemon: Daemon, guest: Guest) -> None:
+def test_outstanding_quota_stops_reading_the_ring(ring_daemon: Launched, guest: Guest) -> None:
     """Requests beyond the outstanding quota (20) stay in the ring until replies are taken."""
     assert ring_daemon.ring_dir is not None
     ok(guest, M.WRITE, b"p\0" + b"x" * 200)  # replies of 216 bytes: 4 fill the queue

@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.client.daemons import Daemon, introduce_guest
+from tests.client.daemons import introduce_guest
+from tests.launcher import Launched
 from tests.rings.conftest import ClientGuest
 
 from pyxenstored.client import Client
@@ -28,7 +29,7 @@ VALUE = b"v" * 1800
 TRANSACTIONS = 9
 
 
-def daemon_pid(daemon: Daemon) -> int:
+def daemon_pid(daemon: Launched) -> int:
     """The daemon process: the one whose command line names its run dir."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -37,7 +38,7 @@ def daemon_pid(daemon: Daemon) -> int:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if daemon.rundir.encode() in cmdline and b"reference-xenstored" not in cmdline:
+        if str(daemon.rundir).encode() in cmdline and b"reference-xenstored" not in cmdline:
             return int(entry)
     raise AssertionError(f"no process for {daemon.rundir}")
 
@@ -78,7 +79,7 @@ def fill(guest: ClientGuest, tx: int, k: int) -> tuple[int, str]:
 
 
 def test_transactions_cannot_hold_more_than_the_memory_quota(
-    ring_daemon: Daemon, dom0: Client
+    ring_daemon: Launched, dom0: Client
 ) -> None:
     assert ring_daemon.ring_dir is not None
     introduce_guest(dom0, ring_daemon.ring_dir, 5, 7)

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.client.daemons import Daemon, introduce_guest
+from tests.client.daemons import introduce_guest
+from tests.launcher import Launched
 from tests.rings.conftest import Guest, make_guest, ok
 
 from pyxenstored.client import Client
@@ -37,7 +38,7 @@ AT_LEAST = 0.5
 
 
 @pytest.fixture
-def setup(py_daemon: Daemon) -> Iterator[tuple[Daemon, Client, Guest]]:
+def setup(py_daemon: Launched) -> Iterator[tuple[Launched, Client, Guest]]:
     assert py_daemon.ring_dir is not None
     with py_daemon.connect() as dom0:
         introduce_guest(dom0, py_daemon.ring_dir, 5, 7)
@@ -55,12 +56,12 @@ def rewrite(guest: Guest, count: int) -> float:
     return time.monotonic() - started
 
 
-def log_of(daemon: Daemon) -> str:
+def log_of(daemon: Launched) -> str:
     return Path(daemon.log).read_text(errors="replace")
 
 
 def test_guest_writes_wait_for_credits_while_a_transaction_is_open(
-    setup: tuple[Daemon, Client, Guest],
+    setup: tuple[Launched, Client, Guest],
 ) -> None:
     daemon, dom0, guest = setup
     tx = dom0.start_transaction()
@@ -73,7 +74,7 @@ def test_guest_writes_wait_for_credits_while_a_transaction_is_open(
     assert dom0.control("check") == "OK"
 
 
-def test_wrl_trace_lines(setup: tuple[Daemon, Client, Guest], tmp_path: Path) -> None:
+def test_wrl_trace_lines(setup: tuple[Launched, Client, Guest], tmp_path: Path) -> None:
     # The "wrl" switch, turned on at run time, writes C's lines (domain.c).
     daemon, dom0, guest = setup
     trace = tmp_path / "trace"
@@ -96,7 +97,7 @@ def test_wrl_trace_lines(setup: tuple[Daemon, Client, Guest], tmp_path: Path) ->
     assert "wrl: " not in trace.read_text()[size:]
 
 
-def test_no_open_transaction_no_charge(setup: tuple[Daemon, Client, Guest]) -> None:
+def test_no_open_transaction_no_charge(setup: tuple[Launched, Client, Guest]) -> None:
     daemon, dom0, guest = setup
     rewrite(guest, WRITES)
     assert "write rate limit" not in log_of(daemon)

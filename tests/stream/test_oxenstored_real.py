@@ -10,10 +10,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+from tests.launcher import Launched, start_oxenstored
 from tests.util import REFERENCE_OXENSTORED, XEN_BIN, require_peer, require_tool
 
 from pyxenstored.stream import read_records
@@ -39,14 +39,10 @@ def _require_reference() -> None:
     require_tool("unshare")
 
 
-def _stop(run: Path, env: dict[str, str]) -> str:
-    """Stop the daemon of ``run``, wait for it, remove ``run``; returns its log."""
-    subprocess.run([str(REFERENCE_OXENSTORED), "stop", str(run)], env=env, check=False)
-    pidfile = run / "oxenstored.pid"
-    for _ in range(50):  # it removes its pid file on the way out
-        if not pidfile.exists():
-            break
-        time.sleep(0.1)
+def _stop(daemon: Launched) -> str:
+    """Stop oxenstored, wait for it, remove its run dir; returns its own log."""
+    daemon.stop()
+    run = daemon.rundir
     log = run / "log" / "xenstored.log"
     text = log.read_text(errors="replace") if log.exists() else ""
     shutil.rmtree(run, ignore_errors=True)
@@ -110,7 +106,7 @@ def test_oxenstored_loads_the_tree_we_write() -> None:
     splice.chmod(0o755)
     env = dict(os.environ, XENSTORED_PATH=str(run / "run" / "xenstored" / "socket"))
     runner = str(REFERENCE_OXENSTORED)
-    subprocess.run([runner, "start", str(run)], env=env, check=True, capture_output=True)
+    daemon = start_oxenstored(run, env=env)
     try:
         for target in ([str(splice)], []):
             done = subprocess.run(
@@ -127,7 +123,7 @@ def test_oxenstored_loads_the_tree_we_write() -> None:
         assert 'name = "c417 fixture"' in ls.stdout
         written = (run / "dumps" / "db.1").read_bytes()
     finally:
-        log = _stop(run, env)
+        log = _stop(daemon)
 
     assert check_dump(written) == []
     theirs = _store(written)
@@ -171,7 +167,7 @@ def test_the_lines_we_call_dropped_are_the_lines_oxenstored_skips() -> None:
     splice.chmod(0o755)
     env = dict(os.environ, XENSTORED_PATH=str(run / "run" / "xenstored" / "socket"))
     runner = str(REFERENCE_OXENSTORED)
-    subprocess.run([runner, "start", str(run)], env=env, check=True, capture_output=True)
+    daemon = start_oxenstored(run, env=env)
     try:
         done = subprocess.run(
             [runner, "live-update", str(run), str(splice)],
@@ -183,7 +179,7 @@ def test_the_lines_we_call_dropped_are_the_lines_oxenstored_skips() -> None:
         assert done.returncode == 0, done.stdout + done.stderr
         loaded = (run / "run" / "xenstored" / "db").read_bytes()
     finally:
-        log = _stop(run, env)
+        log = _stop(daemon)
 
     marker = "restoring: ignoring unknown line: "
     skipped = {

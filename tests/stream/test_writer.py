@@ -350,7 +350,8 @@ def test_c417_daemon_restores_a_stream_we_wrote(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.util import REFERENCE_RUNNER, REPO, XEN_BIN, require, require_peer, require_tool
+    from tests.launcher import start_reference
+    from tests.util import REPO, XEN_BIN, require, require_peer, require_tool
 
     require_peer()
     require((XEN_BIN / "xenstore-control").exists(), "xen-utils-4.17 xenstore-control")
@@ -358,10 +359,7 @@ def test_c417_daemon_restores_a_stream_we_wrote(tmp_path: Path) -> None:
     write_tool = require_tool("xenstore-write")
     run = tmp_path / "ref"
     env = dict(os.environ, XENSTORED_PATH=str(run / "socket"))
-    started = subprocess.run(
-        [str(REFERENCE_RUNNER), "start", str(run)], env=env, capture_output=True, text=True
-    )
-    require(started.returncode == 0, f"reference xenstored did not start: {started.stderr}")
+    ref = start_reference(run, env=env, optional=True)
     try:
         subprocess.run([write_tool, "/tool/a", "kept"], env=env, check=True)
         script = tmp_path / "rewrite.py"
@@ -409,4 +407,4 @@ def test_c417_daemon_restores_a_stream_we_wrote(tmp_path: Path) -> None:
             ).stdout
         )
     finally:
-        subprocess.run([str(REFERENCE_RUNNER), "stop", str(run)], env=env, check=False)
+        ref.stop()

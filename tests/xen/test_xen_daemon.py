@@ -22,16 +22,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.client.daemons import (
-    Daemon,
-    introduce_guest,
-    run_daemon,
-)
+from tests.client.daemons import introduce_guest, run_daemon
+from tests.launcher import Launched, pyxenstored_command
 from tests.rings.conftest import err, kick, make_guest, ok
 from tests.util import require
 
@@ -39,16 +35,15 @@ from pyxenstored.wire import MsgType
 
 M = MsgType
 HOME = "/local/domain/5"
-LAUNCHER = [sys.executable, "-m", "pyxenstored", "--hypervisor", "xen"]
 
 
 @pytest.fixture
-def xen_daemon() -> Iterator[Daemon]:
+def xen_daemon() -> Iterator[Launched]:
     """pyxenstored-xen in its own dir (domains 0, 5, 6 exist for the shim)."""
     yield from run_daemon("pyxenstored-xen", ring=True)
 
 
-def log_text(daemon: Daemon) -> str:
+def log_text(daemon: Launched) -> str:
     with open(daemon.log, errors="replace") as f:
         return f.read()
 
@@ -65,7 +60,7 @@ def shim_evtchn_fd(log: str) -> int:
 
 
 @pytest.mark.parametrize("driver", ["client", "ring_guest"])
-def test_a_guest_is_served_through_the_libraries(xen_daemon: Daemon, driver: str) -> None:
+def test_a_guest_is_served_through_the_libraries(xen_daemon: Launched, driver: str) -> None:
     ring_dir = xen_daemon.ring_dir
     assert ring_dir is not None
     with xen_daemon.connect() as dom0:
@@ -99,7 +94,7 @@ def test_a_guest_is_served_through_the_libraries(xen_daemon: Daemon, driver: str
         assert not dom0.is_domain_introduced(5)
 
 
-def test_the_store_domain_ring_comes_from_proc_xen(xen_daemon: Daemon) -> None:
+def test_the_store_domain_ring_comes_from_proc_xen(xen_daemon: Launched) -> None:
     ring_dir = xen_daemon.ring_dir
     assert ring_dir is not None
     with xen_daemon.connect() as dom0:
@@ -119,7 +114,7 @@ def test_the_store_domain_ring_comes_from_proc_xen(xen_daemon: Daemon) -> None:
     assert "[xsshim] bind_interdomain dom 0 port 1 -> " in log
 
 
-def test_a_virq_kick_rescans_the_domains_and_serving_goes_on(xen_daemon: Daemon) -> None:
+def test_a_virq_kick_rescans_the_domains_and_serving_goes_on(xen_daemon: Launched) -> None:
     ring_dir = xen_daemon.ring_dir
     assert ring_dir is not None
     with xen_daemon.connect() as dom0:
@@ -141,7 +136,7 @@ def test_without_the_libraries_answers_start_fails_in_one_line(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LD_PRELOAD", "XS_SHIM"))}
     run = tmp_path / "run"
     out = subprocess.run(
-        [*LAUNCHER, "-N", "--rundir", str(run)],
+        pyxenstored_command(run, hypervisor="xen"),
         env=env,
         capture_output=True,
         text=True,
