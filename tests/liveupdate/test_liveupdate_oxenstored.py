@@ -22,6 +22,7 @@ from tests.liveupdate.conftest import LineReader
 from tests.util import (
     REFERENCE_OXENSTORED,
     XEN_BIN,
+    peer_missing,
     require,
     require_module,
     require_shim,
@@ -162,7 +163,7 @@ class Ox:
     """oxenstored (then its successors) run by ``reference-oxenstored`` in ``run``."""
 
     def __init__(self, tmp: Path) -> None:
-        require(REFERENCE_OXENSTORED.exists(), "reference-oxenstored (the peers directory)")
+        require(REFERENCE_OXENSTORED.exists(), peer_missing(REFERENCE_OXENSTORED))
         require(OXENSTORED.exists(), "xen-utils-4.17 oxenstored")
         require_shim()
         self.run = tmp / "ox"

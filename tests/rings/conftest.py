@@ -5,8 +5,10 @@ The daemons come from ``tests/client/daemons.py`` (run dir = ring dir; domains
 simulated hypervisor, and pyxenstored on its Xen backend under the same shim
 (``pyxenstored-xen``).  The same guests must see the same replies from both
 pyxenstored backends.  What the shim cannot do is played on the simulated
-backend only: a test marked ``sim_only(reason=...)`` is skipped for the
-other daemons with that reason, before any daemon starts.  A guest is driven either by the project's client
+backend only: a test marked ``sim_only(reason=...)`` is generated for the
+simulated backend alone (its other daemon cases are deselected at
+collection, and the reason is printed in the run's summary).  A guest is
+driven either by the project's client
 (:class:`pyxenstored.client.Client` over a ring) or by
 ``ring_guest.py`` of ``PYXENSTORED_PEERS`` (the harness the peers provide for the C
 reference), wrapped here in the same small interface so that one scenario
@@ -176,23 +178,48 @@ def sim_only(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.sim_only(reason=reason)
 
 
-def skip_unless_simulated(request: pytest.FixtureRequest, kind: str) -> None:
-    marker = request.node.get_closest_marker("sim_only")
-    if marker is not None and kind != "pyxenstored":
-        pytest.skip(f"{kind}: {marker.kwargs['reason']}")
+def _shim_cannot_play(item: pytest.Item) -> str | None:
+    """The ``sim_only`` reason when ``item`` is a case for a daemon under the shim."""
+    marker = item.get_closest_marker("sim_only")
+    callspec = getattr(item, "callspec", None)
+    if marker is None or callspec is None:
+        return None
+    kinds = {v for v in callspec.params.values() if isinstance(v, str) and v in DAEMONS}
+    return str(marker.kwargs["reason"]) if kinds - {"pyxenstored"} else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the cases of ``sim_only`` tests that the shim cannot play."""
+    keep, drop = [], []
+    for item in items:
+        (drop if _shim_cannot_play(item) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+        reasons = sorted({str(_shim_cannot_play(item)) for item in drop})
+        config.stash[_SIM_ONLY] = f"{len(drop)} ring cases for the shim left out: " + "; ".join(
+            reasons
+        )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    line = terminalreporter.config.stash.get(_SIM_ONLY, None)
+    if line:
+        terminalreporter.write_line(f"sim_only: {line}")
+
+
+_SIM_ONLY = pytest.StashKey[str]()
 
 
 @pytest.fixture(params=DAEMONS)
 def ring_daemon(request: pytest.FixtureRequest) -> Iterator[Launched]:
     """A daemon serving rings in its run dir (domains 0, 5, 6 exist)."""
-    skip_unless_simulated(request, request.param)
     yield from run_daemon(request.param, ring=True)
 
 
 @pytest.fixture(params=PY_DAEMONS)
 def py_daemon(request: pytest.FixtureRequest) -> Iterator[Launched]:
     """pyxenstored on both backends, for what pyxenstored does beyond C 4.17."""
-    skip_unless_simulated(request, request.param)
     yield from run_daemon(request.param, ring=True)
 
 

@@ -249,15 +249,16 @@ def _convert_both(
     return want, got, conv
 
 
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("version", [1, 2])
+# c-4.17 reads version 1 only: no version-2 case for it.
+TARGET_VERSIONS = [(t, v) for t in TARGETS for v in (1, 2) if not (t == "c-4.17" and v == 2)]
+
+
+@pytest.mark.parametrize(("target", "version"), TARGET_VERSIONS)
 @pytest.mark.parametrize("lossy", [True, False])
 @pytest.mark.parametrize(("src_big", "big"), [(False, False), (False, True), (True, False)])
 def test_convert_equals_the_in_memory_path(
     target: str, version: int, lossy: bool, src_big: bool, big: bool
 ) -> None:
-    if target == "c-4.17" and version == 2:
-        pytest.skip("c-4.17 is version 1 only")
     records = _pool(src_big)
     # connections after some of their watches, a second END, records out of C's order
     records = records[7:12] + records[::-1] + [WatchData(4, "/late", "l"), End()]
