@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up of a machine for pyxenstored, run once (again at will):
 #  1. the Debian packages the tests use: xenstore-utils and xen-utils-4.17 (the
-#     real clients), and, when the C reference daemons are there (the
+#     real clients), groff-base (the man pages are rendered), and, when the C reference daemons are there (the
 #     directory $PYXENSTORED_PEERS, default ../shared/peers from the top of
 #     the repository; the tests use the same variable), what their runner
 #     builds its shim with; it says which
@@ -31,7 +31,7 @@ have_python() { [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import sys; 
   die "pyxenstored needs Python 3.11 or later; $python is $("$python" -V 2>&1 || echo missing) (set PYTHON=...)"
 
 # --- 1. Debian packages ------------------------------------------------------
-wanted=(xenstore-utils xen-utils-4.17)
+wanted=(xenstore-utils xen-utils-4.17 groff-base)
 [ -x "$runner" ] && wanted+=(libxen-dev gcc libc6-dev)
 # Debian's python3 makes virtual environments only with python3-venv (ensurepip).
 have_python || "$python" -c 'import ensurepip' 2>/dev/null || wanted+=(python3-venv)

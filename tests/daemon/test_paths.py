@@ -82,8 +82,12 @@ def test_live_daemon_probe(tmp_path: Path) -> None:
     assert not live_daemon_on(str(tmp_path / "f"))
 
 
-def _unprivileged() -> tuple[str, Callable[[], None] | None]:
-    """An interpreter and a pre-exec hook that run code as a non-root user."""
+def _unprivileged(src: Path) -> tuple[str, Callable[[], None] | None]:
+    """An interpreter and a pre-exec hook that run code as a non-root user.
+
+    ``src``: a copy of the package nobody can read (a checkout under /root
+    or a 0700 temporary directory is not).
+    """
     if os.geteuid() != 0:
         return sys.executable, None
 
@@ -98,7 +102,7 @@ def _unprivileged() -> tuple[str, Callable[[], None] | None]:
     probe = (
         subprocess.run(
             [python, "-c", "import sys, pyxenstored; assert sys.version_info >= (3, 11)"],
-            env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+            env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
             preexec_fn=drop,
             capture_output=True,
             timeout=60,
@@ -113,6 +117,26 @@ def _unprivileged() -> tuple[str, Callable[[], None] | None]:
 
 
 @pytest.fixture
+def readable_src() -> Iterator[Path]:
+    """The package copied where any user may read it (as root), else the checkout's."""
+    if os.geteuid() != 0:
+        yield REPO / "src"
+        return
+    path = Path(tempfile.mkdtemp(prefix="pyxs-src-", dir="/tmp"))
+    try:
+        shutil.copytree(
+            REPO / "src" / "pyxenstored",
+            path / "pyxenstored",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        for item in [path, *path.rglob("*")]:
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def runtime_dir() -> Iterator[Path]:
     """An XDG_RUNTIME_DIR the unprivileged user owns (tmp_path is root's, 0700)."""
     path = Path(tempfile.mkdtemp(prefix="pyxs-xdg-", dir="/tmp"))
@@ -124,10 +148,12 @@ def runtime_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def test_unprivileged_daemon_and_client_meet_without_configuration(runtime_dir: Path) -> None:
-    python, drop = _unprivileged()
+def test_unprivileged_daemon_and_client_meet_without_configuration(
+    runtime_dir: Path, readable_src: Path
+) -> None:
+    python, drop = _unprivileged(readable_src)
     env = {
-        "PYTHONPATH": str(REPO / "src"),
+        "PYTHONPATH": str(readable_src),
         "PATH": "/usr/bin:/bin",
         "XDG_RUNTIME_DIR": str(runtime_dir),
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,9 +144,7 @@ def test_escaping_keeps_roff_requests_out_of_text() -> None:
 
 @pytest.mark.parametrize("name", sorted(manpage.pages()))
 def test_man_page_renders_without_warnings(name: str) -> None:
-    groff = shutil.which("groff")
-    if groff is None:
-        pytest.skip("groff is not installed")
+    groff = require_tool("groff")
     out = subprocess.run(
         [groff, "-man", "-Tutf8", "-ww", "-z", str(REPO / "man" / name)],
         capture_output=True,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TESTS_NEED = ["xenstore-utils", "xen-utils-4.17"]
+TESTS_NEED = ["xenstore-utils", "xen-utils-4.17", "groff-base"]
 SHIM_NEEDS = ["libxen-dev", "gcc", "libc6-dev"]
 
 FAKES = {
@@ -188,7 +188,7 @@ def test_without_a_terminal_nothing_is_installed_and_it_says_so(sandbox: Sandbox
 
 @pytest.mark.parametrize("answer", ["y", "n"])
 def test_asks_on_a_terminal(sandbox: Sandbox, answer: str) -> None:
-    sandbox.install("python3-venv", "xen-utils-4.17")
+    sandbox.install("python3-venv", "xen-utils-4.17", "groff-base")
     code, out = sandbox.run(answer=answer)
     assert code == 0, out
     assert "install them now with apt-get? [y/N]" in out
@@ -196,7 +196,7 @@ def test_asks_on_a_terminal(sandbox: Sandbox, answer: str) -> None:
 
 
 def test_not_root_goes_through_sudo(sandbox: Sandbox) -> None:
-    sandbox.install("python3-venv", "xen-utils-4.17")
+    sandbox.install("python3-venv", "xen-utils-4.17", "groff-base")
     code, out = sandbox.run(CI="1", FAKE_UID="1000")
     assert code == 0, out
     log = sandbox.log()
