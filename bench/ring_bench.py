@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,7 @@ from pyxenstored.client import Client, Perm, create_ring_page
 from pyxenstored.wire import MsgType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.launcher import accepts  # noqa: E402
 from tests.util import REFERENCE_RUNNER, peer_missing, shim_library  # noqa: E402
 
 GUEST, PORT = 5, 7
@@ -140,16 +140,6 @@ def pyxenstored(cpu: str, backend: str = "sim") -> Iterator[tuple[str, int]]:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(ring_dir, ignore_errors=True)
-
-
-def accepts(path: str) -> bool:
-    """The socket file appears at bind(), before listen(): try a connection."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        try:
-            sock.connect(path)
-        except OSError:
-            return False
-    return True
 
 
 def introduce(ring_dir: str, notify: bool = True) -> Client:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from tests.util import (
     REFERENCE_OXENSTORED,
@@ -330,24 +331,17 @@ def _spawn(
 ) -> subprocess.Popen[str]:
     """Start ``cmd``: output appended to ``log``, or in pipes when None."""
     penv = None if env is None else dict(env)
-    if log is None:
+    with contextlib.ExitStack() as stack:
+        if log is None:
+            stdout: int | IO[bytes] = subprocess.PIPE
+            stderr: int = subprocess.PIPE
+        else:  # the child keeps its own copy of the descriptor
+            stdout, stderr = stack.enter_context(open(log, "ab")), subprocess.STDOUT
         return subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=penv,
-            preexec_fn=preexec,
-            start_new_session=new_session,
-            cwd=cwd,
-        )
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            stdout=stdout,
+            stderr=stderr,
             text=True,
             env=penv,
             preexec_fn=preexec,
