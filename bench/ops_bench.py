@@ -25,6 +25,7 @@ Each cell is the median of ``--repeat`` runs of ``--duration`` seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import resource
@@ -35,6 +36,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 HDR = struct.Struct("=IIII")
 DIRECTORY, READ, GET_PERMS, TX_START, TX_END, WRITE, ERROR = 1, 2, 3, 6, 7, 11, 16
@@ -376,10 +378,23 @@ def measure(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (from /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of all of a process's threads so far.
+
+    From the scheduler's statistics (nanoseconds: short runs are not
+    rounded to clock ticks); from ``/proc/PID/stat`` (user + system, in
+    ticks) where a kernel has none.
+    """
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        total = 0
+        for task in tasks:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
+                total += int((task / "schedstat").read_text().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_target(text: str) -> tuple[str, str, int | None]:

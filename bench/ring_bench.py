@@ -59,9 +59,12 @@ from pathlib import Path
 from pyxenstored.client import Client, Perm, create_ring_page
 from pyxenstored.wire import MsgType
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 from tests.launcher import accepts  # noqa: E402
 from tests.util import REFERENCE_RUNNER, peer_missing, shim_library  # noqa: E402
+
+from ops_bench import cpu_seconds  # noqa: E402
 
 GUEST, PORT = 5, 7
 VALUE = b"v" * 32
@@ -154,15 +157,6 @@ def introduce(ring_dir: str, notify: bool = True) -> Client:
         dom0.set_perms(home, [Perm("n", GUEST)])
         dom0.introduce(GUEST, 1, PORT)
     return Client.connect_ring(ring_dir, GUEST, PORT, timeout=20, notify=notify)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of all of ``pid``'s threads so far (scheduler statistics, in ns)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that just ended
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
 
 
 def read_calls(pid: int) -> int:
