@@ -37,6 +37,7 @@ from typing import IO
 from tests.util import (
     REFERENCE_OXENSTORED,
     REFERENCE_RUNNER,
+    REPO,
     XEN_BIN,
     require,
     require_peer,
@@ -46,6 +47,10 @@ from tests.util import (
 
 from pyxenstored.client import Client
 
+#: The daemons a test may ask :func:`start_daemon` for: the C reference
+#: (under the shim), pyxenstored on its simulated hypervisor, and on its Xen
+#: backend under the same shim.
+KINDS = ("reference", "pyxenstored", "pyxenstored-xen")
 #: How ``python -m pyxenstored`` is run unless a test gives its own program.
 PYXENSTORED = (sys.executable, "-m", "pyxenstored")
 START_TIMEOUT = 20.0
@@ -459,6 +464,47 @@ def start_reference(
         ring_dir=ring_dir,
         cpus=cpus,
         optional=optional,
+    )
+
+
+def start_daemon(
+    kind: str,
+    rundir: str | Path,
+    *extra: str,
+    ring_dir: str | Path | None = None,
+    domains: Sequence[int] = (0,),
+    cpus: str | None = None,
+    log: str | Path | None = None,
+) -> Launched:
+    """Start a daemon of ``kind`` (one of :data:`KINDS`) serving ``rundir/socket``.
+
+    ``ring_dir``: guests' rings there, ``domains`` the domains that exist at
+    start (the simulated hypervisor's ``domains`` file, or the shim's fixed
+    list).  pyxenstored runs this tree's sources and logs to ``log``
+    (``rundir/pyxenstored.log`` by default); none of the test's own
+    ``XENSTORED_PATH``, ``NOTIFY_SOCKET`` or ``XS_SHIM_RINGDIR`` reaches it.
+    """
+    if kind == "reference":
+        env = clean_env(("XENSTORED_PATH",))
+        return start_reference(
+            rundir, *extra, env=env, ring_dir=ring_dir, domains=domains, cpus=cpus
+        )
+    if kind not in KINDS:
+        raise ValueError(f"unknown daemon kind {kind}")
+    # this tree's sources, also when bench/compare.py starts it
+    path = str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return start_pyxenstored(
+        rundir,
+        *extra,
+        hypervisor="xen" if kind == "pyxenstored-xen" else None,
+        ring_dir=ring_dir,
+        domains=domains,
+        env=clean_env(
+            ("XENSTORED_PATH", "NOTIFY_SOCKET", "XS_SHIM_RINGDIR"), add={"PYTHONPATH": path}
+        ),
+        log=log or os.path.join(rundir, "pyxenstored.log"),
+        cpus=cpus,
+        kind=kind,
     )
 
 

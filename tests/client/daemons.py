@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Generator, Sequence
 
-from tests.launcher import Launched, clean_env, start_pyxenstored, start_reference
+from tests.launcher import Launched, start_daemon
 
 from pyxenstored.client import Client, Perm, create_ring_page
 
@@ -26,7 +26,6 @@ SPARE = 6  # a second existing domain, for introduce/release events
 GUEST_PORT = 7
 EXISTING_DOMAINS = (0, GUEST, SPARE)
 REQUEST_TIMEOUT = 10.0
-KINDS = ("reference", "pyxenstored", "pyxenstored-xen")
 
 
 def start(
@@ -43,23 +42,7 @@ def start(
     fixed).  ``args``: extra daemon arguments (the reference runner passes
     them on).
     """
-    ring_dir = rundir if ring else None
-    if kind == "reference":
-        env = clean_env(("XENSTORED_PATH",))
-        return start_reference(rundir, *args, env=env, ring_dir=ring_dir, domains=domains)
-    if kind not in KINDS:
-        raise ValueError(f"unknown daemon kind {kind}")
-    # Xen backend: the shim's ring dir is the run dir (unused without ``ring``).
-    return start_pyxenstored(
-        rundir,
-        *args,
-        hypervisor="xen" if kind == "pyxenstored-xen" else None,
-        ring_dir=ring_dir,
-        domains=domains,
-        env=clean_env(("XENSTORED_PATH", "NOTIFY_SOCKET", "XS_SHIM_RINGDIR")),
-        log=f"{rundir}/pyxenstored.log",
-        kind=kind,
-    )
+    return start_daemon(kind, rundir, *args, ring_dir=rundir if ring else None, domains=domains)
 
 
 def run_daemon(

@@ -15,7 +15,6 @@ daemon with ``taskset`` for fair benchmarks.  Starting and stopping are
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,10 +22,10 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.conformance.rawclient import create_ring_page
-from tests.launcher import Launched, clean_env, start_pyxenstored, start_reference
+from tests.launcher import KINDS as LAUNCHABLE
+from tests.launcher import Launched, start_daemon
 from tests.util import REFERENCE_RUNNER, peer_missing, shim_library
 
-REPO = Path(__file__).resolve().parents[2]
 REFERENCE_BINARY = Path("/usr/lib/xen-4.17/bin/xenstored")
 
 REFERENCE = "reference"
@@ -90,7 +89,7 @@ class Daemon:
         return self.running.pid if self.running is not None else 0
 
     def start(self) -> Daemon:
-        if self.kind not in (REFERENCE, PYXENSTORED, PYXENSTORED_XEN):
+        if self.kind not in LAUNCHABLE:
             raise ValueError(f"unknown daemon kind {self.kind!r}")
         self.rundir = Path(tempfile.mkdtemp(prefix=f"xs-{self.kind}-"))
         for domid in self.guests:
@@ -99,37 +98,19 @@ class Daemon:
         ring_dir = self.rundir if self.guests else None
         domains = (0, *self.guests)
         try:
-            if self.kind == REFERENCE:
-                self.running = start_reference(
-                    self.rundir,
-                    *self.extra_args,
-                    env=clean_env(("XENSTORED_PATH",)),
-                    ring_dir=ring_dir,
-                    domains=domains,
-                    cpus=self.cpus,
-                )
-            else:
-                self.running = self._start_pyxenstored(ring_dir, domains)
+            self.running = start_daemon(
+                self.kind,
+                self.rundir,
+                *self.extra_args,
+                ring_dir=ring_dir,
+                domains=domains,
+                cpus=self.cpus,
+                log=self.rundir / "pyxenstored.out",
+            )
         except BaseException:
             self.stop()
             raise
         return self
-
-    def _start_pyxenstored(self, ring_dir: Path | None, domains: tuple[int, ...]) -> Launched:
-        # the tree's own sources, also when bench/compare.py runs this
-        path = str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
-        return start_pyxenstored(
-            self.rundir,
-            *self.extra_args,
-            # Xen's libraries, answered by the shim as for the C reference
-            hypervisor="xen" if self.kind == PYXENSTORED_XEN else None,
-            ring_dir=ring_dir,
-            domains=domains,
-            env=clean_env(("XENSTORED_PATH",), add={"PYTHONPATH": path}),
-            log=self.rundir / "pyxenstored.out",
-            cpus=self.cpus,
-            kind=self.kind,
-        )
 
     def alive(self) -> bool:
         return self.running is not None and self.running.alive()
